@@ -1,0 +1,111 @@
+//! `#[repr(C)]` types shared by the eBPF programs and the userspace gateway.
+//!
+//! Addresses are kept as four `u32` words whose *memory* bytes are the IPv6 address in network
+//! order, exactly as the kernel exposes `user_ip6` / `local_ip6`. IPv4 addresses use the
+//! v4-mapped form `::ffff:a.b.c.d`, so one key type covers both families.
+#![no_std]
+
+/// Names of the maps and programs in the object, used by the loader to find them.
+pub mod names {
+    pub const INTERCEPT_CGROUPS: &str = "INTERCEPT_CGROUPS";
+    pub const TARGETS: &str = "TARGETS";
+    pub const SOCK_ORIGINS: &str = "SOCK_ORIGINS";
+    pub const FLOWS: &str = "FLOWS";
+    pub const SETTINGS: &str = "SETTINGS";
+
+    pub const CONNECT4: &str = "connect4";
+    pub const CONNECT6: &str = "connect6";
+    pub const GETPEERNAME4: &str = "getpeername4";
+    pub const GETPEERNAME6: &str = "getpeername6";
+    pub const SOCK_OPS: &str = "sock_ops";
+    pub const SOCK_RELEASE: &str = "sock_release";
+}
+
+/// Map capacities. The gateway reports their fill level in `/metrics`.
+pub const MAX_INTERCEPT_CGROUPS: u32 = 16_384;
+pub const MAX_TARGETS: u32 = 4_096;
+pub const MAX_TRACKED_SOCKETS: u32 = 65_536;
+
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+
+/// An IP address (v4-mapped for IPv4) and a host-order port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AddrKey {
+    pub addr: [u32; 4],
+    pub port: u16,
+    pub _pad: u16,
+}
+
+impl AddrKey {
+    /// The key for an IPv4 address given as the kernel stores it (network-order bytes).
+    #[inline(always)]
+    pub fn from_ipv4(ip4_be: u32, port: u16) -> Self {
+        Self {
+            addr: [0, 0, V4_MAPPED_PREFIX_WORD, ip4_be],
+            port,
+            _pad: 0,
+        }
+    }
+
+    #[inline(always)]
+    pub fn from_ipv6(ip6_be: [u32; 4], port: u16) -> Self {
+        Self {
+            addr: ip6_be,
+            port,
+            _pad: 0,
+        }
+    }
+}
+
+/// The third word of `::ffff:a.b.c.d`: bytes `00 00 ff ff` in memory.
+pub const V4_MAPPED_PREFIX_WORD: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+
+/// Where the proxy listens for one intercepted cgroup. A zero port means "no listener for
+/// this family": such connections are left alone (fail open) or refused (fail closed).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InterceptConfig {
+    pub proxy_ip4: u32,
+    pub proxy_ip6: [u32; 4],
+    pub proxy_port4: u16,
+    pub proxy_port6: u16,
+}
+
+/// What `connect4`/`connect6` saw before rewriting the destination.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Origin {
+    pub socket_cookie: u64,
+    pub cgroup_id: u64,
+    pub pid_tgid: u64,
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) at connect time.
+    pub connect_ns: u64,
+    pub original_dst: AddrKey,
+    pub family: u16,
+    /// Keeps the struct free of implicit padding, which the verifier would reject.
+    pub _pad: u16,
+}
+
+/// Node-wide settings, in a one-element array map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Settings {
+    /// The gateway's own process: its sockets are never redirected.
+    pub gateway_tgid: u32,
+    /// 1 when `fail_mode: closed`: a socket that cannot be tracked is refused, not let through.
+    pub fail_closed: u32,
+    /// Cookie of the host network namespace. Loopback destinations dialled from any other
+    /// namespace are never redirected.
+    pub host_netns_cookie: u64,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all four are plain-old-data `#[repr(C)]` structs with explicit padding fields.
+    unsafe impl aya::Pod for super::AddrKey {}
+    unsafe impl aya::Pod for super::InterceptConfig {}
+    unsafe impl aya::Pod for super::Origin {}
+    unsafe impl aya::Pod for super::Settings {}
+}

@@ -1,0 +1,244 @@
+//! The local control socket through which `interlock wrap` registers cgroups.
+//!
+//! One JSON object per line each way. Only root (checked with SO_PEERCRED) may register: a
+//! registration decides which processes are intercepted. A registration lives as long as the
+//! connection that made it, so a wrap that dies cannot leave interception behind.
+use std::{
+    net::{IpAddr, SocketAddr},
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+    net::{UnixListener, UnixStream},
+};
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use crate::{
+    ebpf::{Dataplane, ProxyAddrs, cgroup},
+    proxy::{Proxy, upstream::UpstreamConnector},
+    telemetry::events::{
+        CgroupRegistered, CgroupUnregistered, ControlRequestRejected, InternalEvent,
+    },
+};
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum ControlRequest {
+    /// Create a cgroup for a wrapped command and intercept it. `pod_proxy` is the host-side
+    /// address that processes in another network namespace reach the node on.
+    Register {
+        pod_proxy: Option<IpAddr>,
+    },
+    Unregister,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ControlResponse {
+    pub ok: bool,
+    pub error: Option<String>,
+    /// Absolute path of the created cgroup directory.
+    pub cgroup: Option<PathBuf>,
+    pub cgroup_id: Option<u64>,
+}
+
+impl ControlResponse {
+    fn error(message: String) -> Self {
+        ControlResponse {
+            ok: false,
+            error: Some(message),
+            cgroup: None,
+            cgroup_id: None,
+        }
+    }
+}
+
+pub struct ControlServer<C> {
+    pub dataplane: Arc<Dataplane>,
+    pub proxy: Arc<Proxy<C>>,
+    pub listen_v4: SocketAddr,
+    pub listen_v6: Option<SocketAddr>,
+}
+
+/// Binds the control socket, refusing to steal it from a gateway that is still running.
+pub async fn bind(path: &Path) -> Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    if path.exists() {
+        if UnixStream::connect(path).await.is_ok() {
+            bail!(
+                "another gateway is already running on control socket {}; stop it first or \
+                 give this one a different control_socket",
+                path.display()
+            );
+        }
+        std::fs::remove_file(path)?;
+    }
+    let listener = UnixListener::bind(path)
+        .with_context(|| format!("binding control socket {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+impl<C: UpstreamConnector> ControlServer<C> {
+    pub async fn serve(self: Arc<Self>, listener: UnixListener, stop: CancellationToken) {
+        loop {
+            let accepted = tokio::select! {
+                _ = stop.cancelled() => return,
+                accepted = listener.accept() => accepted,
+            };
+            match accepted {
+                Ok((stream, _)) => {
+                    let server = self.clone();
+                    tokio::spawn(async move { server.handle(stream).await });
+                }
+                Err(e) => {
+                    warn!(error = %e, "control socket accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    async fn handle(&self, stream: UnixStream) {
+        let uid = stream.peer_cred().ok().map(|c| c.uid());
+        let (read, mut write) = stream.into_split();
+        if uid != Some(0) {
+            let reason = "only root may register cgroups for interception";
+            ControlRequestRejected { reason, uid }.emit();
+            let _ = send(&mut write, &ControlResponse::error(reason.into())).await;
+            return;
+        }
+        let mut lines = BufReader::new(read).lines();
+        let mut registered: Option<(u64, PathBuf)> = None;
+        loop {
+            let request = match lines.next_line().await {
+                Ok(Some(line)) => serde_json::from_str::<ControlRequest>(&line),
+                // EOF or a broken connection ends the registration.
+                Ok(None) | Err(_) => break,
+            };
+            let response = match request {
+                Err(e) => {
+                    let reason = format!("malformed control request: {e}");
+                    ControlRequestRejected {
+                        reason: &reason,
+                        uid,
+                    }
+                    .emit();
+                    ControlResponse::error(reason)
+                }
+                Ok(ControlRequest::Register { .. }) if registered.is_some() => {
+                    ControlResponse::error("this connection already registered a cgroup".into())
+                }
+                Ok(ControlRequest::Register { pod_proxy }) => {
+                    match self.register(pod_proxy).await {
+                        Ok((id, path)) => {
+                            let response = ControlResponse {
+                                ok: true,
+                                error: None,
+                                cgroup: Some(path.clone()),
+                                cgroup_id: Some(id),
+                            };
+                            registered = Some((id, path));
+                            response
+                        }
+                        Err(e) => ControlResponse::error(format!("{e:#}")),
+                    }
+                }
+                Ok(ControlRequest::Unregister) => {
+                    if let Some((id, path)) = registered.take() {
+                        self.unregister(id, &path).await;
+                    }
+                    ControlResponse {
+                        ok: true,
+                        error: None,
+                        cgroup: None,
+                        cgroup_id: None,
+                    }
+                }
+            };
+            if send(&mut write, &response).await.is_err() {
+                break;
+            }
+        }
+        if let Some((id, path)) = registered {
+            self.unregister(id, &path).await;
+        }
+    }
+
+    async fn register(&self, pod_proxy: Option<IpAddr>) -> Result<(u64, PathBuf)> {
+        let proxy = match pod_proxy {
+            None => ProxyAddrs {
+                v4: Some(self.listen_v4),
+                v6: self.listen_v6,
+            },
+            Some(ip @ IpAddr::V4(_)) => {
+                let addr = SocketAddr::new(ip, self.listen_v4.port());
+                self.proxy.ensure_listener(addr).await?;
+                ProxyAddrs {
+                    v4: Some(addr),
+                    v6: None,
+                }
+            }
+            Some(ip @ IpAddr::V6(_)) => {
+                let port = self.listen_v6.map_or(self.listen_v4.port(), |a| a.port());
+                let addr = SocketAddr::new(ip, port);
+                self.proxy.ensure_listener(addr).await?;
+                ProxyAddrs {
+                    v4: None,
+                    v6: Some(addr),
+                }
+            }
+        };
+        let parent = cgroup::wrap_parent(self.dataplane.cgroup_root())?;
+        let path = parent.join(format!("interlock-wrap-{}", uuid::Uuid::now_v7().simple()));
+        std::fs::create_dir(&path)
+            .with_context(|| format!("creating cgroup {}", path.display()))?;
+        let id = cgroup::cgroup_id(&path)?;
+        if let Err(e) = self.dataplane.register_cgroup(id, proxy) {
+            let _ = std::fs::remove_dir(&path);
+            return Err(e);
+        }
+        CgroupRegistered {
+            cgroup_id: id,
+            path: &path,
+            proxy: proxy.v4.or(proxy.v6),
+        }
+        .emit();
+        Ok((id, path))
+    }
+
+    async fn unregister(&self, id: u64, path: &Path) {
+        self.dataplane.unregister_cgroup(id);
+        CgroupUnregistered { cgroup_id: id }.emit();
+        // Exited processes can take a moment to leave the cgroup.
+        for _ in 0..20 {
+            match std::fs::remove_dir(path) {
+                Ok(()) => return,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+        warn!(
+            path = %path.display(),
+            "wrap cgroup still has processes; left in place and no longer intercepted. \
+             Kill them and remove the directory"
+        );
+    }
+}
+
+async fn send(
+    write: &mut tokio::net::unix::OwnedWriteHalf,
+    response: &ControlResponse,
+) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(response).expect("responses always serialize");
+    line.push(b'\n');
+    write.write_all(&line).await
+}

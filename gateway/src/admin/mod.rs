@@ -1,0 +1,102 @@
+//! The admin listener: `/healthz`, `/readyz` and `/metrics` (Prometheus text). The approval API
+//! will live here too.
+pub mod control;
+
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{
+    Request, Response, StatusCode, body::Incoming, server::conn::http1, service::service_fn,
+};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
+
+use crate::{
+    ebpf::Dataplane,
+    telemetry::{MapLabels, metrics},
+};
+
+pub struct Admin {
+    pub dataplane: Arc<Dataplane>,
+    /// True once programs are attached and listeners bound; false again while draining.
+    pub ready: AtomicBool,
+}
+
+impl Admin {
+    pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
+        TcpListener::bind(addr).await.with_context(|| {
+            format!("cannot bind the admin listener on {addr}; change `admin` in the config")
+        })
+    }
+
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, stop: CancellationToken) {
+        info!(addr = ?listener.local_addr().ok(), "admin listening");
+        loop {
+            let (stream, _) = tokio::select! {
+                _ = stop.cancelled() => return,
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        debug!(error = %e, "admin accept failed");
+                        continue;
+                    }
+                },
+            };
+            let admin = self.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req| {
+                    let admin = admin.clone();
+                    async move { Ok::<_, Infallible>(admin.route(req)) }
+                });
+                if let Err(e) = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await
+                {
+                    debug!(error = %e, "admin connection ended with an error");
+                }
+            });
+        }
+    }
+
+    fn route(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        match req.uri().path() {
+            "/healthz" => text(StatusCode::OK, "ok\n".into()),
+            "/readyz" if self.ready.load(Ordering::Relaxed) => {
+                text(StatusCode::OK, "ready\n".into())
+            }
+            "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n".into()),
+            "/metrics" => {
+                let m = metrics();
+                for (map, count) in self.dataplane.map_entry_counts() {
+                    m.bpf_map_entries
+                        .get_or_create(&MapLabels { map: map.into() })
+                        .set(count as i64);
+                }
+                text(StatusCode::OK, m.encode())
+            }
+            _ => text(
+                StatusCode::NOT_FOUND,
+                "not found; try /healthz, /readyz or /metrics\n".into(),
+            ),
+        }
+    }
+}
+
+fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
+        .body(Full::new(Bytes::from(body)))
+        .expect("static response parts are valid")
+}

@@ -1,0 +1,418 @@
+//! Gateway configuration: YAML (it lives in a ConfigMap), strict, with defaults for every
+//! optional key. Errors name the file, line, column and key, and say how to fix them.
+use std::{
+    collections::HashMap,
+    fmt,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::{Deserialize, Deserializer, de};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The proxy listener for IPv4 targets (and for host processes).
+    #[serde(default = "defaults::listen", deserialize_with = "socket_addr")]
+    pub listen: SocketAddr,
+    /// The proxy listener for IPv6 targets; `null` disables IPv6 interception.
+    #[serde(
+        default = "defaults::listen_v6",
+        deserialize_with = "optional_socket_addr"
+    )]
+    pub listen_v6: Option<SocketAddr>,
+    /// Health, readiness and metrics.
+    #[serde(default = "defaults::admin", deserialize_with = "socket_addr")]
+    pub admin: SocketAddr,
+    /// Unix socket through which root registers wrapped cgroups.
+    #[serde(default = "defaults::control_socket")]
+    pub control_socket: PathBuf,
+    #[serde(default)]
+    pub fail_mode: FailMode,
+    /// bpffs directory for programs and maps pinned in `fail_mode: closed`.
+    #[serde(default = "defaults::bpffs_dir")]
+    pub bpffs_dir: PathBuf,
+    /// Recorded in every session; defaults to $NODE_NAME, then the host name.
+    #[serde(default)]
+    pub node_name: Option<String>,
+    #[serde(default = "defaults::connect_timeout", deserialize_with = "duration")]
+    pub upstream_connect_timeout: Duration,
+    /// How long SIGTERM waits for open sessions before cutting them.
+    #[serde(default = "defaults::drain_timeout", deserialize_with = "duration")]
+    pub drain_timeout: Duration,
+    #[serde(default, deserialize_with = "targets")]
+    pub targets: Vec<Target>,
+    #[serde(default)]
+    pub recording: Recording,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailMode {
+    /// Programs detach with the gateway: workloads connect directly, unrecorded.
+    #[default]
+    Open,
+    /// Programs and maps stay pinned: connections to targets are refused until it is back.
+    Closed,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Target {
+    pub name: String,
+    #[serde(deserialize_with = "socket_addr")]
+    pub address: SocketAddr,
+    #[serde(default)]
+    pub protocol: Protocol,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Protocol {
+    #[default]
+    Tcp,
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Protocol::Tcp => f.write_str("tcp"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Protocol {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        match name.as_str() {
+            "tcp" => Ok(Protocol::Tcp),
+            "http" | "mcp" | "kubernetes" => Err(de::Error::custom(format!(
+                "protocol `{name}` is not supported by this build yet; use `tcp`"
+            ))),
+            other => Err(de::Error::custom(format!(
+                "unknown protocol `{other}`; expected `tcp`"
+            ))),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recording {
+    /// The embedded record store. Relative paths are relative to the config file.
+    #[serde(default = "defaults::recording_dir")]
+    pub dir: PathBuf,
+    /// A segment file is closed and a new one started past this size.
+    #[serde(default = "defaults::segment_bytes")]
+    pub segment_bytes: u64,
+}
+
+impl Default for Recording {
+    fn default() -> Self {
+        Self {
+            dir: defaults::recording_dir(),
+            segment_bytes: defaults::segment_bytes(),
+        }
+    }
+}
+
+mod defaults {
+    use super::*;
+    pub fn listen() -> SocketAddr {
+        "127.0.0.1:15001".parse().expect("valid literal")
+    }
+    pub fn listen_v6() -> Option<SocketAddr> {
+        Some("[::1]:15001".parse().expect("valid literal"))
+    }
+    pub fn admin() -> SocketAddr {
+        "127.0.0.1:15000".parse().expect("valid literal")
+    }
+    pub fn control_socket() -> PathBuf {
+        PathBuf::from("/run/interlock/control.sock")
+    }
+    pub fn bpffs_dir() -> PathBuf {
+        PathBuf::from("/sys/fs/bpf/interlock")
+    }
+    pub fn connect_timeout() -> Duration {
+        Duration::from_secs(5)
+    }
+    pub fn drain_timeout() -> Duration {
+        Duration::from_secs(30)
+    }
+    pub fn recording_dir() -> PathBuf {
+        PathBuf::from("./interlock-records")
+    }
+    pub fn segment_bytes() -> u64 {
+        64 << 20
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file, resolving relative paths against its directory.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: path.to_path_buf(),
+            source,
+        })?;
+        let mut config = Self::parse(&text).map_err(|e| e.in_file(path))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for dir in [&mut config.recording.dir, &mut config.control_socket] {
+            if dir.is_relative() {
+                *dir = base.join(&*dir);
+            }
+        }
+        Ok(config)
+    }
+
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let de = serde_yaml_ng::Deserializer::from_str(text);
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            let location = inner.location().map(|l| (l.line(), l.column()));
+            ConfigError::Invalid {
+                file: None,
+                location,
+                key: (key != ".").then_some(key),
+                message: strip_location(&inner.to_string()),
+            }
+        })
+    }
+
+    pub fn node_name(&self) -> String {
+        self.node_name
+            .clone()
+            .or_else(|| std::env::var("NODE_NAME").ok())
+            .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+            .map(|n| n.trim().to_string())
+            .unwrap_or_else(|| "unknown".into())
+    }
+
+    pub fn target_by_addr(&self, addr: SocketAddr) -> Option<(usize, &Target)> {
+        self.targets
+            .iter()
+            .enumerate()
+            .find(|(_, t)| t.address == addr)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {}: {source}; check the path passed to --config", file.display())]
+    Read {
+        file: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}", describe_invalid(file.as_deref(), *location, key.as_deref(), message))]
+    Invalid {
+        file: Option<PathBuf>,
+        location: Option<(usize, usize)>,
+        key: Option<String>,
+        message: String,
+    },
+}
+
+impl ConfigError {
+    fn in_file(self, path: &Path) -> Self {
+        match self {
+            ConfigError::Invalid {
+                location,
+                key,
+                message,
+                ..
+            } => ConfigError::Invalid {
+                file: Some(path.to_path_buf()),
+                location,
+                key,
+                message,
+            },
+            other => other,
+        }
+    }
+}
+
+fn describe_invalid(
+    file: Option<&Path>,
+    location: Option<(usize, usize)>,
+    key: Option<&str>,
+    message: &str,
+) -> String {
+    let mut out = file
+        .map(|f| f.display().to_string())
+        .unwrap_or_else(|| "<config>".into());
+    if let Some((line, column)) = location {
+        out.push_str(&format!(":{line}:{column}"));
+    }
+    if let Some(key) = key {
+        out.push_str(&format!(": key `{key}`"));
+    }
+    out.push_str(": ");
+    out.push_str(message);
+    out
+}
+
+/// serde_yaml_ng appends " at line L column C"; the location is reported separately.
+fn strip_location(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(i) => message[..i].to_string(),
+        None => message.to_string(),
+    }
+}
+
+fn socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    let text = String::deserialize(d)?;
+    parse_socket_addr(&text).map_err(de::Error::custom)
+}
+
+fn optional_socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    Option::<String>::deserialize(d)?
+        .map(|text| parse_socket_addr(&text).map_err(de::Error::custom))
+        .transpose()
+}
+
+pub fn parse_socket_addr(text: &str) -> Result<SocketAddr, String> {
+    let addr: SocketAddr = text.parse().map_err(|_| {
+        format!(
+            "`{text}` is not an ip:port address; write a literal IP and port such as \
+             127.0.0.1:8080 or [::1]:8080 (host names are not resolved)"
+        )
+    })?;
+    if addr.port() == 0 {
+        return Err(format!("`{text}` has port 0; give the real port"));
+    }
+    Ok(addr)
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    humantime::parse_duration(&text).map_err(|e| {
+        de::Error::custom(format!(
+            "`{text}` is not a duration ({e}); write e.g. 500ms, 5s or 2m"
+        ))
+    })
+}
+
+/// Deserializes the target list, rejecting duplicate names and addresses where they occur.
+fn targets<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Target>, D::Error> {
+    struct TargetsVisitor;
+    impl<'de> de::Visitor<'de> for TargetsVisitor {
+        type Value = Vec<Target>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a list of targets")
+        }
+        fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<Target>, A::Error> {
+            let mut targets: Vec<Target> = Vec::new();
+            let mut by_name = HashMap::new();
+            let mut by_addr = HashMap::new();
+            while let Some(target) = seq.next_element::<Target>()? {
+                let index = targets.len();
+                if target.name.is_empty() {
+                    return Err(de::Error::custom(format!(
+                        "targets[{index}] has an empty name"
+                    )));
+                }
+                if let Some(first) = by_name.insert(target.name.clone(), index) {
+                    return Err(de::Error::custom(format!(
+                        "duplicate target name `{}` in targets[{index}] (first used by \
+                         targets[{first}]); target names must be unique",
+                        target.name
+                    )));
+                }
+                if let Some(first) = by_addr.insert(target.address, index) {
+                    return Err(de::Error::custom(format!(
+                        "duplicate target address {} in targets[{index}] (first used by \
+                         targets[{first}]); each address can belong to one target only",
+                        target.address
+                    )));
+                }
+                if target.address.ip().is_unspecified() {
+                    return Err(de::Error::custom(format!(
+                        "target address {} is unspecified; give the address clients dial",
+                        target.address
+                    )));
+                }
+                targets.push(target);
+            }
+            Ok(targets)
+        }
+    }
+    d.deserialize_seq(TargetsVisitor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error_of(yaml: &str) -> String {
+        Config::parse(yaml)
+            .expect_err("config must be rejected")
+            .to_string()
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = Config::parse("targets: []\n").unwrap();
+        assert_eq!(c.listen, "127.0.0.1:15001".parse().unwrap());
+        assert_eq!(c.admin, "127.0.0.1:15000".parse().unwrap());
+        assert_eq!(c.fail_mode, FailMode::Open);
+        assert_eq!(c.recording.dir, PathBuf::from("./interlock-records"));
+    }
+
+    #[test]
+    fn full_example_parses() {
+        let c = Config::parse(
+            "listen: 127.0.0.1:15001\nadmin: 127.0.0.1:15000\nfail_mode: closed\ntargets:\n  - name: demo\n    address: 127.0.0.1:8080\n    protocol: tcp\n  - name: v6\n    address: \"[::1]:8080\"\nrecording:\n  dir: ./records\n",
+        )
+        .unwrap();
+        assert_eq!(c.fail_mode, FailMode::Closed);
+        assert_eq!(c.targets.len(), 2);
+        assert_eq!(c.targets[1].address, "[::1]:8080".parse().unwrap());
+    }
+
+    #[test]
+    fn unknown_key_names_line_and_key() {
+        let e = error_of("listen: 127.0.0.1:1\nlisten_adress: 1\n");
+        assert!(e.contains(":2:"), "{e}");
+        assert!(e.contains("unknown field `listen_adress`"), "{e}");
+    }
+
+    #[test]
+    fn bad_address_names_key_and_fix() {
+        let e = error_of("targets:\n  - name: a\n    address: localhost:80\n");
+        assert!(e.contains("key `targets[0].address`"), "{e}");
+        assert!(e.contains(":3:"), "{e}");
+        assert!(e.contains("literal IP"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_target_names_and_addresses() {
+        let e = error_of(
+            "targets:\n  - name: a\n    address: 127.0.0.1:1\n  - name: a\n    address: 127.0.0.1:2\n",
+        );
+        assert!(e.contains("duplicate target name `a`"), "{e}");
+        assert!(e.contains("targets[1]"), "{e}");
+        let e = error_of(
+            "targets:\n  - name: a\n    address: 127.0.0.1:1\n  - name: b\n    address: 127.0.0.1:1\n",
+        );
+        assert!(e.contains("duplicate target address"), "{e}");
+    }
+
+    #[test]
+    fn malformed_yaml_has_location() {
+        let e = error_of("targets: [\n  - name: a\n");
+        assert!(e.starts_with("<config>:"), "{e}");
+        assert!(e.chars().filter(|c| *c == ':').count() >= 2, "{e}");
+    }
+
+    #[test]
+    fn later_protocols_are_refused_clearly() {
+        let e = error_of("targets:\n  - name: a\n    address: 127.0.0.1:1\n    protocol: mcp\n");
+        assert!(e.contains("not supported by this build yet"), "{e}");
+    }
+
+    #[test]
+    fn bad_duration_and_fail_mode() {
+        assert!(error_of("drain_timeout: soon\n").contains("not a duration"));
+        assert!(error_of("fail_mode: maybe\n").contains("key `fail_mode`"));
+    }
+}

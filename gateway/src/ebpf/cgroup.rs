@@ -1,0 +1,137 @@
+//! cgroup v2 helpers: find the mount, name our own cgroup, create and remove wrap cgroups.
+use std::{
+    fs,
+    io::{self, BufRead},
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, Result, bail};
+
+/// The cgroup2 mount point, read from /proc/self/mountinfo. Nodes usually mount it at
+/// /sys/fs/cgroup; hybrid hosts at /sys/fs/cgroup/unified.
+pub fn cgroup2_mount() -> Result<PathBuf> {
+    let file = fs::File::open("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
+    for line in io::BufReader::new(file).lines() {
+        let line = line?;
+        // Fields: id parent major:minor root mount-point options [optional...] - fstype ...
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
+        if right.split_whitespace().next() == Some("cgroup2")
+            && let Some(mount_point) = left.split_whitespace().nth(4)
+        {
+            return Ok(PathBuf::from(unescape_mount_path(mount_point)));
+        }
+    }
+    bail!(
+        "no cgroup2 filesystem is mounted; Interlock needs cgroup v2 \
+         (mount it with `mount -t cgroup2 none /sys/fs/cgroup`)"
+    )
+}
+
+/// mountinfo escapes spaces and a few other bytes as octal (`\040`).
+fn unescape_mount_path(raw: &str) -> String {
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\'
+            && i + 3 < bytes.len()
+            && let Ok(v) = u8::from_str_radix(&raw[i + 1..i + 4], 8)
+        {
+            out.push(v);
+            i += 4;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The cgroup2 path of a process relative to the mount, from /proc/PID/cgroup (`0::/path`).
+pub fn cgroup_of(pid: &str) -> Result<PathBuf> {
+    let text = fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .with_context(|| format!("reading /proc/{pid}/cgroup"))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(|p| PathBuf::from(p.trim_start_matches('/')))
+        .context("no cgroup v2 entry in /proc/PID/cgroup")
+}
+
+/// The cgroup id the kernel reports through `bpf_get_current_cgroup_id`: the directory's inode.
+pub fn cgroup_id(path: &Path) -> Result<u64> {
+    Ok(fs::metadata(path)
+        .with_context(|| format!("stat {}", path.display()))?
+        .ino())
+}
+
+/// The directory wrap cgroups are created in: the parent of the gateway's own cgroup, so
+/// they sit beside it and inherit the same limits (on a node: beside the gateway pod).
+pub fn wrap_parent(mount: &Path) -> Result<PathBuf> {
+    let own = cgroup_of("self")?;
+    Ok(mount.join(own.parent().unwrap_or(Path::new(""))))
+}
+
+/// Ids of every cgroup under `root`; used to forget registrations whose cgroup is gone.
+pub fn all_cgroup_ids(root: &Path) -> Result<std::collections::HashSet<u64>> {
+    let mut ids = std::collections::HashSet::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(meta) = fs::metadata(&dir) else {
+            continue;
+        };
+        ids.insert(meta.ino());
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(entry.path());
+            }
+        }
+    }
+    Ok(ids)
+}
+
+/// Moves the calling process into the cgroup whose `cgroup.procs` path is given. Only
+/// async-signal-safe calls: it runs between fork and exec.
+pub fn join_cgroup_in_child(procs_path: &std::ffi::CStr) -> io::Result<()> {
+    // SAFETY: plain syscalls on a NUL-terminated path and a static buffer.
+    unsafe {
+        let fd = libc::open(procs_path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let written = libc::write(fd, b"0".as_ptr().cast(), 1);
+        let err = io::Error::last_os_error();
+        libc::close(fd);
+        if written != 1 {
+            return Err(err);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_escapes_are_decoded() {
+        assert_eq!(
+            unescape_mount_path("/sys/fs/cgroup\\040x"),
+            "/sys/fs/cgroup x"
+        );
+        assert_eq!(unescape_mount_path("/plain"), "/plain");
+    }
+
+    #[test]
+    fn finds_cgroup2_and_own_cgroup() {
+        let mount = cgroup2_mount().expect("this machine has cgroup v2");
+        assert!(mount.join("cgroup.procs").exists(), "{}", mount.display());
+        let own = cgroup_of("self").unwrap();
+        assert!(mount.join(own).join("cgroup.procs").exists());
+    }
+}

@@ -1,0 +1,499 @@
+//! Loads the eBPF programs, attaches them at the cgroup2 root and owns their maps.
+//!
+//! `fail_mode: open` keeps links and maps tied to this process: when it dies, even by SIGKILL,
+//! the kernel detaches everything and workloads connect directly. `fail_mode: closed` pins
+//! links and maps under `bpffs_dir`, so they outlive the process and keep redirecting to a
+//! listener that is gone, which refuses the connection until a gateway is back.
+pub mod cgroup;
+
+use std::{
+    fs,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    os::fd::AsFd,
+    path::{Path, PathBuf},
+    sync::Mutex,
+};
+
+use anyhow::{Context, Result, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, MapData},
+    programs::{
+        CgroupAttachMode, CgroupSock, CgroupSockAddr, SockOps,
+        links::{FdLink, PinnedLink},
+    },
+};
+use interlock_common::{AddrKey, InterceptConfig, Origin, Settings, names};
+use tracing::{info, warn};
+
+use crate::config::{Config, FailMode};
+
+/// The object built by `cargo xtask build-ebpf`, embedded by build.rs (empty when it was not
+/// built, so that userspace still compiles for `cargo clippy` and unit tests).
+static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/interlock.bpf.o"));
+
+const PINNED_MAPS: [&str; 5] = [
+    names::INTERCEPT_CGROUPS,
+    names::TARGETS,
+    names::SOCK_ORIGINS,
+    names::FLOWS,
+    names::SETTINGS,
+];
+
+/// Where a cgroup's intercepted connections are sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProxyAddrs {
+    pub v4: Option<SocketAddr>,
+    pub v6: Option<SocketAddr>,
+}
+
+impl ProxyAddrs {
+    fn to_intercept_config(self) -> InterceptConfig {
+        let (proxy_ip4, proxy_port4) = match self.v4 {
+            Some(SocketAddr::V4(a)) => (u32::from_ne_bytes(a.ip().octets()), a.port()),
+            _ => (0, 0),
+        };
+        let (proxy_ip6, proxy_port6) = match self.v6 {
+            Some(SocketAddr::V6(a)) => (ipv6_words(a.ip()), a.port()),
+            _ => ([0; 4], 0),
+        };
+        InterceptConfig {
+            proxy_ip4,
+            proxy_ip6,
+            proxy_port4,
+            proxy_port6,
+        }
+    }
+}
+
+fn ipv6_words(ip: &Ipv6Addr) -> [u32; 4] {
+    let o = ip.octets();
+    std::array::from_fn(|i| {
+        u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]])
+    })
+}
+
+/// The map key for an address as the kernel sees it.
+pub fn addr_key(addr: SocketAddr) -> AddrKey {
+    match addr.ip() {
+        IpAddr::V4(ip) => AddrKey::from_ipv4(u32::from_ne_bytes(ip.octets()), addr.port()),
+        IpAddr::V6(ip) => AddrKey::from_ipv6(ipv6_words(&ip), addr.port()),
+    }
+}
+
+/// The address an `AddrKey` stands for; v4-mapped keys come back as IPv4.
+pub fn key_addr(key: &AddrKey) -> SocketAddr {
+    let mut octets = [0u8; 16];
+    for (i, word) in key.addr.iter().enumerate() {
+        octets[4 * i..4 * i + 4].copy_from_slice(&word.to_ne_bytes());
+    }
+    let ip = Ipv6Addr::from(octets);
+    match ip.to_ipv4_mapped() {
+        Some(v4) => SocketAddr::new(IpAddr::V4(v4), key.port),
+        None => SocketAddr::new(IpAddr::V6(ip), key.port),
+    }
+}
+
+pub struct Dataplane {
+    // Holds the programs; in open mode also their links, which detach when this drops.
+    _ebpf: Ebpf,
+    intercept: Mutex<HashMap<MapData, u64, InterceptConfig>>,
+    targets: Mutex<HashMap<MapData, AddrKey, u32>>,
+    sock_origins: Mutex<HashMap<MapData, u64, Origin>>,
+    flows: Mutex<HashMap<MapData, AddrKey, Origin>>,
+    cgroup_root: PathBuf,
+}
+
+impl Dataplane {
+    /// Loads, attaches and configures the programs for this gateway process.
+    pub fn start(config: &Config) -> Result<Self> {
+        if EBPF_OBJECT.is_empty() {
+            bail!(
+                "this interlock binary was built without its eBPF object; \
+                 build it with `cargo xtask build` (which runs `cargo xtask build-ebpf` first)"
+            );
+        }
+        let cgroup_root = cgroup::cgroup2_mount()?;
+        let pin_dir = (config.fail_mode == FailMode::Closed).then(|| config.bpffs_dir.clone());
+        match &pin_dir {
+            Some(dir) => prepare_bpffs(dir)?,
+            None if config.bpffs_dir.exists() => {
+                warn!(
+                    dir = %config.bpffs_dir.display(),
+                    "removing programs pinned by an earlier fail_mode: closed gateway"
+                );
+                detach_pinned(&config.bpffs_dir)?;
+            }
+            None => {}
+        }
+
+        let mut loader = EbpfLoader::new();
+        let map_pins: Vec<(&str, PathBuf)> = pin_dir
+            .iter()
+            .flat_map(|dir| {
+                PINNED_MAPS
+                    .iter()
+                    .map(move |m| (*m, dir.join("maps").join(m)))
+            })
+            .collect();
+        for (name, path) in &map_pins {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(EBPF_OBJECT).context(
+            "loading the eBPF object failed; the gateway needs root (CAP_BPF, CAP_NET_ADMIN, \
+             CAP_SYS_ADMIN) and a kernel with BTF (5.10 or newer)",
+        )?;
+        start_ebpf_logger(&mut ebpf);
+
+        let root = fs::File::open(&cgroup_root)
+            .with_context(|| format!("opening cgroup2 root {}", cgroup_root.display()))?;
+        let links_dir = pin_dir.as_ref().map(|d| d.join("links"));
+        attach_all(&mut ebpf, &root, links_dir.as_deref())?;
+        write_settings(&mut ebpf, config)?;
+
+        let dataplane = Dataplane {
+            intercept: Mutex::new(take_map(&mut ebpf, names::INTERCEPT_CGROUPS)?),
+            targets: Mutex::new(take_map(&mut ebpf, names::TARGETS)?),
+            sock_origins: Mutex::new(take_map(&mut ebpf, names::SOCK_ORIGINS)?),
+            flows: Mutex::new(take_map(&mut ebpf, names::FLOWS)?),
+            _ebpf: ebpf,
+            cgroup_root,
+        };
+        dataplane.set_targets(config)?;
+        info!(
+            cgroup_root = %dataplane.cgroup_root.display(),
+            fail_mode = ?config.fail_mode,
+            "eBPF programs attached"
+        );
+        Ok(dataplane)
+    }
+
+    pub fn cgroup_root(&self) -> &Path {
+        &self.cgroup_root
+    }
+
+    /// Replaces the TARGETS map with the configured targets.
+    fn set_targets(&self, config: &Config) -> Result<()> {
+        let mut targets = self.targets.lock().expect("targets lock");
+        let stale: Vec<AddrKey> = targets.keys().filter_map(Result::ok).collect();
+        for key in stale {
+            targets.remove(&key)?;
+        }
+        for (index, target) in config.targets.iter().enumerate() {
+            targets
+                .insert(addr_key(target.address), index as u32, 0)
+                .with_context(|| {
+                    format!(
+                        "adding target {} ({}) to the TARGETS map",
+                        target.name, target.address
+                    )
+                })?;
+        }
+        Ok(())
+    }
+
+    pub fn register_cgroup(&self, cgroup_id: u64, proxy: ProxyAddrs) -> Result<()> {
+        self.intercept
+            .lock()
+            .expect("intercept lock")
+            .insert(cgroup_id, proxy.to_intercept_config(), 0)
+            .context("adding the cgroup to the INTERCEPT_CGROUPS map (is it full?)")
+    }
+
+    pub fn unregister_cgroup(&self, cgroup_id: u64) {
+        // Absent keys are fine: the sweeper may have removed it already.
+        let _ = self
+            .intercept
+            .lock()
+            .expect("intercept lock")
+            .remove(&cgroup_id);
+    }
+
+    pub fn intercepted_cgroups(&self) -> Vec<u64> {
+        self.intercept
+            .lock()
+            .expect("intercept lock")
+            .keys()
+            .filter_map(Result::ok)
+            .collect()
+    }
+
+    /// Removes registrations whose cgroup no longer exists (after a crash in closed mode, the
+    /// pinned map still holds the old gateway's registrations).
+    pub fn forget_vanished_cgroups(&self) -> Result<usize> {
+        let live = cgroup::all_cgroup_ids(&self.cgroup_root)?;
+        let stale: Vec<u64> = self
+            .intercepted_cgroups()
+            .into_iter()
+            .filter(|id| !live.contains(id))
+            .collect();
+        for id in &stale {
+            self.unregister_cgroup(*id);
+        }
+        Ok(stale.len())
+    }
+
+    /// The origin of an accepted connection, found by its peer (the client's source tuple).
+    /// The entry is deleted: each connection is claimed once.
+    pub fn take_flow(&self, peer: SocketAddr) -> Option<Origin> {
+        let key = addr_key(canonical_peer(peer));
+        let mut flows = self.flows.lock().expect("flows lock");
+        let origin = flows.get(&key, 0).ok()?;
+        let _ = flows.remove(&key);
+        Some(origin)
+    }
+
+    /// Entry counts of the maps whose leaks would matter, for /metrics.
+    pub fn map_entry_counts(&self) -> [(&'static str, usize); 3] {
+        [
+            (
+                names::SOCK_ORIGINS,
+                self.sock_origins.lock().expect("lock").keys().count(),
+            ),
+            (
+                names::FLOWS,
+                self.flows.lock().expect("lock").keys().count(),
+            ),
+            (
+                names::INTERCEPT_CGROUPS,
+                self.intercept.lock().expect("lock").keys().count(),
+            ),
+        ]
+    }
+}
+
+/// A dual-stack listener reports IPv4 peers as `::ffff:a.b.c.d`; keys use the same mapping,
+/// but normalise so both listener kinds give the same key.
+fn canonical_peer(peer: SocketAddr) -> SocketAddr {
+    match peer {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),
+            None => peer,
+        },
+        v4 => v4,
+    }
+}
+
+fn write_settings(ebpf: &mut Ebpf, config: &Config) -> Result<()> {
+    let settings = Settings {
+        gateway_tgid: std::process::id(),
+        fail_closed: u32::from(config.fail_mode == FailMode::Closed),
+        host_netns_cookie: own_netns_cookie()?,
+    };
+    let map = ebpf
+        .map_mut(names::SETTINGS)
+        .context("map SETTINGS missing from object")?;
+    let mut array: Array<_, Settings> = Array::try_from(map)?;
+    array.set(0, settings, 0)?;
+    Ok(())
+}
+
+fn take_map<K: aya::Pod, V: aya::Pod>(
+    ebpf: &mut Ebpf,
+    name: &str,
+) -> Result<HashMap<MapData, K, V>> {
+    let map = ebpf
+        .take_map(name)
+        .with_context(|| format!("map {name} missing from object"))?;
+    HashMap::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
+}
+
+/// Loads and attaches one program at the cgroup2 root, pinning its link in closed mode.
+macro_rules! attach_program {
+    ($ebpf:expr, $ty:ty, $name:expr, $root:expr, $links_dir:expr) => {{
+        let prog: &mut $ty = program($ebpf, $name)?;
+        prog.load()
+            .with_context(|| format!("the verifier rejected {}", $name))?;
+        let id = prog
+            .attach($root.as_fd(), CgroupAttachMode::Single)
+            .with_context(|| format!("attaching {} at the cgroup2 root", $name))?;
+        if let Some(dir) = $links_dir {
+            pin_link(FdLink::try_from(prog.take_link(id)?)?, &dir.join($name))?;
+        }
+    }};
+}
+
+fn attach_all(ebpf: &mut Ebpf, root: &fs::File, links_dir: Option<&Path>) -> Result<()> {
+    for name in [
+        names::CONNECT4,
+        names::CONNECT6,
+        names::GETPEERNAME4,
+        names::GETPEERNAME6,
+    ] {
+        attach_program!(ebpf, CgroupSockAddr, name, root, links_dir);
+    }
+    attach_program!(ebpf, SockOps, names::SOCK_OPS, root, links_dir);
+    attach_program!(ebpf, CgroupSock, names::SOCK_RELEASE, root, links_dir);
+    Ok(())
+}
+
+fn program<'a, P>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut P>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let prog = ebpf
+        .program_mut(name)
+        .with_context(|| format!("program {name} missing"))?;
+    Ok(prog.try_into()?)
+}
+
+/// Pins a new link, replacing (and so detaching) the one an earlier gateway pinned. The new
+/// link is attached before the old one goes, so there is no window without redirection.
+fn pin_link(link: FdLink, path: &Path) -> Result<()> {
+    if path.exists() {
+        let old = PinnedLink::from_pin(path)
+            .with_context(|| format!("opening pinned link {}", path.display()))?;
+        drop(old.unpin()?);
+    }
+    link.pin(path)
+        .with_context(|| format!("pinning link at {}", path.display()))?;
+    Ok(())
+}
+
+/// Makes sure `dir` is on a bpf filesystem, mounting bpffs at /sys/fs/bpf if needed.
+fn prepare_bpffs(dir: &Path) -> Result<()> {
+    const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+    let bpffs_root = Path::new("/sys/fs/bpf");
+    if !dir.starts_with(bpffs_root) {
+        bail!("bpffs_dir {} must be under /sys/fs/bpf", dir.display());
+    }
+    if statfs_type(bpffs_root)? != BPF_FS_MAGIC {
+        // SAFETY: mount(2) with static, NUL-terminated arguments.
+        let rc = unsafe {
+            libc::mount(
+                c"bpffs".as_ptr(),
+                c"/sys/fs/bpf".as_ptr(),
+                c"bpf".as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        };
+        if rc != 0 {
+            bail!(
+                "fail_mode: closed needs bpffs at /sys/fs/bpf and mounting it failed: {}; \
+                 mount it on the host (`mount -t bpf bpffs /sys/fs/bpf`) and pass it to the pod",
+                std::io::Error::last_os_error()
+            );
+        }
+        info!("mounted bpffs at /sys/fs/bpf");
+    }
+    fs::create_dir_all(dir.join("maps"))?;
+    fs::create_dir_all(dir.join("links"))?;
+    Ok(())
+}
+
+fn statfs_type(path: &Path) -> Result<i64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    let mut buf: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid path and out-buffer.
+    if unsafe { libc::statfs(c_path.as_ptr(), &mut buf) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("statfs /sys/fs/bpf");
+    }
+    Ok(buf.f_type as i64)
+}
+
+/// Unpins every link and map a closed-mode gateway left behind, which detaches the programs.
+pub fn detach_pinned(dir: &Path) -> Result<()> {
+    if !dir.exists() {
+        return Ok(());
+    }
+    let links = dir.join("links");
+    if links.exists() {
+        for entry in fs::read_dir(&links)? {
+            let path = entry?.path();
+            match PinnedLink::from_pin(&path) {
+                Ok(link) => drop(link.unpin()?),
+                Err(e) => {
+                    warn!(path = %path.display(), error = %e, "not a pinned link; removing file");
+                    fs::remove_file(&path)?;
+                }
+            }
+        }
+    }
+    fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
+    info!(dir = %dir.display(), "pinned programs and maps removed");
+    Ok(())
+}
+
+/// SO_NETNS_COOKIE (Linux 5.14); not yet exported by the libc crate.
+const SO_NETNS_COOKIE: libc::c_int = 71;
+
+/// The cookie of the network namespace the gateway runs in (the host's).
+fn own_netns_cookie() -> Result<u64> {
+    let socket = std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    use std::os::fd::AsRawFd;
+    // SAFETY: getsockopt into a u64 with its correct length.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error())
+            .context("reading SO_NETNS_COOKIE needs Linux 5.14 or newer");
+    }
+    Ok(cookie)
+}
+
+/// Forwards log lines from the eBPF programs (aya-log) into tracing.
+fn start_ebpf_logger(ebpf: &mut Ebpf) {
+    match aya_log::EbpfLogger::init(ebpf) {
+        Ok(logger) => {
+            // SAFETY: the logger owns its ring-buffer fd for as long as the AsyncFd owns it.
+            let Ok(mut fd) = (unsafe { tokio::io::unix::AsyncFd::register(logger) }) else {
+                return;
+            };
+            tokio::spawn(async move {
+                loop {
+                    let Ok(mut guard) = fd.readable_mut().await else {
+                        return;
+                    };
+                    guard.get_inner_mut().flush();
+                    guard.clear_ready();
+                }
+            });
+        }
+        Err(e) => warn!(error = %e, "eBPF log forwarding unavailable"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addr_keys_round_trip_both_families() {
+        for text in [
+            "127.0.0.1:8080",
+            "10.1.2.3:443",
+            "[::1]:8080",
+            "[fd00::5]:1",
+        ] {
+            let addr: SocketAddr = text.parse().unwrap();
+            assert_eq!(key_addr(&addr_key(addr)), addr);
+        }
+    }
+
+    #[test]
+    fn ipv4_keys_match_the_kernel_layout() {
+        // The kernel gives user_ip4 as network-order bytes in memory.
+        let key = addr_key("127.0.0.1:80".parse().unwrap());
+        assert_eq!(key.addr[3].to_ne_bytes(), [127, 0, 0, 1]);
+        assert_eq!(key.addr[2].to_ne_bytes(), [0, 0, 0xff, 0xff]);
+        assert_eq!(key.port, 80);
+    }
+
+    #[test]
+    fn mapped_peers_are_canonical() {
+        let mapped: SocketAddr = "[::ffff:10.0.0.2]:5000".parse().unwrap();
+        assert_eq!(canonical_peer(mapped), "10.0.0.2:5000".parse().unwrap());
+    }
+}

@@ -1,0 +1,67 @@
+//! Who is behind a connection: the kernel-attested cgroup and process, read at accept time.
+//! (Kubernetes pod identity and service-account tokens build on this later.)
+use std::fs;
+
+use crate::ebpf::cgroup;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Workload {
+    pub cgroup_id: u64,
+    /// cgroup path relative to the cgroup2 mount, if the process is still there.
+    pub cgroup: Option<String>,
+    pub pid: u32,
+    pub process: String,
+    pub cmdline: Vec<String>,
+}
+
+impl Workload {
+    /// `pid_tgid` as `bpf_get_current_pid_tgid` returns it: tgid in the upper half.
+    pub fn from_kernel(cgroup_id: u64, pid_tgid: u64) -> Workload {
+        let pid = (pid_tgid >> 32) as u32;
+        let proc_dir = format!("/proc/{pid}");
+        // A process that already exited leaves these empty; the cgroup id still attests it.
+        let process = fs::read_to_string(format!("{proc_dir}/comm"))
+            .map(|s| s.trim_end().to_string())
+            .unwrap_or_default();
+        let cmdline = fs::read(format!("{proc_dir}/cmdline"))
+            .map(|raw| {
+                raw.split(|b| *b == 0)
+                    .filter(|arg| !arg.is_empty())
+                    .map(|arg| String::from_utf8_lossy(arg).into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let cgroup = cgroup::cgroup_of(&pid.to_string())
+            .ok()
+            .map(|p| format!("/{}", p.display()));
+        Workload {
+            cgroup_id,
+            cgroup,
+            pid,
+            process,
+            cmdline,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_own_process() {
+        let pid_tgid = u64::from(std::process::id()) << 32;
+        let w = Workload::from_kernel(1, pid_tgid);
+        assert_eq!(w.pid, std::process::id());
+        assert!(!w.process.is_empty());
+        assert!(!w.cmdline.is_empty());
+        assert!(w.cgroup.is_some());
+    }
+
+    #[test]
+    fn vanished_process_still_has_cgroup_id() {
+        let w = Workload::from_kernel(42, u64::from(u32::MAX - 1) << 32);
+        assert_eq!(w.cgroup_id, 42);
+        assert!(w.process.is_empty());
+    }
+}

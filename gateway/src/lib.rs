@@ -1,0 +1,9 @@
+//! Interlock's node gateway: one module per concern.
+pub mod admin;
+pub mod commands;
+pub mod config;
+pub mod ebpf;
+pub mod identity;
+pub mod proxy;
+pub mod recording;
+pub mod telemetry;

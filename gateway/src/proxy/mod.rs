@@ -1,0 +1,213 @@
+//! The node proxy: listeners, the accept path (origin lookup, identity, durable session
+//! start) and the hand-off to the relay.
+pub mod relay;
+pub mod upstream;
+
+use std::{
+    collections::HashSet,
+    io,
+    net::SocketAddr,
+    os::fd::AsRawFd,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::{error, warn};
+
+use self::upstream::{UpstreamConnector, connect_failure_outcome};
+use crate::{
+    config::Config,
+    ebpf::{Dataplane, key_addr},
+    identity::Workload,
+    recording::{
+        Recorder,
+        record::{Outcome, SessionEnd, SessionStart},
+    },
+    telemetry::events::{
+        InternalEvent, OriginNotFound, SessionEnded, SessionStarted, UpstreamConnectFailed,
+    },
+};
+
+pub struct Proxy<C> {
+    config: Arc<Config>,
+    dataplane: Arc<Dataplane>,
+    recorder: Recorder,
+    connector: C,
+    node: String,
+    /// Cancelled at SIGTERM: listeners close, open sessions carry on.
+    pub stop_accepting: CancellationToken,
+    /// Cancelled when the drain timeout runs out: open sessions are cut.
+    pub hard_stop: CancellationToken,
+    pub sessions: TaskTracker,
+    /// Held across bind so two registrations cannot race for the same address.
+    listeners: tokio::sync::Mutex<HashSet<SocketAddr>>,
+}
+
+impl<C: UpstreamConnector> Proxy<C> {
+    pub fn new(
+        config: Arc<Config>,
+        dataplane: Arc<Dataplane>,
+        recorder: Recorder,
+        connector: C,
+    ) -> Arc<Self> {
+        Arc::new(Proxy {
+            node: config.node_name(),
+            config,
+            dataplane,
+            recorder,
+            connector,
+            stop_accepting: CancellationToken::new(),
+            hard_stop: CancellationToken::new(),
+            sessions: TaskTracker::new(),
+            listeners: tokio::sync::Mutex::new(HashSet::new()),
+        })
+    }
+
+    /// Listens on `addr` unless already listening there. Pod-facing addresses are added as
+    /// cgroups from other network namespaces register.
+    pub async fn ensure_listener(self: &Arc<Self>, addr: SocketAddr) -> io::Result<()> {
+        let mut listeners = self.listeners.lock().await;
+        if listeners.contains(&addr) {
+            return Ok(());
+        }
+        let listener = TcpListener::bind(addr).await.map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot listen on {addr}: {e}; is another gateway running, or is the address not on this node?"),
+            )
+        })?;
+        listeners.insert(addr);
+        tracing::info!(%addr, "proxy listening");
+        let proxy = self.clone();
+        tokio::spawn(async move { proxy.accept_loop(listener).await });
+        Ok(())
+    }
+
+    async fn accept_loop(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            let accepted = tokio::select! {
+                _ = self.stop_accepting.cancelled() => return,
+                accepted = listener.accept() => accepted,
+            };
+            match accepted {
+                Ok((client, peer)) => {
+                    let proxy = self.clone();
+                    self.sessions
+                        .spawn(async move { proxy.serve(client, peer).await });
+                }
+                Err(e) => {
+                    // Usually EMFILE/ENFILE: back off instead of spinning.
+                    error!(error = %e, "accept failed; raise the file descriptor limit if this repeats");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    async fn serve(&self, client: TcpStream, peer: SocketAddr) {
+        let Some(origin) = self.dataplane.take_flow(peer) else {
+            OriginNotFound { peer }.emit();
+            return;
+        };
+        let original_dst = key_addr(&origin.original_dst);
+        let Some((_, target)) = self.config.target_by_addr(original_dst) else {
+            warn!(%peer, %original_dst, "redirected connection matches no configured target; closed");
+            reset(client);
+            return;
+        };
+        let _ = client.set_nodelay(true);
+        let workload = Workload::from_kernel(origin.cgroup_id, origin.pid_tgid);
+        let session_id = uuid::Uuid::now_v7().to_string();
+        let session = self.recorder.session(&session_id);
+        let started = Instant::now();
+        SessionStarted {
+            session_id: &session_id,
+            target: &target.name,
+            client: peer,
+            original_dst,
+            pid: workload.pid,
+            process: &workload.process,
+        }
+        .emit();
+
+        let start = SessionStart {
+            node: self.node.clone(),
+            target: target.name.clone(),
+            protocol: target.protocol.to_string(),
+            original_dst: original_dst.to_string(),
+            client_addr: peer.to_string(),
+            cgroup_id: workload.cgroup_id,
+            cgroup: workload.cgroup,
+            pid: workload.pid,
+            process: workload.process,
+            cmdline: workload.cmdline,
+        };
+        // The upstream connect overlaps the fsync; no byte moves until both are done.
+        let (recorded, upstream) =
+            tokio::join!(session.start(start), self.connector.connect(original_dst));
+
+        let end = |outcome: Outcome, bytes_up, bytes_down, error: Option<String>| SessionEnd {
+            bytes_up,
+            bytes_down,
+            duration_ms: started.elapsed().as_millis() as u64,
+            outcome,
+            error,
+        };
+        let finished = match (recorded, upstream) {
+            (Err(e), _) => {
+                // Unrecorded traffic is never served; the writer already logged why.
+                error!(session_id, error = %e, "session_start could not be recorded; connection refused");
+                reset(client);
+                end(Outcome::Error, 0, 0, Some(format!("recording failed: {e}")))
+            }
+            (Ok(()), Err(e)) => {
+                UpstreamConnectFailed {
+                    session_id: &session_id,
+                    target: &target.name,
+                    upstream: original_dst,
+                    error: &e,
+                }
+                .emit();
+                reset(client);
+                end(connect_failure_outcome(&e), 0, 0, Some(e.to_string()))
+            }
+            (Ok(()), Ok(upstream)) => {
+                let r = relay::relay(client, upstream, &session, &self.hard_stop).await;
+                end(r.outcome, r.bytes_up, r.bytes_down, r.error)
+            }
+        };
+        SessionEnded {
+            session_id: &session_id,
+            target: &target.name,
+            outcome: finished.outcome.as_str(),
+            bytes_up: finished.bytes_up,
+            bytes_down: finished.bytes_down,
+            duration: started.elapsed(),
+        }
+        .emit();
+        if let Err(e) = session.end(finished).await {
+            error!(session_id, error = %e, "session_end could not be recorded");
+        }
+    }
+}
+
+/// Closes with RST, so the client fails at once instead of seeing an empty, clean close.
+fn reset(stream: TcpStream) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt on an open socket with a correctly sized linger struct.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+    drop(stream);
+}

@@ -1,0 +1,165 @@
+//! The session record schema, version 1. Documented in docs/records.md; change both together.
+use base64::{Engine, engine::general_purpose::STANDARD as BASE64};
+use bytes::Bytes;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use time::OffsetDateTime;
+
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    pub schema_version: u32,
+    /// `<session_id>:<seq>`: stable, so consumers can deduplicate.
+    pub record_id: String,
+    pub session_id: String,
+    /// 0 for `session_start`, then one more per record of the session.
+    pub seq: u64,
+    #[serde(with = "time::serde::rfc3339")]
+    pub ts: OffsetDateTime,
+    #[serde(flatten)]
+    pub body: RecordBody,
+}
+
+impl Record {
+    pub fn new(session_id: &str, seq: u64, ts: OffsetDateTime, body: RecordBody) -> Self {
+        Record {
+            schema_version: SCHEMA_VERSION,
+            record_id: format!("{session_id}:{seq}"),
+            session_id: session_id.to_string(),
+            seq,
+            ts,
+            body,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum RecordBody {
+    SessionStart(SessionStart),
+    Data(DataChunk),
+    SessionEnd(SessionEnd),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionStart {
+    pub node: String,
+    pub target: String,
+    pub protocol: String,
+    /// The address the client dialled, as "ip:port".
+    pub original_dst: String,
+    /// The client's source address as the proxy saw it.
+    pub client_addr: String,
+    pub cgroup_id: u64,
+    /// The cgroup path relative to the cgroup2 mount, when the process still existed.
+    pub cgroup: Option<String>,
+    /// Thread-group id (the process id) in the node's pid namespace.
+    pub pid: u32,
+    /// /proc/PID/comm at connect time.
+    pub process: String,
+    /// /proc/PID/cmdline at connect time.
+    pub cmdline: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// Client to upstream.
+    Up,
+    /// Upstream to client.
+    Down,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DataChunk {
+    pub direction: Direction,
+    /// Offset of the first byte of this chunk within its direction's stream.
+    pub offset: u64,
+    pub len: u64,
+    /// The bytes, base64-encoded (standard alphabet, padded).
+    #[serde(serialize_with = "to_base64", deserialize_with = "from_base64")]
+    pub data: Bytes,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionEnd {
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    pub duration_ms: u64,
+    pub outcome: Outcome,
+    /// What went wrong, for outcomes other than `closed`.
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Both sides finished normally.
+    Closed,
+    /// The upstream refused the connection (RST to SYN).
+    UpstreamRefused,
+    /// The upstream did not answer within `upstream_connect_timeout`.
+    UpstreamTimeout,
+    /// The upstream could not be reached (no route, host down).
+    UpstreamUnreachable,
+    /// Either side reset the connection mid-session.
+    Reset,
+    /// Another I/O error ended the session.
+    Error,
+    /// The gateway shut down before the session finished.
+    Shutdown,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Closed => "closed",
+            Outcome::UpstreamRefused => "upstream_refused",
+            Outcome::UpstreamTimeout => "upstream_timeout",
+            Outcome::UpstreamUnreachable => "upstream_unreachable",
+            Outcome::Reset => "reset",
+            Outcome::Error => "error",
+            Outcome::Shutdown => "shutdown",
+        }
+    }
+}
+
+fn to_base64<S: Serializer>(data: &Bytes, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&BASE64.encode(data))
+}
+
+fn from_base64<'de, D: Deserializer<'de>>(d: D) -> Result<Bytes, D::Error> {
+    let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+    BASE64
+        .decode(text.as_bytes())
+        .map(Bytes::from)
+        .map_err(serde::de::Error::custom)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_through_json_with_kind_tag() {
+        let ts = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+        let chunk = Record::new(
+            "s1",
+            1,
+            ts,
+            RecordBody::Data(DataChunk {
+                direction: Direction::Up,
+                offset: 0,
+                len: 3,
+                data: Bytes::from_static(b"\x00hi"),
+            }),
+        );
+        let json = serde_json::to_value(&chunk).unwrap();
+        assert_eq!(json["kind"], "data");
+        assert_eq!(json["record_id"], "s1:1");
+        assert_eq!(json["data"], "AGhp");
+        assert_eq!(json["schema_version"], 1);
+        let back: Record = serde_json::from_value(json).unwrap();
+        assert_eq!(back, chunk);
+    }
+}

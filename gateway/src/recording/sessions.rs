@@ -1,0 +1,111 @@
+//! Reading sessions back from the store: summaries for `sessions list`, records for `replay`.
+use std::{collections::BTreeMap, path::Path};
+
+use serde::Serialize;
+use time::OffsetDateTime;
+
+use super::{
+    record::{Direction, Record, RecordBody},
+    store::{self, Damage},
+};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionSummary {
+    pub id: String,
+    pub node: String,
+    pub target: String,
+    pub original_dst: String,
+    pub client_addr: String,
+    pub cgroup_id: u64,
+    pub cgroup: Option<String>,
+    pub pid: u32,
+    pub process: String,
+    pub cmdline: Vec<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub started_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub ended_at: Option<OffsetDateTime>,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    /// The `session_end` outcome, or `unfinished` while open or after a crash.
+    pub outcome: String,
+    pub records: u64,
+}
+
+pub struct Store {
+    pub records: Vec<Record>,
+    pub damage: Vec<Damage>,
+}
+
+impl Store {
+    pub fn open(dir: &Path) -> std::io::Result<Store> {
+        let (records, damage) = store::read_all(dir)?;
+        Ok(Store { records, damage })
+    }
+
+    /// One summary per session, oldest first.
+    pub fn sessions(&self) -> Vec<SessionSummary> {
+        let mut by_id: BTreeMap<&str, SessionSummary> = BTreeMap::new();
+        for record in &self.records {
+            match &record.body {
+                RecordBody::SessionStart(s) => {
+                    by_id.insert(
+                        &record.session_id,
+                        SessionSummary {
+                            id: record.session_id.clone(),
+                            node: s.node.clone(),
+                            target: s.target.clone(),
+                            original_dst: s.original_dst.clone(),
+                            client_addr: s.client_addr.clone(),
+                            cgroup_id: s.cgroup_id,
+                            cgroup: s.cgroup.clone(),
+                            pid: s.pid,
+                            process: s.process.clone(),
+                            cmdline: s.cmdline.clone(),
+                            started_at: record.ts,
+                            ended_at: None,
+                            bytes_up: 0,
+                            bytes_down: 0,
+                            outcome: "unfinished".into(),
+                            records: 1,
+                        },
+                    );
+                }
+                RecordBody::Data(chunk) => {
+                    if let Some(summary) = by_id.get_mut(record.session_id.as_str()) {
+                        summary.records += 1;
+                        if summary.ended_at.is_none() {
+                            match chunk.direction {
+                                Direction::Up => summary.bytes_up += chunk.len,
+                                Direction::Down => summary.bytes_down += chunk.len,
+                            }
+                        }
+                    }
+                }
+                RecordBody::SessionEnd(end) => {
+                    if let Some(summary) = by_id.get_mut(record.session_id.as_str()) {
+                        summary.records += 1;
+                        summary.ended_at = Some(record.ts);
+                        summary.bytes_up = end.bytes_up;
+                        summary.bytes_down = end.bytes_down;
+                        summary.outcome = end.outcome.as_str().into();
+                    }
+                }
+            }
+        }
+        let mut sessions: Vec<_> = by_id.into_values().collect();
+        sessions.sort_by(|a, b| a.started_at.cmp(&b.started_at).then(a.id.cmp(&b.id)));
+        sessions
+    }
+
+    /// The records of one session in sequence order.
+    pub fn session_records(&self, session_id: &str) -> Vec<&Record> {
+        let mut records: Vec<&Record> = self
+            .records
+            .iter()
+            .filter(|r| r.session_id == session_id)
+            .collect();
+        records.sort_by_key(|r| r.seq);
+        records
+    }
+}

@@ -1,0 +1,193 @@
+//! One struct per internal event; `emit` logs it with structured fields and counts it.
+use std::{net::SocketAddr, time::Duration};
+
+use tracing::{debug, error, info, warn};
+
+use super::{OutcomeLabels, TargetLabels, metrics};
+
+pub trait InternalEvent {
+    fn emit(self);
+}
+
+pub struct SessionStarted<'a> {
+    pub session_id: &'a str,
+    pub target: &'a str,
+    pub client: SocketAddr,
+    pub original_dst: SocketAddr,
+    pub pid: u32,
+    pub process: &'a str,
+}
+
+impl InternalEvent for SessionStarted<'_> {
+    fn emit(self) {
+        info!(
+            session_id = self.session_id,
+            target = self.target,
+            client = %self.client,
+            original_dst = %self.original_dst,
+            pid = self.pid,
+            process = self.process,
+            "session started"
+        );
+        let m = metrics();
+        m.sessions_started
+            .get_or_create(&TargetLabels {
+                target: self.target.into(),
+            })
+            .inc();
+        m.sessions_active.inc();
+    }
+}
+
+pub struct SessionEnded<'a> {
+    pub session_id: &'a str,
+    pub target: &'a str,
+    pub outcome: &'a str,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    pub duration: Duration,
+}
+
+impl InternalEvent for SessionEnded<'_> {
+    fn emit(self) {
+        info!(
+            session_id = self.session_id,
+            target = self.target,
+            outcome = self.outcome,
+            bytes_up = self.bytes_up,
+            bytes_down = self.bytes_down,
+            duration_ms = self.duration.as_millis() as u64,
+            "session ended"
+        );
+        let m = metrics();
+        let target = TargetLabels {
+            target: self.target.into(),
+        };
+        m.bytes_up.get_or_create(&target).inc_by(self.bytes_up);
+        m.bytes_down.get_or_create(&target).inc_by(self.bytes_down);
+        m.sessions_ended
+            .get_or_create(&OutcomeLabels {
+                target: self.target.into(),
+                outcome: self.outcome.into(),
+            })
+            .inc();
+        m.sessions_active.dec();
+    }
+}
+
+pub struct UpstreamConnectFailed<'a> {
+    pub session_id: &'a str,
+    pub target: &'a str,
+    pub upstream: SocketAddr,
+    pub error: &'a std::io::Error,
+}
+
+impl InternalEvent for UpstreamConnectFailed<'_> {
+    fn emit(self) {
+        // Counted through the session's `upstream_*` outcome.
+        warn!(
+            session_id = self.session_id,
+            target = self.target,
+            upstream = %self.upstream,
+            error = %self.error,
+            "upstream connect failed; the client's connection is reset. Check that the target \
+             is up and reachable from the node"
+        );
+    }
+}
+
+pub struct OriginNotFound {
+    pub peer: SocketAddr,
+}
+
+impl InternalEvent for OriginNotFound {
+    fn emit(self) {
+        warn!(
+            peer = %self.peer,
+            "connection on the proxy port has no eBPF origin record; closed unserved. Clients \
+             must not dial the proxy port directly"
+        );
+        metrics().origin_lookup_misses.inc();
+    }
+}
+
+pub struct RecordsWritten {
+    pub records: u64,
+    pub bytes: u64,
+    pub synced: bool,
+}
+
+impl InternalEvent for RecordsWritten {
+    fn emit(self) {
+        debug!(
+            records = self.records,
+            bytes = self.bytes,
+            synced = self.synced,
+            "records written"
+        );
+        let m = metrics();
+        m.records_written.inc_by(self.records);
+        m.record_bytes_written.inc_by(self.bytes);
+        if self.synced {
+            m.fsyncs.inc();
+        }
+    }
+}
+
+pub struct RecordWriteFailed<'a> {
+    pub error: &'a std::io::Error,
+    pub dir: &'a std::path::Path,
+}
+
+impl InternalEvent for RecordWriteFailed<'_> {
+    fn emit(self) {
+        error!(
+            error = %self.error,
+            dir = %self.dir.display(),
+            "writing the record store failed; new sessions are refused until it works again. \
+             Check free space and permissions of recording.dir"
+        );
+        metrics().record_write_errors.inc();
+    }
+}
+
+pub struct CgroupRegistered<'a> {
+    pub cgroup_id: u64,
+    pub path: &'a std::path::Path,
+    pub proxy: Option<SocketAddr>,
+}
+
+impl InternalEvent for CgroupRegistered<'_> {
+    fn emit(self) {
+        info!(
+            cgroup_id = self.cgroup_id,
+            path = %self.path.display(),
+            proxy = ?self.proxy,
+            "cgroup registered for interception"
+        );
+        metrics().cgroups_registered.inc();
+    }
+}
+
+pub struct CgroupUnregistered {
+    pub cgroup_id: u64,
+}
+
+impl InternalEvent for CgroupUnregistered {
+    fn emit(self) {
+        info!(cgroup_id = self.cgroup_id, "cgroup unregistered");
+        metrics().cgroups_unregistered.inc();
+    }
+}
+
+pub struct ControlRequestRejected<'a> {
+    pub reason: &'a str,
+    pub uid: Option<u32>,
+}
+
+impl InternalEvent for ControlRequestRejected<'_> {
+    fn emit(self) {
+        warn!(reason = self.reason, uid = ?self.uid, "control request rejected");
+        metrics().control_rejections.inc();
+    }
+}

@@ -1,0 +1,161 @@
+//! Metrics and internal events. Each internal event is one struct whose `emit` writes both its
+//! structured log line and its counters, so logs and metrics never drift apart.
+pub mod events;
+
+use std::sync::OnceLock;
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub target: String,
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TargetLabels {
+    pub target: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MapLabels {
+    pub map: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub sessions_started: Family<TargetLabels, Counter>,
+    pub sessions_ended: Family<OutcomeLabels, Counter>,
+    pub sessions_active: Gauge,
+    pub bytes_up: Family<TargetLabels, Counter>,
+    pub bytes_down: Family<TargetLabels, Counter>,
+    pub origin_lookup_misses: Counter,
+    pub records_written: Counter,
+    pub record_bytes_written: Counter,
+    pub record_write_errors: Counter,
+    pub fsyncs: Counter,
+    pub control_rejections: Counter,
+    pub cgroups_registered: Counter,
+    pub cgroups_unregistered: Counter,
+    pub bpf_map_entries: Family<MapLabels, Gauge>,
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let mut m = Metrics {
+            registry: Registry::with_prefix("interlock"),
+            sessions_started: Family::default(),
+            sessions_ended: Family::default(),
+            sessions_active: Gauge::default(),
+            bytes_up: Family::default(),
+            bytes_down: Family::default(),
+            origin_lookup_misses: Counter::default(),
+            records_written: Counter::default(),
+            record_bytes_written: Counter::default(),
+            record_write_errors: Counter::default(),
+            fsyncs: Counter::default(),
+            control_rejections: Counter::default(),
+            cgroups_registered: Counter::default(),
+            cgroups_unregistered: Counter::default(),
+            bpf_map_entries: Family::default(),
+        };
+        let registry = &mut m.registry;
+        registry.register(
+            "sessions_started",
+            "Sessions opened",
+            m.sessions_started.clone(),
+        );
+        registry.register(
+            "sessions_ended",
+            "Sessions closed, by outcome",
+            m.sessions_ended.clone(),
+        );
+        registry.register(
+            "sessions_active",
+            "Sessions open now",
+            m.sessions_active.clone(),
+        );
+        registry.register(
+            "bytes_up",
+            "Bytes relayed client to upstream",
+            m.bytes_up.clone(),
+        );
+        registry.register(
+            "bytes_down",
+            "Bytes relayed upstream to client",
+            m.bytes_down.clone(),
+        );
+        registry.register(
+            "origin_lookup_misses",
+            "Accepted connections with no eBPF origin record (closed unserved)",
+            m.origin_lookup_misses.clone(),
+        );
+        registry.register(
+            "records_written",
+            "Records written to the store",
+            m.records_written.clone(),
+        );
+        registry.register(
+            "record_bytes_written",
+            "Bytes written to the store, framing included",
+            m.record_bytes_written.clone(),
+        );
+        registry.register(
+            "record_write_errors",
+            "Failed writes to the record store",
+            m.record_write_errors.clone(),
+        );
+        registry.register(
+            "fsyncs",
+            "fsync calls on the record store",
+            m.fsyncs.clone(),
+        );
+        registry.register(
+            "control_rejections",
+            "Control-socket requests refused (not root, malformed, or invalid)",
+            m.control_rejections.clone(),
+        );
+        registry.register(
+            "cgroups_registered",
+            "cgroups registered for interception by `interlock wrap`",
+            m.cgroups_registered.clone(),
+        );
+        registry.register(
+            "cgroups_unregistered",
+            "wrap registrations ended",
+            m.cgroups_unregistered.clone(),
+        );
+        registry.register(
+            "bpf_map_entries",
+            "Entries in the eBPF tracking maps; SOCK_ORIGINS and FLOWS return to 0 when idle",
+            m.bpf_map_entries.clone(),
+        );
+        m
+    }
+
+    /// Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+pub fn metrics() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(Metrics::new)
+}
+
+/// Sets up `tracing` on stderr. The level comes from RUST_LOG (default `info`); aya-log lines
+/// from the eBPF programs arrive through the `log` bridge.
+pub fn init_logging() {
+    use tracing_subscriber::{EnvFilter, fmt};
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = builder.try_init();
+}
