@@ -170,11 +170,19 @@ impl Config {
             let key = e.path().to_string();
             let inner = e.into_inner();
             let location = inner.location().map(|l| (l.line(), l.column()));
+            let key = (key != ".").then_some(key);
+            let mut message = strip_location(&inner.to_string());
+            // serde_yaml_ng prefixes its own (shorter) path; the key is reported separately.
+            if let (Some(key), Some((prefix, rest))) = (&key, message.split_once(": "))
+                && key.starts_with(prefix)
+            {
+                message = rest.to_string();
+            }
             ConfigError::Invalid {
                 file: None,
-                location,
-                key: (key != ".").then_some(key),
-                message: strip_location(&inner.to_string()),
+                location: location.map(|l| refine_location(text, l, key.as_deref())),
+                key,
+                message,
             }
         })
     }
@@ -249,6 +257,41 @@ fn describe_invalid(
     out.push_str(": ");
     out.push_str(message);
     out
+}
+
+/// Errors raised while deserializing a value (a bad address, say) are reported by
+/// serde_yaml_ng at the start of the enclosing mapping. Move them to the key's own line when
+/// it can be found inside that mapping.
+fn refine_location(
+    text: &str,
+    (line, column): (usize, usize),
+    key: Option<&str>,
+) -> (usize, usize) {
+    let Some(field) = key
+        .and_then(|k| k.rsplit('.').next())
+        .filter(|f| !f.ends_with(']'))
+    else {
+        return (line, column);
+    };
+    let lines: Vec<&str> = text.lines().collect();
+    let indent = |l: &str| l.len() - l.trim_start_matches([' ', '-']).len();
+    let Some(first) = lines.get(line.saturating_sub(1)) else {
+        return (line, column);
+    };
+    let base = indent(first);
+    for (i, l) in lines.iter().enumerate().skip(line.saturating_sub(1)) {
+        if i + 1 > line && !l.trim().is_empty() && indent(l) < base {
+            break;
+        }
+        let body = l.trim_start_matches([' ', '-']);
+        if body
+            .strip_prefix(field)
+            .is_some_and(|rest| rest.trim_start().starts_with(':'))
+        {
+            return (i + 1, indent(l) + 1);
+        }
+    }
+    (line, column)
 }
 
 /// serde_yaml_ng appends " at line L column C"; the location is reported separately.
@@ -380,8 +423,9 @@ mod tests {
     fn bad_address_names_key_and_fix() {
         let e = error_of("targets:\n  - name: a\n    address: localhost:80\n");
         assert!(e.contains("key `targets[0].address`"), "{e}");
-        assert!(e.contains(":3:"), "{e}");
+        assert!(e.contains(":3:5:"), "{e}");
         assert!(e.contains("literal IP"), "{e}");
+        assert!(!e.contains(": targets[0]:"), "no repeated path: {e}");
     }
 
     #[test]

@@ -1,1 +1,435 @@
-//! Test harness.
+//! Harness for the end-to-end tests: a real gateway process with its eBPF programs, real
+//! peers (Python's http.server, a TCP echo server), network namespaces joined by veth, and the
+//! `probe` client. Everything a test creates is removed when its guard drops.
+use std::{
+    fs,
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+/// The cgroup2 mount point (hybrid hosts: /sys/fs/cgroup/unified; nodes: /sys/fs/cgroup).
+/// None inside `ip netns exec`, which mounts a fresh /sys without it.
+pub fn cgroup2_mount() -> Option<PathBuf> {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mountinfo.lines().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        let mount_point = left.split_whitespace().nth(4)?;
+        (right.split_whitespace().next() == Some("cgroup2")).then(|| PathBuf::from(mount_point))
+    })
+}
+
+/// The gateway binary: $INTERLOCK_BIN (set by `cargo xtask test`) or the debug build.
+pub fn interlock_bin() -> PathBuf {
+    std::env::var_os("INTERLOCK_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/interlock"))
+}
+
+/// The `probe` client, built next to the test binaries.
+pub fn probe_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target dir layout")
+        .join("probe")
+}
+
+pub fn require_root() {
+    // SAFETY: getuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::getuid() },
+        0,
+        "end-to-end tests load eBPF programs and create cgroups and netns: run them as root"
+    );
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits until something accepts TCP connections on `addr`.
+pub fn wait_listening(addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    panic!("nothing listening on {addr} after 10 s");
+}
+
+/// A child process killed and reaped on drop.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Python's http.server serving a directory holding `index.html`.
+pub struct HttpServer {
+    pub addr: SocketAddr,
+    _proc: Proc,
+    _dir: tempfile::TempDir,
+}
+
+pub const INDEX_BODY: &str = "hello from the target\n";
+
+impl HttpServer {
+    pub fn start(addr: SocketAddr) -> HttpServer {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("index.html"), INDEX_BODY).unwrap();
+        let child = Command::new("python3")
+            .args([
+                "-m",
+                "http.server",
+                "--bind",
+                &addr.ip().to_string(),
+                &addr.port().to_string(),
+            ])
+            .current_dir(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 is installed by `cargo xtask setup`");
+        let server = HttpServer {
+            addr,
+            _proc: Proc(child),
+            _dir: dir,
+        };
+        wait_listening(addr);
+        server
+    }
+}
+
+/// A TCP echo server on its own threads.
+pub struct EchoServer {
+    pub addr: SocketAddr,
+}
+
+impl EchoServer {
+    pub fn start(addr: SocketAddr) -> EchoServer {
+        let listener = TcpListener::bind(addr).unwrap();
+        let addr = listener.local_addr().unwrap();
+        thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                thread::spawn(move || {
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n) = stream.read(&mut buf) {
+                        if n == 0 || stream.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        EchoServer { addr }
+    }
+}
+
+pub struct Target<'a> {
+    pub name: &'a str,
+    pub address: SocketAddr,
+}
+
+/// A running `interlock run` with its own ports, control socket, record store and bpffs dir.
+pub struct Gateway {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub listen_port: u16,
+    pub admin_port: u16,
+    child: Option<Child>,
+}
+
+impl Gateway {
+    pub fn start(targets: &[Target], extra_config: &str) -> Gateway {
+        require_root();
+        let dir = tempfile::tempdir().unwrap();
+        let (listen_port, admin_port) = (free_port(), free_port());
+        let mut yaml = format!(
+            "listen: 127.0.0.1:{listen_port}\nlisten_v6: \"[::1]:{listen_port}\"\n\
+             admin: 127.0.0.1:{admin_port}\ncontrol_socket: ./control.sock\n\
+             bpffs_dir: /sys/fs/bpf/interlock-test-{}\n\
+             recording:\n  dir: ./records\n",
+            // bpffs refuses names with dots.
+            dir.path()
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .replace('.', "")
+        );
+        yaml.push_str(extra_config);
+        yaml.push_str("targets:\n");
+        for t in targets {
+            yaml.push_str(&format!(
+                "  - name: {}\n    address: \"{}\"\n",
+                t.name, t.address
+            ));
+        }
+        let config = dir.path().join("interlock.yaml");
+        fs::write(&config, yaml).unwrap();
+        let mut gateway = Gateway {
+            dir,
+            config,
+            listen_port,
+            admin_port,
+            child: None,
+        };
+        gateway.launch();
+        gateway
+    }
+
+    /// Starts (or restarts) the gateway process and waits for /readyz.
+    pub fn launch(&mut self) {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("gateway.log"))
+            .unwrap();
+        let child = Command::new(interlock_bin())
+            .args(["run", "--config"])
+            .arg(&self.config)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("interlock binary; build it with `cargo xtask build`");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if self
+                .admin_get("/readyz")
+                .is_some_and(|r| r.starts_with("ready"))
+            {
+                return;
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("gateway exited with {status} before ready:\n{}", self.log());
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        panic!("gateway not ready after 20 s:\n{}", self.log());
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("gateway.log")).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("gateway running").id()
+    }
+
+    /// GET on the admin listener, through curl (a real HTTP client).
+    pub fn admin_get(&self, path: &str) -> Option<String> {
+        let out = Command::new("curl")
+            .args(["-s", "--max-time", "2"])
+            .arg(format!("http://127.0.0.1:{}{path}", self.admin_port))
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// A sample from /metrics, e.g. `interlock_bpf_map_entries{map="FLOWS"}`.
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        let text = self.admin_get("/metrics")?;
+        text.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+    }
+
+    pub fn wrap_cmd(&self, pod_proxy: Option<&str>, command: &[&str]) -> Command {
+        let mut cmd = Command::new(interlock_bin());
+        cmd.args(["wrap", "--config"]).arg(&self.config);
+        if let Some(ip) = pod_proxy {
+            cmd.args(["--pod-proxy", ip]);
+        }
+        cmd.arg("--").args(command);
+        cmd
+    }
+
+    pub fn wrap(&self, command: &[&str]) -> Output {
+        self.wrap_cmd(None, command).output().unwrap()
+    }
+
+    pub fn sessions(&self) -> Vec<Value> {
+        let out = Command::new(interlock_bin())
+            .args(["sessions", "list", "--json", "--config"])
+            .arg(&self.config)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// Waits until `count` sessions have ended (the session_end record is written after the
+    /// client sees its connection close).
+    pub fn wait_sessions_ended(&self, count: usize) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let sessions = self.sessions();
+            let ended = sessions
+                .iter()
+                .filter(|s| s["outcome"] != "unfinished")
+                .count();
+            if ended >= count || Instant::now() > deadline {
+                return sessions;
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().expect("gateway running");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// SIGTERM and wait: the gateway drains, flushes and detaches.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while Instant::now() < deadline {
+                if child.try_wait().unwrap().is_some() {
+                    return;
+                }
+                thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "gateway did not stop within 15 s of SIGTERM:\n{}",
+                self.log()
+            );
+        }
+    }
+
+    pub fn detach(&self) {
+        let out = Command::new(interlock_bin())
+            .args(["detach", "--config"])
+            .arg(&self.config)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &self.child.as_ref().unwrap().id().to_string()])
+                .status();
+            if let Some(mut child) = self.child.take() {
+                let _ = child.wait();
+            }
+        }
+        // Leave nothing pinned behind, whatever the test did.
+        let _ = Command::new(interlock_bin())
+            .args(["detach", "--config"])
+            .arg(&self.config)
+            .output();
+    }
+}
+
+/// Output of one `probe http` run.
+pub fn probe_json(out: &Output) -> Value {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().last().unwrap_or_else(|| {
+        panic!(
+            "probe printed nothing; stderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("probe output {line:?}: {e}"))
+}
+
+/// A network namespace joined to the host by a veth pair: a pod stand-in.
+pub struct PodNetns {
+    pub name: String,
+    pub host_ip: String,
+    pub pod_ip: String,
+    host_if: String,
+}
+
+impl PodNetns {
+    pub fn create(tag: u8) -> PodNetns {
+        let id = std::process::id() % 10_000;
+        let name = format!("ilk-pod-{id}-{tag}");
+        let host_if = format!("ilkh{id}x{tag}");
+        let pod_if = format!("ilkp{id}x{tag}");
+        let host_ip = format!("10.231.{tag}.1");
+        let pod_ip = format!("10.231.{tag}.2");
+        let ip = |args: &[&str]| {
+            let out = Command::new("ip")
+                .args(args)
+                .output()
+                .expect("iproute2 installed");
+            assert!(
+                out.status.success(),
+                "ip {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        ip(&["netns", "add", &name]);
+        ip(&[
+            "link", "add", &host_if, "type", "veth", "peer", "name", &pod_if,
+        ]);
+        ip(&["link", "set", &pod_if, "netns", &name]);
+        ip(&["addr", "add", &format!("{host_ip}/30"), "dev", &host_if]);
+        ip(&["link", "set", &host_if, "up"]);
+        ip(&[
+            "-n",
+            &name,
+            "addr",
+            "add",
+            &format!("{pod_ip}/30"),
+            "dev",
+            &pod_if,
+        ]);
+        ip(&["-n", &name, "link", "set", &pod_if, "up"]);
+        ip(&["-n", &name, "link", "set", "lo", "up"]);
+        PodNetns {
+            name,
+            host_ip,
+            pod_ip,
+            host_if,
+        }
+    }
+}
+
+impl Drop for PodNetns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}

@@ -358,6 +358,12 @@ fn prepare_bpffs(dir: &Path) -> Result<()> {
     if !dir.starts_with(bpffs_root) {
         bail!("bpffs_dir {} must be under /sys/fs/bpf", dir.display());
     }
+    if dir.to_string_lossy().contains('.') {
+        bail!(
+            "bpffs_dir {} contains a dot, which bpffs refuses in names; rename it",
+            dir.display()
+        );
+    }
     if statfs_type(bpffs_root)? != BPF_FS_MAGIC {
         // SAFETY: mount(2) with static, NUL-terminated arguments.
         let rc = unsafe {
@@ -378,8 +384,10 @@ fn prepare_bpffs(dir: &Path) -> Result<()> {
         }
         info!("mounted bpffs at /sys/fs/bpf");
     }
-    fs::create_dir_all(dir.join("maps"))?;
-    fs::create_dir_all(dir.join("links"))?;
+    for sub in ["maps", "links"] {
+        fs::create_dir_all(dir.join(sub))
+            .with_context(|| format!("creating {}", dir.join(sub).display()))?;
+    }
     Ok(())
 }
 

@@ -173,7 +173,7 @@ fn write_loop(mut writer: SegmentWriter, mut rx: mpsc::Receiver<Command>, dir: P
             }
         }
         frames.clear();
-        let records = batch.len() as u64;
+        let mut records = 0;
         for command in batch {
             let entry = match command {
                 Command::Append(entry) => entry,
@@ -187,6 +187,7 @@ fn write_loop(mut writer: SegmentWriter, mut rx: mpsc::Receiver<Command>, dir: P
                 }
             };
             let record = number(&mut next_seq, entry);
+            records += 1;
             let payload = serde_json::to_vec(&record).expect("records always serialize");
             SegmentWriter::frame_into(&mut frames, &payload);
         }

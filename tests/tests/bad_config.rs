@@ -1,0 +1,88 @@
+//! Invalid config is rejected with file, line, column, key and a fix.
+use std::process::Command;
+
+use interlock_e2e::interlock_bin;
+
+fn check(yaml: &str) -> (bool, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    let out = Command::new(interlock_bin())
+        .arg("check-config")
+        .arg(&file)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        file.display().to_string(),
+    )
+}
+
+#[test]
+fn malformed_yaml() {
+    let (ok, err, file) = check("targets: [\n  - name: a\n");
+    assert!(!ok);
+    assert!(err.contains(&format!("{file}:")), "{err}");
+    assert!(
+        err.contains(":3:") || err.contains(":2:"),
+        "names the line: {err}"
+    );
+}
+
+#[test]
+fn unknown_key() {
+    let (ok, err, file) = check("listen: 127.0.0.1:15001\nlisten_adress: 127.0.0.1:1\n");
+    assert!(!ok);
+    assert!(err.contains(&format!("{file}:2:")), "{err}");
+    assert!(err.contains("unknown field `listen_adress`"), "{err}");
+    assert!(
+        err.contains("expected one of"),
+        "lists the valid keys: {err}"
+    );
+}
+
+#[test]
+fn bad_address() {
+    let (ok, err, file) = check("targets:\n  - name: a\n    address: db.internal:5432\n");
+    assert!(!ok);
+    assert!(err.contains(&format!("{file}:3:")), "{err}");
+    assert!(err.contains("key `targets[0].address`"), "{err}");
+    assert!(
+        err.contains("write a literal IP and port"),
+        "says how to fix it: {err}"
+    );
+}
+
+#[test]
+fn duplicate_targets() {
+    let (ok, err, file) = check(
+        "targets:\n  - name: a\n    address: 127.0.0.1:1\n  - name: a\n    address: 127.0.0.1:2\n",
+    );
+    assert!(!ok);
+    assert!(err.contains(&file), "{err}");
+    assert!(
+        err.contains("duplicate target name `a` in targets[1]"),
+        "{err}"
+    );
+    assert!(err.contains("key `targets`"), "{err}");
+}
+
+#[test]
+fn valid_config_passes_and_run_rejects_bad_config_before_touching_the_kernel() {
+    let (ok, _, _) =
+        check("targets:\n  - name: a\n    address: \"[::1]:8080\"\n    protocol: tcp\n");
+    assert!(ok);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.yaml");
+    std::fs::write(&file, "fail_mode: sometimes\n").unwrap();
+    let out = Command::new(interlock_bin())
+        .args(["run", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("key `fail_mode`"), "{err}");
+    assert!(err.contains("unknown variant `sometimes`"), "{err}");
+}

@@ -1,0 +1,224 @@
+//! What happens to workloads when the gateway dies or stops.
+//!
+//! A wrapped shell runs three probes, each released by the test through a file, so that the
+//! second one runs after the gateway was SIGKILLed and the third after it is back.
+use std::{
+    fs,
+    net::SocketAddr,
+    path::Path,
+    process::{Child, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use interlock_e2e::*;
+use serde_json::Value;
+
+const SCRIPT: &str = r#"
+set -u
+"$PROBE" http "$ADDR" > "$DIR/r1.json"; touch "$DIR/phase1"
+while [ ! -e "$DIR/go2" ]; do sleep 0.05; done
+"$PROBE" http "$ADDR" > "$DIR/r2.json"; touch "$DIR/phase2"
+while [ ! -e "$DIR/go3" ]; do sleep 0.05; done
+"$PROBE" http "$ADDR" > "$DIR/r3.json"; touch "$DIR/phase3"
+"#;
+
+struct Script {
+    child: Proc,
+    dir: tempfile::TempDir,
+}
+
+impl Script {
+    fn start(gw: &Gateway, addr: SocketAddr) -> Script {
+        let dir = tempfile::tempdir().unwrap();
+        let child = gw
+            .wrap_cmd(None, &["bash", "-c", SCRIPT])
+            .env("PROBE", probe_bin())
+            .env("ADDR", addr.to_string())
+            .env("DIR", dir.path())
+            .spawn()
+            .unwrap();
+        Script {
+            child: Proc(child),
+            dir,
+        }
+    }
+
+    fn wait_phase(&self, n: u32) -> Value {
+        let marker = self.dir.path().join(format!("phase{n}"));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !marker.exists() {
+            assert!(Instant::now() < deadline, "phase {n} never finished");
+            thread::sleep(Duration::from_millis(20));
+        }
+        let text = fs::read_to_string(self.dir.path().join(format!("r{n}.json"))).unwrap();
+        serde_json::from_str(text.trim()).unwrap()
+    }
+
+    fn release(&self, n: u32) {
+        fs::write(self.dir.path().join(format!("go{n}")), "").unwrap();
+    }
+
+    fn finish(mut self) -> std::process::ExitStatus {
+        let child: &mut Child = &mut self.child.0;
+        child.wait().unwrap()
+    }
+}
+
+fn ok(probe: &Value) -> bool {
+    probe["status"].as_str().is_some_and(|s| s.contains("200"))
+}
+
+#[test]
+fn fail_open_lets_workloads_connect_directly_after_sigkill() {
+    let server = HttpServer::start(SocketAddr::from(([127, 0, 0, 1], free_port())));
+    let mut gw = Gateway::start(
+        &[Target {
+            name: "web",
+            address: server.addr,
+        }],
+        "fail_mode: open\n",
+    );
+    let script = Script::start(&gw, server.addr);
+    let first = script.wait_phase(1);
+    assert!(ok(&first), "{first}");
+    assert_eq!(gw.wait_sessions_ended(1).len(), 1);
+
+    gw.kill9();
+    script.release(2);
+    let second = script.wait_phase(2);
+    assert!(
+        ok(&second),
+        "fail open: the workload reaches the target directly: {second}"
+    );
+    assert_eq!(second["peer"], server.addr.to_string());
+    assert_eq!(
+        gw.sessions().len(),
+        1,
+        "nothing is recorded while the gateway is gone"
+    );
+
+    script.release(3);
+    script.wait_phase(3);
+    assert!(script.finish().success());
+}
+
+#[test]
+fn fail_closed_refuses_targets_until_the_gateway_is_back() {
+    let server = HttpServer::start(SocketAddr::from(([127, 0, 0, 1], free_port())));
+    let mut gw = Gateway::start(
+        &[Target {
+            name: "web",
+            address: server.addr,
+        }],
+        "fail_mode: closed\n",
+    );
+    let bpffs = fs::read_to_string(&gw.config)
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("bpffs_dir: ").map(str::to_owned))
+        .unwrap();
+    let script = Script::start(&gw, server.addr);
+    assert!(ok(&script.wait_phase(1)));
+
+    gw.kill9();
+    assert!(
+        Path::new(&bpffs).join("links/connect4").exists(),
+        "links stay pinned"
+    );
+    script.release(2);
+    let second = script.wait_phase(2);
+    assert_eq!(
+        second["kind"], "ConnectionRefused",
+        "fail closed: refused while down: {second}"
+    );
+    assert!(
+        second["elapsed_ms"].as_u64().unwrap() < 1000,
+        "refused at once: {second}"
+    );
+
+    // The gateway comes back, takes over the pinned maps, and serves the same workload.
+    gw.launch();
+    script.release(3);
+    let third = script.wait_phase(3);
+    assert!(
+        ok(&third),
+        "served again once the gateway is back: {third}\n{}",
+        gw.log()
+    );
+    assert_eq!(third["peer"], server.addr.to_string());
+    let sessions = gw.wait_sessions_ended(2);
+    assert_eq!(sessions.len(), 2);
+    assert!(
+        sessions
+            .iter()
+            .any(|s| s["pid"] == third["pid"] && s["outcome"] == "closed")
+    );
+    assert!(script.finish().success());
+
+    // A clean stop keeps closed mode closed; `interlock detach` is the explicit way out.
+    gw.stop();
+    assert!(Path::new(&bpffs).join("links/connect4").exists());
+    gw.detach();
+    assert!(!Path::new(&bpffs).exists(), "detach removes every pin");
+}
+
+#[test]
+fn sigterm_drains_open_sessions_then_cuts_them_at_the_drain_timeout() {
+    let echo = EchoServer::start(SocketAddr::from(([127, 0, 0, 1], 0)));
+    let mut gw = Gateway::start(
+        &[Target {
+            name: "echo",
+            address: echo.addr,
+        }],
+        "drain_timeout: 3s\n",
+    );
+    let probe = probe_bin();
+    let addr = echo.addr.to_string();
+    // One session that ends within the drain window, one that outlives it.
+    let hold = |millis: &str| {
+        gw.wrap_cmd(None, &[probe.to_str().unwrap(), "hold", &addr, millis])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let (short, long) = (hold("1000"), hold("8000"));
+    let (short, long) = (Proc(short), Proc(long));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while gw.sessions().len() < 2 {
+        assert!(Instant::now() < deadline, "sessions did not start");
+        thread::sleep(Duration::from_millis(50));
+    }
+    let stopping = Instant::now();
+    gw.stop();
+    let took = stopping.elapsed();
+    assert!(
+        took >= Duration::from_millis(2500) && took < Duration::from_secs(6),
+        "{took:?}"
+    );
+    drop((short, long));
+
+    let sessions = gw.sessions();
+    let outcomes: Vec<&str> = sessions
+        .iter()
+        .map(|s| s["outcome"].as_str().unwrap())
+        .collect();
+    assert!(
+        outcomes.contains(&"closed"),
+        "the short session drained: {outcomes:?}"
+    );
+    assert!(
+        outcomes.contains(&"shutdown"),
+        "the long one was cut and says so: {outcomes:?}"
+    );
+    let drained = sessions.iter().find(|s| s["outcome"] == "closed").unwrap();
+    assert_eq!(
+        (drained["bytes_up"].as_u64(), drained["bytes_down"].as_u64()),
+        (Some(2), Some(2))
+    );
+    let log = gw.log();
+    assert!(
+        log.contains("draining") && log.contains("gateway stopped"),
+        "{log}"
+    );
+}
