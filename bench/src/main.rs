@@ -1,1 +1,285 @@
-fn main() {}
+//! Benchmarks Interlock's tcp mode against a direct connection and a plain proxy (nginx's
+//! stream module, no inspection), in one run, against the same echo server.
+//!
+//! `interlock-bench --interlock BIN` orchestrates; `interlock-bench client ADDR` is the load
+//! generator, run once directly, once against nginx, and once wrapped by Interlock.
+use std::{
+    fs,
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use serde::{Deserialize, Serialize};
+
+#[derive(Parser)]
+struct Cli {
+    #[command(subcommand)]
+    mode: Option<Mode>,
+    /// The interlock binary (release build).
+    #[arg(long)]
+    interlock: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Mode {
+    /// Run the load against ADDR and print JSON results.
+    Client { addr: SocketAddr },
+}
+
+const CONNECTS: usize = 2000;
+const ROUND_TRIPS: usize = 20_000;
+const MESSAGE: usize = 64;
+const BULK_BYTES: usize = 64 << 20;
+
+#[derive(Serialize, Deserialize)]
+struct Results {
+    connect_p50_us: f64,
+    connect_p99_us: f64,
+    first_byte_p50_us: f64,
+    first_byte_p99_us: f64,
+    rtt_p50_us: f64,
+    rtt_p99_us: f64,
+    throughput_mib_s: f64,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.mode {
+        Some(Mode::Client { addr }) => {
+            println!("{}", serde_json::to_string(&client(addr)?)?);
+            Ok(())
+        }
+        None => orchestrate(&cli.interlock.context("--interlock BIN is required")?),
+    }
+}
+
+fn percentile(samples: &mut [Duration], p: f64) -> f64 {
+    samples.sort();
+    let index = ((samples.len() as f64 - 1.0) * p).round() as usize;
+    samples[index].as_secs_f64() * 1e6
+}
+
+/// Connect latency (syscall, and to the first echoed byte: through a proxy that includes the
+/// upstream connect), small request/response round trips on one connection, and bulk echo
+/// throughput.
+fn client(addr: SocketAddr) -> Result<Results> {
+    let mut connects = Vec::with_capacity(CONNECTS);
+    let mut first_bytes = Vec::with_capacity(CONNECTS);
+    for _ in 0..CONNECTS {
+        let start = Instant::now();
+        let mut stream = TcpStream::connect(addr)?;
+        connects.push(start.elapsed());
+        stream.set_nodelay(true)?;
+        stream.write_all(b"x")?;
+        let mut one = [0u8; 1];
+        stream.read_exact(&mut one)?;
+        first_bytes.push(start.elapsed());
+    }
+
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_nodelay(true)?;
+    let request = [b'r'; MESSAGE];
+    let mut response = [0u8; MESSAGE];
+    let mut rtts = Vec::with_capacity(ROUND_TRIPS);
+    for _ in 0..ROUND_TRIPS {
+        let start = Instant::now();
+        stream.write_all(&request)?;
+        stream.read_exact(&mut response)?;
+        rtts.push(start.elapsed());
+    }
+
+    let stream = TcpStream::connect(addr)?;
+    let mut writer = stream.try_clone()?;
+    let start = Instant::now();
+    let sender = thread::spawn(move || -> std::io::Result<()> {
+        let chunk = vec![b'b'; 64 * 1024];
+        for _ in 0..BULK_BYTES / chunk.len() {
+            writer.write_all(&chunk)?;
+        }
+        Ok(())
+    });
+    let mut reader = stream;
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut received = 0;
+    while received < BULK_BYTES {
+        let n = reader.read(&mut buf)?;
+        if n == 0 {
+            bail!("connection closed after {received} bytes");
+        }
+        received += n;
+    }
+    let elapsed = start.elapsed();
+    sender.join().expect("sender thread")?;
+
+    Ok(Results {
+        connect_p50_us: percentile(&mut connects, 0.50),
+        connect_p99_us: percentile(&mut connects, 0.99),
+        first_byte_p50_us: percentile(&mut first_bytes, 0.50),
+        first_byte_p99_us: percentile(&mut first_bytes, 0.99),
+        rtt_p50_us: percentile(&mut rtts, 0.50),
+        rtt_p99_us: percentile(&mut rtts, 0.99),
+        throughput_mib_s: BULK_BYTES as f64 / (1 << 20) as f64 / elapsed.as_secs_f64(),
+    })
+}
+
+fn start_echo_server() -> Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            thread::spawn(move || {
+                let _ = stream.set_nodelay(true);
+                let mut stream = stream;
+                let mut buf = vec![0u8; 256 * 1024];
+                while let Ok(n) = stream.read(&mut buf) {
+                    if n == 0 || stream.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    Ok(addr)
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_listening(addr: SocketAddr) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(addr).is_err() {
+        if Instant::now() > deadline {
+            bail!("nothing listening on {addr}");
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+fn run_client(mut cmd: Command) -> Result<Results> {
+    let out = cmd.stderr(Stdio::inherit()).output()?;
+    if !out.status.success() {
+        bail!("load generator failed: {cmd:?}");
+    }
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+fn start_nginx(dir: &Path, listen: SocketAddr, upstream: SocketAddr) -> Result<Killed> {
+    let conf = dir.join("nginx.conf");
+    fs::write(
+        &conf,
+        format!(
+            "load_module /usr/lib/nginx/modules/ngx_stream_module.so;\n\
+             worker_processes auto;\npid {dir}/nginx.pid;\nerror_log {dir}/nginx-error.log;\n\
+             events {{ worker_connections 4096; }}\n\
+             stream {{ server {{ listen {listen}; proxy_pass {upstream}; tcp_nodelay on; }} }}\n",
+            dir = dir.display()
+        ),
+    )?;
+    let child = Command::new("nginx")
+        .args(["-e", "stderr", "-g", "daemon off;", "-c"])
+        .arg(&conf)
+        .spawn()
+        .context("nginx with the stream module is installed by `cargo xtask setup`")?;
+    wait_listening(listen)?;
+    Ok(Killed(child))
+}
+
+fn peak_rss_mib(pid: u32) -> f64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn orchestrate(interlock: &Path) -> Result<()> {
+    let me = std::env::current_exe()?;
+    let dir = tempfile::tempdir()?;
+    let echo = start_echo_server()?;
+    eprintln!("echo server on {echo}");
+
+    eprintln!("[1/3] direct");
+    let mut direct = Command::new(&me);
+    direct.args(["client", &echo.to_string()]);
+    let direct = run_client(direct)?;
+
+    eprintln!("[2/3] through nginx (stream proxy, no inspection)");
+    let nginx_addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    let nginx = start_nginx(dir.path(), nginx_addr, echo)?;
+    let mut via_nginx = Command::new(&me);
+    via_nginx.args(["client", &nginx_addr.to_string()]);
+    let via_nginx = run_client(via_nginx)?;
+    drop(nginx);
+
+    eprintln!("[3/3] through Interlock (tcp mode, recording on, wrapped client)");
+    let (listen, admin) = (free_port()?, free_port()?);
+    let config = dir.path().join("interlock.yaml");
+    fs::write(
+        &config,
+        format!(
+            "listen: 127.0.0.1:{listen}\nlisten_v6: null\nadmin: 127.0.0.1:{admin}\n\
+             control_socket: ./control.sock\ntargets:\n  - name: echo\n    address: {echo}\n\
+             recording:\n  dir: ./records\n"
+        ),
+    )?;
+    let gateway = Killed(
+        Command::new(interlock)
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "warn")
+            .spawn()?,
+    );
+    wait_listening(format!("127.0.0.1:{admin}").parse()?)?;
+    let mut wrapped = Command::new(interlock);
+    wrapped.args(["wrap", "--config"]).arg(&config).arg("--").arg(&me).args(["client", &echo.to_string()]);
+    let via_interlock = run_client(wrapped)?;
+    let rss = peak_rss_mib(gateway.0.id());
+    drop(gateway);
+    let recorded: u64 = fs::read_dir(dir.path().join("records/segments"))?
+        .flatten()
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .sum();
+
+    println!("\nInterlock tcp-mode benchmark (loopback, recording on; lower is better except throughput)");
+    println!(
+        "{:<26} {:>11} {:>11} {:>11} {:>10} {:>10}",
+        "metric", "direct", "nginx", "interlock", "/direct", "/nginx"
+    );
+    type Metric = fn(&Results) -> f64;
+    let rows: [(&str, Metric); 7] = [
+        ("connect p50 (us)", |r| r.connect_p50_us),
+        ("connect p99 (us)", |r| r.connect_p99_us),
+        ("first byte p50 (us)", |r| r.first_byte_p50_us),
+        ("first byte p99 (us)", |r| r.first_byte_p99_us),
+        ("64 B round trip p50 (us)", |r| r.rtt_p50_us),
+        ("64 B round trip p99 (us)", |r| r.rtt_p99_us),
+        ("echo throughput (MiB/s)", |r| r.throughput_mib_s),
+    ];
+    for (name, get) in rows {
+        let (d, n, i) = (get(&direct), get(&via_nginx), get(&via_interlock));
+        println!("{name:<26} {d:>11.1} {n:>11.1} {i:>11.1} {:>9.2}x {:>9.2}x", i / d, i / n);
+    }
+    println!("gateway peak RSS: {rss:.1} MiB; record store written: {:.1} MiB", recorded as f64 / (1 << 20) as f64);
+    Ok(())
+}

@@ -83,6 +83,9 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "curl",
     "iproute2",
     "python3",
+    // The plain-proxy baseline in the benchmarks.
+    "nginx",
+    "libnginx-mod-stream",
 ];
 
 fn setup() -> Result<()> {

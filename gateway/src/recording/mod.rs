@@ -28,7 +28,8 @@ use self::{
 };
 use crate::telemetry::events::{InternalEvent, RecordWriteFailed, RecordsWritten};
 
-const CHANNEL_DEPTH: usize = 8192;
+/// With 16 KiB chunks this bounds the backlog a slow disk can build to 16 MiB.
+const CHANNEL_DEPTH: usize = 1024;
 const MAX_BATCH: usize = 1024;
 const SYNC_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -188,8 +189,7 @@ fn write_loop(mut writer: SegmentWriter, mut rx: mpsc::Receiver<Command>, dir: P
             };
             let record = number(&mut next_seq, entry);
             records += 1;
-            let payload = serde_json::to_vec(&record).expect("records always serialize");
-            SegmentWriter::frame_into(&mut frames, &payload);
+            SegmentWriter::frame_into(&mut frames, &record);
         }
         let must_sync = !acks.is_empty() || last_sync.elapsed() >= SYNC_INTERVAL;
         let result = writer

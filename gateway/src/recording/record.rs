@@ -125,7 +125,8 @@ impl Outcome {
 }
 
 fn to_base64<S: Serializer>(data: &Bytes, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&BASE64.encode(data))
+    // Streams the encoding into the serializer: no intermediate String per chunk.
+    s.collect_str(&base64::display::Base64Display::new(data, &BASE64))
 }
 
 fn from_base64<'de, D: Deserializer<'de>>(d: D) -> Result<Bytes, D::Error> {

@@ -43,11 +43,16 @@ impl SegmentWriter {
         })
     }
 
-    /// Appends the frame for `payload` to `buf`, which the caller writes in one go.
-    pub fn frame_into(buf: &mut Vec<u8>, payload: &[u8]) {
-        buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        buf.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
-        buf.extend_from_slice(payload);
+    /// Appends the frame for `record` to `buf`, which the caller writes in one go. The JSON is
+    /// serialized in place; the header is filled in afterwards.
+    pub fn frame_into(buf: &mut Vec<u8>, record: &Record) {
+        let header_at = buf.len();
+        buf.extend_from_slice(&[0; FRAME_HEADER]);
+        serde_json::to_writer(&mut *buf, record).expect("records always serialize");
+        let payload = &buf[header_at + FRAME_HEADER..];
+        let (len, crc) = (payload.len() as u32, crc32fast::hash(payload));
+        buf[header_at..header_at + 4].copy_from_slice(&len.to_le_bytes());
+        buf[header_at + 4..header_at + FRAME_HEADER].copy_from_slice(&crc.to_le_bytes());
     }
 
     /// Writes a batch of whole frames. Frames never straddle segments.
@@ -201,7 +206,7 @@ mod tests {
         let mut w = SegmentWriter::open(dir, segment_bytes).unwrap();
         for r in records {
             let mut buf = Vec::new();
-            SegmentWriter::frame_into(&mut buf, &serde_json::to_vec(r).unwrap());
+            SegmentWriter::frame_into(&mut buf, r);
             w.write_frames(&buf).unwrap();
         }
         w.sync().unwrap();
