@@ -156,7 +156,9 @@ struct Killed(Child);
 
 impl Drop for Killed {
     fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
         let _ = self.0.wait();
     }
 }
@@ -251,7 +253,12 @@ fn orchestrate(interlock: &Path) -> Result<()> {
     );
     wait_listening(format!("127.0.0.1:{admin}").parse()?)?;
     let mut wrapped = Command::new(interlock);
-    wrapped.args(["wrap", "--config"]).arg(&config).arg("--").arg(&me).args(["client", &echo.to_string()]);
+    wrapped
+        .args(["wrap", "--config"])
+        .arg(&config)
+        .arg("--")
+        .arg(&me)
+        .args(["client", &echo.to_string()]);
     let via_interlock = run_client(wrapped)?;
     let rss = peak_rss_mib(gateway.0.id());
     drop(gateway);
@@ -261,7 +268,9 @@ fn orchestrate(interlock: &Path) -> Result<()> {
         .map(|m| m.len())
         .sum();
 
-    println!("\nInterlock tcp-mode benchmark (loopback, recording on; lower is better except throughput)");
+    println!(
+        "\nInterlock tcp-mode benchmark (loopback, recording on; lower is better except throughput)"
+    );
     println!(
         "{:<26} {:>11} {:>11} {:>11} {:>10} {:>10}",
         "metric", "direct", "nginx", "interlock", "/direct", "/nginx"
@@ -278,8 +287,15 @@ fn orchestrate(interlock: &Path) -> Result<()> {
     ];
     for (name, get) in rows {
         let (d, n, i) = (get(&direct), get(&via_nginx), get(&via_interlock));
-        println!("{name:<26} {d:>11.1} {n:>11.1} {i:>11.1} {:>9.2}x {:>9.2}x", i / d, i / n);
+        println!(
+            "{name:<26} {d:>11.1} {n:>11.1} {i:>11.1} {:>9.2}x {:>9.2}x",
+            i / d,
+            i / n
+        );
     }
-    println!("gateway peak RSS: {rss:.1} MiB; record store written: {:.1} MiB", recorded as f64 / (1 << 20) as f64);
+    println!(
+        "gateway peak RSS: {rss:.1} MiB; record store written: {:.1} MiB",
+        recorded as f64 / (1 << 20) as f64
+    );
     Ok(())
 }

@@ -3,17 +3,17 @@
 //! Minimum kernel: 4.17 for the hooks, 5.7 for `bpf_get_netns_cookie` in them.
 //! Return 1 lets `connect()` proceed (possibly to a rewritten address); 0 fails it with EPERM.
 use aya_ebpf::{
+    EbpfContext,
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
         generated::{bpf_get_netns_cookie, bpf_get_socket_cookie},
     },
     macros::cgroup_sock_addr,
     programs::SockAddrContext,
-    EbpfContext,
 };
-use interlock_common::{AddrKey, InterceptConfig, Origin, AF_INET, AF_INET6};
+use interlock_common::{AF_INET, AF_INET6, AddrKey, InterceptConfig, Origin};
 
-use crate::maps::{settings, INTERCEPT_CGROUPS, SOCK_ORIGINS, TARGETS};
+use crate::maps::{INTERCEPT_CGROUPS, SOCK_ORIGINS, TARGETS, settings};
 
 const ALLOW: i32 = 1;
 const REFUSE: i32 = 0;
@@ -42,7 +42,12 @@ pub fn connect4(ctx: SockAddrContext) -> i32 {
 pub fn connect6(ctx: SockAddrContext) -> i32 {
     // SAFETY: as in connect4.
     let sa = unsafe { &mut *ctx.sock_addr };
-    let ip6 = [sa.user_ip6[0], sa.user_ip6[1], sa.user_ip6[2], sa.user_ip6[3]];
+    let ip6 = [
+        sa.user_ip6[0],
+        sa.user_ip6[1],
+        sa.user_ip6[2],
+        sa.user_ip6[3],
+    ];
     let dst = AddrKey::from_ipv6(ip6, u16::from_be(sa.user_port as u16));
     let is_loopback = ip6[0] == 0 && ip6[1] == 0 && ip6[2] == 0 && u32::from_be(ip6[3]) == 1;
     let Some(proxy) = redirect_for(&ctx, sa.type_, &dst, is_loopback, AF_INET6) else {
@@ -90,7 +95,8 @@ fn redirect_for(
         return None;
     }
     // A pod's loopback is its own: the host's service at the same address is not the target.
-    if dst_is_loopback && unsafe { bpf_get_netns_cookie(ctx.as_ptr()) } != settings.host_netns_cookie
+    if dst_is_loopback
+        && unsafe { bpf_get_netns_cookie(ctx.as_ptr()) } != settings.host_netns_cookie
     {
         return None;
     }
@@ -105,7 +111,10 @@ fn redirect_for(
         _pad: 0,
     };
     if SOCK_ORIGINS.insert(&socket_cookie, &origin, 0).is_err() {
-        aya_log_ebpf::error!(ctx, "interlock: SOCK_ORIGINS is full; connection not tracked");
+        aya_log_ebpf::error!(
+            ctx,
+            "interlock: SOCK_ORIGINS is full; connection not tracked"
+        );
         return Some(Redirect::Untracked);
     }
     Some(Redirect::To(cfg))
@@ -115,5 +124,9 @@ fn redirect_for(
 /// otherwise let it go direct.
 #[inline(always)]
 fn untrackable() -> i32 {
-    if settings().fail_closed != 0 { REFUSE } else { ALLOW }
+    if settings().fail_closed != 0 {
+        REFUSE
+    } else {
+        ALLOW
+    }
 }
