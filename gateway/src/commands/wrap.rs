@@ -20,12 +20,16 @@ pub fn wrap(control_socket: &Path, pod_proxy: Option<IpAddr>, command: &[String]
     let Some((program, args)) = command.split_first() else {
         bail!("nothing to run; usage: interlock wrap --config FILE -- CMD [ARGS...]");
     };
-    let stream = UnixStream::connect(control_socket).with_context(|| {
-        format!(
-            "no Interlock gateway is running (cannot connect to {}); start one with \
+    let stream = UnixStream::connect(control_socket).map_err(|e| match e.kind() {
+        std::io::ErrorKind::PermissionDenied => anyhow::anyhow!(
+            "only root may wrap commands: the gateway's control socket {} is root-only",
+            control_socket.display()
+        ),
+        _ => anyhow::anyhow!(
+            "no Interlock gateway is running (cannot connect to {}: {e}); start one with \
              `interlock run --config FILE` using the same config",
             control_socket.display()
-        )
+        ),
     })?;
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut writer = stream;
