@@ -103,8 +103,23 @@ pub struct Recording {
     #[serde(default = "defaults::recording_dir")]
     pub dir: PathBuf,
     /// A segment file is closed and a new one started past this size.
-    #[serde(default = "defaults::segment_bytes")]
+    #[serde(default = "defaults::segment_bytes", deserialize_with = "byte_size")]
     pub segment_bytes: u64,
+    /// ed25519 PKCS#8 PEM key that seals sessions (in Kubernetes, a Secret). When not set,
+    /// `<dir>/signing.key` is used and generated on first start.
+    #[serde(default)]
+    pub signing_key: Option<PathBuf>,
+    /// `always`: fsync every batch. `interval`: fsync every `fsync_interval`.
+    /// `session_start` and `session_end` are synced before they are acknowledged either way.
+    #[serde(default)]
+    pub fsync: FsyncPolicy,
+    #[serde(default = "defaults::fsync_interval", deserialize_with = "duration")]
+    pub fsync_interval: Duration,
+    #[serde(default)]
+    pub spool: Spool,
+    /// Ship records to a Kinesis data stream. Without it, only the file store is used.
+    #[serde(default)]
+    pub kinesis: Option<Kinesis>,
 }
 
 impl Default for Recording {
@@ -112,8 +127,81 @@ impl Default for Recording {
         Self {
             dir: defaults::recording_dir(),
             segment_bytes: defaults::segment_bytes(),
+            signing_key: None,
+            fsync: FsyncPolicy::default(),
+            fsync_interval: defaults::fsync_interval(),
+            spool: Spool::default(),
+            kinesis: None,
         }
     }
+}
+
+impl Recording {
+    /// The signing key path, and whether it may be generated (only the default may).
+    pub fn signing_key_path(&self) -> (PathBuf, bool) {
+        match &self.signing_key {
+            Some(path) => (path.clone(), false),
+            None => (self.dir.join("signing.key"), true),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FsyncPolicy {
+    Always,
+    #[default]
+    Interval,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Spool {
+    /// Upper bound for the segment files (e.g. `10GiB`).
+    #[serde(default = "defaults::spool_max_bytes", deserialize_with = "byte_size")]
+    pub max_bytes: u64,
+    #[serde(default)]
+    pub when_full: WhenFull,
+}
+
+impl Default for Spool {
+    fn default() -> Self {
+        Spool {
+            max_bytes: defaults::spool_max_bytes(),
+            when_full: WhenFull::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenFull {
+    /// Refuse new sessions; established ones carry on. Alerted by metric and log.
+    #[default]
+    FailClosed,
+    /// Let new sessions through unrecorded, and record how many once space returns.
+    FailOpen,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Kinesis {
+    pub stream: String,
+    /// Defaults to the SDK's chain (AWS_REGION, profile, IMDS).
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Override for tests or VPC endpoints, e.g. http://127.0.0.1:4567.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// How long a partly filled batch waits for more records.
+    #[serde(default = "defaults::linger", deserialize_with = "duration")]
+    pub linger: Duration,
+    /// The stream's maximum record size (data plus partition key); larger records are split.
+    #[serde(default = "defaults::max_record_bytes", deserialize_with = "byte_size")]
+    pub max_record_bytes: u64,
+    /// Timeout for one PutRecords or GetRecords call, retries included.
+    #[serde(default = "defaults::kinesis_timeout", deserialize_with = "duration")]
+    pub timeout: Duration,
 }
 
 mod defaults {
@@ -145,6 +233,21 @@ mod defaults {
     pub fn segment_bytes() -> u64 {
         64 << 20
     }
+    pub fn fsync_interval() -> Duration {
+        Duration::from_secs(1)
+    }
+    pub fn spool_max_bytes() -> u64 {
+        10 << 30
+    }
+    pub fn linger() -> Duration {
+        Duration::from_millis(200)
+    }
+    pub fn max_record_bytes() -> u64 {
+        1 << 20
+    }
+    pub fn kinesis_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
 }
 
 impl Config {
@@ -156,7 +259,11 @@ impl Config {
         })?;
         let mut config = Self::parse(&text).map_err(|e| e.in_file(path))?;
         let base = path.parent().unwrap_or(Path::new("."));
-        for dir in [&mut config.recording.dir, &mut config.control_socket] {
+        let recording = &mut config.recording;
+        for dir in [&mut recording.dir, &mut config.control_socket]
+            .into_iter()
+            .chain(recording.signing_key.as_mut())
+        {
             if dir.is_relative() {
                 *dir = base.join(&*dir);
             }
@@ -326,6 +433,27 @@ pub fn parse_socket_addr(text: &str) -> Result<SocketAddr, String> {
     Ok(addr)
 }
 
+/// A size as bytes, or with a unit: `10GiB`, `512MB`.
+fn byte_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Size {
+        Bytes(u64),
+        Text(String),
+    }
+    match Size::deserialize(d)? {
+        Size::Bytes(n) => Ok(n),
+        Size::Text(text) => text
+            .parse::<bytesize::ByteSize>()
+            .map(|b| b.as_u64())
+            .map_err(|e| {
+                de::Error::custom(format!(
+                    "`{text}` is not a size ({e}); write e.g. 10GiB or 512MiB"
+                ))
+            }),
+    }
+}
+
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(d)?;
     humantime::parse_duration(&text).map_err(|e| {
@@ -452,6 +580,25 @@ mod tests {
     fn later_protocols_are_refused_clearly() {
         let e = error_of("targets:\n  - name: a\n    address: 127.0.0.1:1\n    protocol: mcp\n");
         assert!(e.contains("not supported by this build yet"), "{e}");
+    }
+
+    #[test]
+    fn recording_section_with_spool_and_kinesis() {
+        let c = Config::parse(
+            "recording:\n  dir: /var/lib/interlock\n  spool: { max_bytes: 10GiB, when_full: fail_open }\n  kinesis: { stream: s, region: us-east-1, endpoint: \"http://127.0.0.1:4567\" }\n  signing_key: /etc/interlock/signing.key\n",
+        )
+        .unwrap();
+        assert_eq!(c.recording.spool.max_bytes, 10 << 30);
+        assert_eq!(c.recording.spool.when_full, WhenFull::FailOpen);
+        assert_eq!(
+            c.recording.kinesis.as_ref().unwrap().max_record_bytes,
+            1 << 20
+        );
+        assert!(
+            !c.recording.signing_key_path().1,
+            "a configured key is never generated"
+        );
+        assert!(error_of("recording:\n  spool: { max_bytes: lots }\n").contains("not a size"));
     }
 
     #[test]

@@ -6,4 +6,5 @@ pub mod ebpf;
 pub mod identity;
 pub mod proxy;
 pub mod recording;
+pub mod sinks;
 pub mod telemetry;

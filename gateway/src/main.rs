@@ -2,7 +2,11 @@
 use std::{net::IpAddr, path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
-use interlock::{commands, config::Config, ebpf, telemetry};
+use interlock::{
+    commands::{self, sessions::Source},
+    config::Config,
+    ebpf, telemetry,
+};
 
 #[derive(Parser)]
 #[command(
@@ -45,8 +49,33 @@ enum Cmd {
         session_id: String,
         #[arg(long, env = "INTERLOCK_CONFIG", default_value = "interlock.yaml")]
         config: PathBuf,
+        #[arg(long, value_enum, default_value = "file")]
+        from: Source,
         #[arg(long)]
         json: bool,
+    },
+    /// Check sessions for tampering, missing records and missing seals; exits 1 on any problem.
+    Verify {
+        session_id: Option<String>,
+        #[arg(long, env = "INTERLOCK_CONFIG", default_value = "interlock.yaml")]
+        config: PathBuf,
+        #[arg(long, value_enum, default_value = "file")]
+        from: Source,
+        /// Verify with this PEM public key instead of the config's signing key.
+        #[arg(long)]
+        public_key: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stream records from Kinesis as JSON lines (a SIEM consumer example).
+    Tail {
+        #[arg(long, env = "INTERLOCK_CONFIG", default_value = "interlock.yaml")]
+        config: PathBuf,
+        #[arg(long, value_enum)]
+        from: Source,
+        /// Start at the newest records instead of the oldest.
+        #[arg(long)]
+        latest: bool,
     },
     /// Remove programs and maps that a `fail_mode: closed` gateway left pinned.
     Detach {
@@ -60,6 +89,8 @@ enum SessionsCmd {
     List {
         #[arg(long, env = "INTERLOCK_CONFIG", default_value = "interlock.yaml")]
         config: PathBuf,
+        #[arg(long, value_enum, default_value = "file")]
+        from: Source,
         #[arg(long)]
         json: bool,
     },
@@ -98,16 +129,44 @@ fn dispatch(command: Cmd) -> anyhow::Result<i32> {
             println!("{}: ok ({} targets)", file.display(), config.targets.len());
         }
         Cmd::Sessions {
-            command: SessionsCmd::List { config, json },
+            command: SessionsCmd::List { config, from, json },
         } => {
-            commands::sessions::list(&Config::load(&config)?.recording.dir, json)?;
+            commands::sessions::list(&Config::load(&config)?, from, json)?;
         }
         Cmd::Replay {
             session_id,
             config,
+            from,
             json,
         } => {
-            commands::sessions::replay(&Config::load(&config)?.recording.dir, &session_id, json)?;
+            commands::sessions::replay(&Config::load(&config)?, from, &session_id, json)?;
+        }
+        Cmd::Verify {
+            session_id,
+            config,
+            from,
+            public_key,
+            json,
+        } => {
+            let config = Config::load(&config)?;
+            let intact = commands::sessions::verify(
+                &config,
+                from,
+                session_id.as_deref(),
+                public_key.as_deref(),
+                json,
+            )?;
+            return Ok(if intact { 0 } else { 1 });
+        }
+        Cmd::Tail {
+            config,
+            from,
+            latest,
+        } => {
+            if from != Source::Kinesis {
+                anyhow::bail!("tail reads the stream: use --from kinesis");
+            }
+            commands::sessions::tail(&Config::load(&config)?, latest)?;
         }
         Cmd::Detach { config } => ebpf::detach_pinned(&Config::load(&config)?.bpffs_dir)?,
     }

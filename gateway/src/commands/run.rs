@@ -15,16 +15,57 @@ use crate::{
     config::{Config, FailMode},
     ebpf::Dataplane,
     proxy::{Proxy, upstream::TcpConnector},
-    recording::Recorder,
+    recording::{
+        Recorder, WriterOptions,
+        chain::Sealer,
+        spool::{Checkpoint, SpoolReader, SpoolState},
+    },
+    sinks::{
+        self,
+        kinesis::{service::KinesisService, sink::KinesisSink},
+    },
 };
 
 /// How often registrations of vanished cgroups are forgotten.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
+/// How long a stopping gateway waits for the Kinesis sink to ship what is left.
+const SINK_DRAIN: Duration = Duration::from_secs(10);
 
 pub async fn run(config_path: &Path) -> Result<()> {
     let config = Arc::new(Config::load(config_path)?);
-    let (recorder, recorder_thread) =
-        Recorder::start(&config.recording.dir, config.recording.segment_bytes)?;
+    let recording = &config.recording;
+    let (key_path, generate) = recording.signing_key_path();
+    let sealer = Sealer::load(&key_path, generate)?;
+    let spool = Arc::new(SpoolState::new(&recording.dir, recording.spool.max_bytes)?);
+    let options = WriterOptions {
+        segment_bytes: recording.segment_bytes,
+        fsync: recording.fsync,
+        fsync_interval: recording.fsync_interval,
+    };
+    let (recorder, recorder_thread, committed) =
+        Recorder::start(&recording.dir, options, sealer, spool.clone())?;
+    let stop_sink = CancellationToken::new();
+    let sink = match &recording.kinesis {
+        Some(kinesis) => {
+            let checkpoint = Checkpoint::new(&recording.dir, "kinesis")?;
+            let from = checkpoint.load()?;
+            info!(stream = %kinesis.stream, ?from, "shipping the spool to Kinesis");
+            let sink = KinesisSink {
+                service: KinesisService {
+                    client: sinks::kinesis::config::client(kinesis).await,
+                    stream: kinesis.stream.clone(),
+                },
+                reader: SpoolReader::new(&recording.dir, from, committed),
+                checkpoint,
+                dir: recording.dir.clone(),
+                spool: spool.clone(),
+                max_record_bytes: kinesis.max_record_bytes as usize,
+                linger: kinesis.linger,
+            };
+            Some(tokio::spawn(sink.run(stop_sink.clone())))
+        }
+        None => None,
+    };
     let dataplane = Arc::new(Dataplane::start(&config)?);
     if config.fail_mode == FailMode::Closed {
         let forgotten = dataplane.forget_vanished_cgroups()?;
@@ -93,6 +134,13 @@ pub async fn run(config_path: &Path) -> Result<()> {
     stop_services.cancel();
     let _ = std::fs::remove_file(&config.control_socket);
     recorder_thread.stop(&recorder).await;
+    if let Some(sink) = sink {
+        // Give the sink a moment to ship the tail; the rest goes after the next start.
+        if tokio::time::timeout(SINK_DRAIN, sink).await.is_err() {
+            warn!("Kinesis sink did not drain in time; unshipped records stay in the spool");
+            stop_sink.cancel();
+        }
+    }
     if config.fail_mode == FailMode::Closed {
         info!("fail_mode closed: programs stay pinned; `interlock detach` removes them");
     }

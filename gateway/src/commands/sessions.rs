@@ -1,24 +1,69 @@
-//! `interlock sessions list` and `interlock replay`: reading the record store.
-use std::{fmt::Write as _, path::Path};
+//! `interlock sessions list`, `replay`, `verify` and `tail`: reading records back from the
+//! file store or from the Kinesis stream.
+use std::{fmt::Write as _, io::Write as _};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
+use clap::ValueEnum;
+use ed25519_dalek::{VerifyingKey, pkcs8::DecodePublicKey};
 use time::format_description::well_known::Rfc3339;
 
-use crate::recording::{
-    record::{Direction, Record, RecordBody},
-    sessions::Store,
+use crate::{
+    config::Config,
+    recording::{
+        chain::Sealer,
+        record::{Direction, Record, RecordBody},
+        sessions::Store,
+        verify,
+    },
+    sinks::kinesis::{self, source},
 };
 
-fn open(dir: &Path) -> Result<Store> {
-    let store = Store::open(dir)?;
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Source {
+    /// The local file store (recording.dir).
+    File,
+    /// The Kinesis stream in recording.kinesis.
+    Kinesis,
+}
+
+fn kinesis_config(config: &Config) -> Result<&crate::config::Kinesis> {
+    config
+        .recording
+        .kinesis
+        .as_ref()
+        .context("--from kinesis needs a recording.kinesis section in the config")
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn open(config: &Config, from: Source) -> Result<Store> {
+    let store = match from {
+        Source::File => Store::open(&config.recording.dir)?,
+        Source::Kinesis => {
+            let kinesis = kinesis_config(config)?;
+            let (records, incomplete) = runtime()?.block_on(async {
+                let client = kinesis::config::client(kinesis).await;
+                source::read_all(&client, &kinesis.stream).await
+            })?;
+            let damage = incomplete
+                .into_iter()
+                .map(|id| format!("record {id}: chunks missing from the stream"))
+                .collect();
+            Store { records, damage }
+        }
+    };
     for damage in &store.damage {
         eprintln!("warning: {damage}");
     }
     Ok(store)
 }
 
-pub fn list(dir: &Path, json: bool) -> Result<()> {
-    let sessions = open(dir)?.sessions();
+pub fn list(config: &Config, from: Source, json: bool) -> Result<()> {
+    let sessions = open(config, from)?.sessions();
     if json {
         println!("{}", serde_json::to_string_pretty(&sessions)?);
         return Ok(());
@@ -44,14 +89,11 @@ pub fn list(dir: &Path, json: bool) -> Result<()> {
     Ok(())
 }
 
-pub fn replay(dir: &Path, session_id: &str, json: bool) -> Result<()> {
-    let store = open(dir)?;
+pub fn replay(config: &Config, from: Source, session_id: &str, json: bool) -> Result<()> {
+    let store = open(config, from)?;
     let records = store.session_records(session_id);
     if records.is_empty() {
-        bail!(
-            "no session `{session_id}` in {}; `interlock sessions list` shows the recorded ones",
-            dir.display()
-        );
+        bail!("no session `{session_id}` found; `interlock sessions list` shows the recorded ones");
     }
     if json {
         println!("{}", serde_json::to_string_pretty(&records)?);
@@ -59,6 +101,77 @@ pub fn replay(dir: &Path, session_id: &str, json: bool) -> Result<()> {
         print!("{}", render(&records));
     }
     Ok(())
+}
+
+/// Checks every session (or one) and returns whether all were intact.
+pub fn verify(
+    config: &Config,
+    from: Source,
+    session_id: Option<&str>,
+    public_key: Option<&std::path::Path>,
+    json: bool,
+) -> Result<bool> {
+    let key = match public_key {
+        Some(path) => {
+            let pem = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            VerifyingKey::from_public_key_pem(&pem).map_err(|e| {
+                anyhow::anyhow!("{} is not an ed25519 public key: {e}", path.display())
+            })?
+        }
+        None => Sealer::load(&config.recording.signing_key_path().0, false)?.verifying_key(),
+    };
+    let store = open(config, from)?;
+    let mut verdicts = verify::verify(&store.records, &key);
+    if let Some(id) = session_id {
+        verdicts.retain(|v| v.session_id == id);
+        if verdicts.is_empty() {
+            bail!("no session `{id}` found");
+        }
+    }
+    let intact = store.damage.is_empty() && verdicts.iter().all(|v| v.problems.is_empty());
+    if json {
+        println!("{}", serde_json::to_string_pretty(&verdicts)?);
+    } else {
+        for v in &verdicts {
+            match v.problems.as_slice() {
+                [] => println!("{}  intact ({} records)", v.session_id, v.records),
+                problems => {
+                    for p in problems {
+                        println!("{}  {}: {p}", v.session_id, v.status().to_uppercase());
+                    }
+                }
+            }
+        }
+        let bad = verdicts.iter().filter(|v| !v.problems.is_empty()).count();
+        println!(
+            "{} sessions: {} intact, {bad} with problems{}",
+            verdicts.len(),
+            verdicts.len() - bad,
+            if store.damage.is_empty() {
+                String::new()
+            } else {
+                format!(", {} damaged frames", store.damage.len())
+            }
+        );
+    }
+    Ok(intact)
+}
+
+/// Streams records from Kinesis as JSON lines: a minimal SIEM consumer.
+pub fn tail(config: &Config, from_latest: bool) -> Result<()> {
+    let kinesis = kinesis_config(config)?;
+    runtime()?.block_on(async {
+        let client = kinesis::config::client(kinesis).await;
+        let mut stdout = std::io::stdout().lock();
+        source::tail(&client, &kinesis.stream, from_latest, |raw| {
+            stdout.write_all(raw)?;
+            stdout.write_all(b"\n")?;
+            stdout.flush()?;
+            Ok(())
+        })
+        .await
+    })
 }
 
 /// The human form: who, what, when, then the data in both directions.
@@ -102,6 +215,15 @@ pub fn render(records: &[&Record]) -> String {
                     record.seq, chunk.len, chunk.offset
                 );
                 out.push_str(&show_bytes(&chunk.data));
+            }
+            RecordBody::SpoolGap(gap) => {
+                let _ = writeln!(
+                    out,
+                    "spool gap: {} sessions went through UNRECORDED between {} and {}",
+                    gap.sessions,
+                    gap.first.format(&Rfc3339).unwrap_or_default(),
+                    gap.last.format(&Rfc3339).unwrap_or_default()
+                );
             }
             RecordBody::SessionEnd(end) => {
                 let elapsed = started.map(|s| record.ts - s);

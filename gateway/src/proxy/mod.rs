@@ -16,9 +16,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{error, warn};
 
+use crate::telemetry::metrics;
+
 use self::upstream::{UpstreamConnector, connect_failure_outcome};
 use crate::{
-    config::Config,
+    config::{Config, WhenFull},
     ebpf::{Dataplane, key_addr},
     identity::Workload,
     recording::{
@@ -26,7 +28,8 @@ use crate::{
         record::{Outcome, SessionEnd, SessionStart},
     },
     telemetry::events::{
-        InternalEvent, OriginNotFound, SessionEnded, SessionStarted, UpstreamConnectFailed,
+        InternalEvent, OriginNotFound, SessionEnded, SessionRefusedSpoolFull, SessionStarted,
+        UpstreamConnectFailed,
     },
 };
 
@@ -118,6 +121,27 @@ impl<C: UpstreamConnector> Proxy<C> {
             return;
         };
         let _ = client.set_nodelay(true);
+        let spool = self.recorder.spool();
+        if !spool.has_room() {
+            let let_through = self.config.recording.spool.when_full == WhenFull::FailOpen;
+            SessionRefusedSpoolFull {
+                peer,
+                spool_bytes: spool.bytes(),
+                max_bytes: spool.max_bytes,
+                let_through,
+            }
+            .emit();
+            if !let_through {
+                reset(client);
+                return;
+            }
+            spool.note_unrecorded();
+            match self.connector.connect(original_dst).await {
+                Ok(upstream) => drop(relay::relay(client, upstream, None, &self.hard_stop).await),
+                Err(_) => reset(client),
+            }
+            return;
+        }
         let workload = Workload::from_kernel(origin.cgroup_id, origin.pid_tgid);
         let session_id = uuid::Uuid::now_v7().to_string();
         let session = self.recorder.session(&session_id);
@@ -154,13 +178,16 @@ impl<C: UpstreamConnector> Proxy<C> {
             duration_ms: started.elapsed().as_millis() as u64,
             outcome,
             error,
+            seal: None,
         };
         let finished = match (recorded, upstream) {
             (Err(e), _) => {
-                // Unrecorded traffic is never served; the writer already logged why.
+                // Unrecorded traffic is never served; the writer already logged why. The
+                // session has no record, so it gets no session_end either.
                 error!(session_id, error = %e, "session_start could not be recorded; connection refused");
                 reset(client);
-                end(Outcome::Error, 0, 0, Some(format!("recording failed: {e}")))
+                metrics().sessions_active.dec();
+                return;
             }
             (Ok(()), Err(e)) => {
                 UpstreamConnectFailed {
@@ -174,7 +201,7 @@ impl<C: UpstreamConnector> Proxy<C> {
                 end(connect_failure_outcome(&e), 0, 0, Some(e.to_string()))
             }
             (Ok(()), Ok(upstream)) => {
-                let r = relay::relay(client, upstream, &session, &self.hard_stop).await;
+                let r = relay::relay(client, upstream, Some(&session), &self.hard_stop).await;
                 end(r.outcome, r.bytes_up, r.bytes_down, r.error)
             }
         };

@@ -25,10 +25,12 @@ pub struct RelayResult {
     pub error: Option<String>,
 }
 
+/// Relays until both sides are done. `session` is None only for sessions let through
+/// unrecorded under `when_full: fail_open`.
 pub async fn relay<C, U>(
     client: C,
     upstream: U,
-    session: &SessionRecorder,
+    session: Option<&SessionRecorder>,
     hard_stop: &CancellationToken,
 ) -> RelayResult
 where
@@ -101,7 +103,7 @@ async fn pump<R, W>(
     mut from: R,
     mut to: W,
     direction: Direction,
-    session: &SessionRecorder,
+    session: Option<&SessionRecorder>,
     counter: &AtomicU64,
 ) -> io::Result<()>
 where
@@ -119,7 +121,9 @@ where
         let chunk = buf.split().freeze();
         let offset = counter.fetch_add(chunk.len() as u64, Ordering::Relaxed);
         // Recorded before it is forwarded: what reaches the peer is always in the record.
-        session.data(direction, offset, chunk.clone()).await?;
+        if let Some(session) = session {
+            session.data(direction, offset, chunk.clone()).await?;
+        }
         to.write_all(&chunk).await?;
     }
 }
@@ -127,14 +131,14 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::recording::{Recorder, record::RecordBody, store};
+    use crate::recording::{record::RecordBody, store};
 
     /// Real TCP sockets on loopback, in-process: an echo-like peer that answers after the
     /// client half-closes, which only works if half-close is propagated.
     #[tokio::test]
     async fn relays_both_ways_with_half_close_and_records_everything() {
         let dir = tempfile::tempdir().unwrap();
-        let (recorder, writer) = Recorder::start(dir.path(), 1 << 20).unwrap();
+        let (recorder, writer, _) = crate::recording::test_recorder(dir.path());
         let session = recorder.session("relay-test");
 
         let upstream_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -157,7 +161,7 @@ mod tests {
         });
         let (client, _) = proxy_listener.accept().await.unwrap();
         let upstream = tokio::net::TcpStream::connect(upstream_addr).await.unwrap();
-        let result = relay(client, upstream, &session, &CancellationToken::new()).await;
+        let result = relay(client, upstream, Some(&session), &CancellationToken::new()).await;
         upstream_task.await.unwrap();
         assert_eq!(client_task.await.unwrap(), vec![7u8; 200_000]);
         assert_eq!((result.bytes_up, result.bytes_down), (100_000, 200_000));
@@ -169,7 +173,7 @@ mod tests {
         let mut up = Vec::new();
         let mut down = Vec::new();
         for r in records {
-            if let RecordBody::Data(c) = r.body {
+            if let RecordBody::Data(c) = r.record.body {
                 let stream = if c.direction == Direction::Up {
                     &mut up
                 } else {

@@ -1,13 +1,16 @@
 //! Session recording. Relay tasks hand records to a bounded channel; one writer thread frames
 //! them, writes each batch with a single write, and fsyncs when a batch holds a record that
-//! must be durable (`session_start` before any byte goes upstream, and `session_end`) or when
-//! `SYNC_INTERVAL` has passed. The byte path never waits on the disk, except through
+//! must be durable (`session_start` before any byte goes upstream, and `session_end`), and
+//! otherwise as `recording.fsync` says. The byte path never waits on the disk, except through
 //! back-pressure when the writer falls a whole channel behind, which loses nothing.
 //! Sequence numbers are given by the writer, in the order records reach it, so both relay
 //! directions of a session can send concurrently without reordering anything.
+pub mod chain;
 pub mod record;
 pub mod sessions;
+pub mod spool;
 pub mod store;
+pub mod verify;
 
 use std::{
     collections::HashMap,
@@ -20,18 +23,28 @@ use std::{
 
 use bytes::Bytes;
 use time::OffsetDateTime;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use self::{
+    chain::{Sealer, sha256_hex},
     record::{DataChunk, Direction, Record, RecordBody, SessionEnd, SessionStart},
+    spool::{Position, SpoolState},
     store::SegmentWriter,
 };
-use crate::telemetry::events::{InternalEvent, RecordWriteFailed, RecordsWritten};
+use crate::{
+    config::FsyncPolicy,
+    telemetry::events::{InternalEvent, RecordWriteFailed, RecordsWritten, SpoolGapRecorded},
+};
 
 /// With 16 KiB chunks this bounds the backlog a slow disk can build to 16 MiB.
 const CHANNEL_DEPTH: usize = 1024;
 const MAX_BATCH: usize = 1024;
-const SYNC_INTERVAL: Duration = Duration::from_secs(1);
+
+pub struct WriterOptions {
+    pub segment_bytes: u64,
+    pub fsync: FsyncPolicy,
+    pub fsync_interval: Duration,
+}
 
 struct Entry {
     session_id: Arc<str>,
@@ -43,6 +56,8 @@ enum Command {
     Append(Entry),
     /// Append and fsync before answering.
     AppendDurable(Entry, oneshot::Sender<io::Result<()>>),
+    /// Time for an interval fsync, even if nothing new arrives.
+    Tick,
     /// Write what came before, sync, and stop.
     Shutdown,
 }
@@ -51,6 +66,7 @@ enum Command {
 #[derive(Clone)]
 pub struct Recorder {
     tx: mpsc::Sender<Command>,
+    spool: Arc<SpoolState>,
 }
 
 pub struct RecorderThread {
@@ -66,8 +82,15 @@ impl RecorderThread {
 }
 
 impl Recorder {
-    pub fn start(dir: &Path, segment_bytes: u64) -> io::Result<(Recorder, RecorderThread)> {
-        let writer = SegmentWriter::open(dir, segment_bytes).map_err(|e| {
+    /// Starts the writer thread. The watch carries the spool position up to which
+    /// everything is written, for sinks to read up to.
+    pub fn start(
+        dir: &Path,
+        options: WriterOptions,
+        sealer: Sealer,
+        spool: Arc<SpoolState>,
+    ) -> io::Result<(Recorder, RecorderThread, watch::Receiver<Position>)> {
+        let writer = SegmentWriter::open(dir, options.segment_bytes).map_err(|e| {
             io::Error::new(
                 e.kind(),
                 format!(
@@ -76,12 +99,38 @@ impl Recorder {
                 ),
             )
         })?;
+        let (segment, offset) = writer.position();
+        let (committed_tx, committed) = watch::channel(Position { segment, offset });
         let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
-        let dir = dir.to_path_buf();
+        let writer_loop = WriteLoop {
+            writer,
+            dir: dir.to_path_buf(),
+            sealer,
+            spool: spool.clone(),
+            committed: committed_tx,
+            fsync: options.fsync,
+            fsync_interval: options.fsync_interval,
+        };
         let handle = thread::Builder::new()
             .name("interlock-recorder".into())
-            .spawn(move || write_loop(writer, rx, dir))?;
-        Ok((Recorder { tx }, RecorderThread { handle }))
+            .spawn(move || writer_loop.run(rx))?;
+        if options.fsync == FsyncPolicy::Interval {
+            let ticks = tx.clone();
+            tokio::spawn(async move {
+                let mut interval = tokio::time::interval(options.fsync_interval);
+                loop {
+                    interval.tick().await;
+                    if ticks.send(Command::Tick).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        Ok((Recorder { tx, spool }, RecorderThread { handle }, committed))
+    }
+
+    pub fn spool(&self) -> &SpoolState {
+        &self.spool
     }
 
     pub fn session(&self, session_id: &str) -> SessionRecorder {
@@ -145,85 +194,170 @@ impl SessionRecorder {
     }
 }
 
-/// Gives the entry the next sequence number of its session; a session's counter is dropped
-/// with its `session_end`.
-fn number(next_seq: &mut HashMap<Arc<str>, u64>, entry: Entry) -> Record {
-    let is_end = matches!(entry.body, RecordBody::SessionEnd(_));
-    let counter = next_seq.entry(entry.session_id.clone()).or_insert(0);
-    let seq = *counter;
-    *counter += 1;
-    if is_end {
-        next_seq.remove(&entry.session_id);
-    }
-    Record::new(&entry.session_id, seq, entry.ts, entry.body)
+/// Where each open session's chain stands.
+#[derive(Default)]
+struct ChainState {
+    next_seq: u64,
+    last_hash: Option<String>,
 }
 
-fn write_loop(mut writer: SegmentWriter, mut rx: mpsc::Receiver<Command>, dir: PathBuf) {
-    let mut frames = Vec::with_capacity(1 << 20);
-    let mut acks = Vec::new();
-    let mut last_sync = Instant::now();
-    let mut unsynced = false;
-    let mut next_seq: HashMap<Arc<str>, u64> = HashMap::new();
-    let mut stopping = false;
-    while !stopping && let Some(first) = rx.blocking_recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(command) => batch.push(command),
-                Err(_) => break,
+/// Numbers the entry and links it to its session's chain. `session_end` is sealed: signed
+/// over its bytes without the seal. Returns the record; the caller frames it and reports the
+/// written bytes back through `ChainState::last_hash`.
+fn chain(chains: &mut HashMap<Arc<str>, ChainState>, sealer: &Sealer, entry: Entry) -> Record {
+    let state = chains.entry(entry.session_id.clone()).or_default();
+    let seq = state.next_seq;
+    state.next_seq += 1;
+    let mut record = Record::new(
+        &entry.session_id,
+        seq,
+        entry.ts,
+        state.last_hash.take(),
+        entry.body,
+    );
+    if let RecordBody::SessionEnd(end) = &record.body {
+        debug_assert!(end.seal.is_none());
+        let unsealed = serde_json::to_vec(&record).expect("records always serialize");
+        let seal = sealer.seal(&unsealed);
+        if let RecordBody::SessionEnd(end) = &mut record.body {
+            end.seal = Some(seal);
+        }
+        chains.remove(&entry.session_id);
+    }
+    record
+}
+
+struct WriteLoop {
+    writer: SegmentWriter,
+    dir: PathBuf,
+    sealer: Sealer,
+    spool: Arc<SpoolState>,
+    committed: watch::Sender<Position>,
+    fsync: FsyncPolicy,
+    fsync_interval: Duration,
+}
+
+impl WriteLoop {
+    fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        let mut frames = Vec::with_capacity(1 << 20);
+        let mut acks = Vec::new();
+        let mut last_sync = Instant::now();
+        let mut unsynced = false;
+        let mut chains: HashMap<Arc<str>, ChainState> = HashMap::new();
+        let mut stopping = false;
+        while !stopping && let Some(first) = rx.blocking_recv() {
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(command) => batch.push(command),
+                    Err(_) => break,
+                }
             }
-        }
-        frames.clear();
-        let mut records = 0;
-        for command in batch {
-            let entry = match command {
-                Command::Append(entry) => entry,
-                Command::AppendDurable(entry, ack) => {
-                    acks.push(ack);
-                    entry
-                }
-                Command::Shutdown => {
-                    stopping = true;
-                    continue;
-                }
-            };
-            let record = number(&mut next_seq, entry);
-            records += 1;
-            SegmentWriter::frame_into(&mut frames, &record);
-        }
-        let must_sync = !acks.is_empty() || last_sync.elapsed() >= SYNC_INTERVAL;
-        let result = writer
-            .write_frames(&frames)
-            .and_then(|()| if must_sync { writer.sync() } else { Ok(()) });
-        match &result {
-            Ok(()) => {
-                RecordsWritten {
-                    records,
-                    bytes: frames.len() as u64,
-                    synced: must_sync,
+            frames.clear();
+            let mut records = 0;
+            if self.spool.has_room()
+                && let Some(gap) = self.spool.take_unrecorded()
+            {
+                SpoolGapRecorded {
+                    sessions: gap.sessions,
                 }
                 .emit();
-                unsynced = !must_sync;
-                if must_sync {
-                    last_sync = Instant::now();
+                let id = format!("spool-gap-{}", uuid::Uuid::now_v7());
+                let record = Record::new(&id, 0, gap.last, None, RecordBody::SpoolGap(gap));
+                SegmentWriter::frame_into(&mut frames, &record);
+                records += 1;
+            }
+            for command in batch {
+                let entry = match command {
+                    Command::Append(entry) => entry,
+                    Command::AppendDurable(entry, ack) => {
+                        acks.push(ack);
+                        entry
+                    }
+                    Command::Tick => continue,
+                    Command::Shutdown => {
+                        stopping = true;
+                        continue;
+                    }
+                };
+                let session_id = entry.session_id.clone();
+                let record = chain(&mut chains, &self.sealer, entry);
+                records += 1;
+                let written = SegmentWriter::frame_into(&mut frames, &record);
+                if let Some(state) = chains.get_mut(&session_id) {
+                    state.last_hash = Some(sha256_hex(written));
                 }
             }
-            Err(error) => RecordWriteFailed { error, dir: &dir }.emit(),
+            let must_sync = self.fsync == FsyncPolicy::Always
+                || !acks.is_empty()
+                || (unsynced || !frames.is_empty()) && last_sync.elapsed() >= self.fsync_interval;
+            let result = self.write(&frames, must_sync);
+            match &result {
+                Ok(()) => {
+                    if records > 0 || must_sync {
+                        RecordsWritten {
+                            records,
+                            bytes: frames.len() as u64,
+                            synced: must_sync,
+                        }
+                        .emit();
+                    }
+                    unsynced = !must_sync && (unsynced || !frames.is_empty());
+                    if must_sync {
+                        last_sync = Instant::now();
+                    }
+                }
+                // The batch is dropped (and cut back off the file): its sessions show the gap
+                // as missing records, and new sessions are refused until writes work again.
+                Err(error) => RecordWriteFailed {
+                    error,
+                    dir: &self.dir,
+                    records,
+                }
+                .emit(),
+            }
+            for ack in acks.drain(..) {
+                let _ = ack.send(match &result {
+                    Ok(()) => Ok(()),
+                    Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
+                });
+            }
         }
-        for ack in acks.drain(..) {
-            let _ = ack.send(match &result {
-                Ok(()) => Ok(()),
-                Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
-            });
+        if unsynced && let Err(error) = self.writer.sync() {
+            RecordWriteFailed {
+                error: &error,
+                dir: &self.dir,
+                records: 0,
+            }
+            .emit();
         }
     }
-    if unsynced && let Err(error) = writer.sync() {
-        RecordWriteFailed {
-            error: &error,
-            dir: &dir,
+
+    fn write(&mut self, frames: &[u8], sync: bool) -> io::Result<()> {
+        let result = self
+            .writer
+            .write_frames(frames)
+            .and_then(|()| if sync { self.writer.sync() } else { Ok(()) });
+        self.spool.set_write_failing(result.is_err());
+        if result.is_ok() && !frames.is_empty() {
+            self.spool.added(frames.len() as u64);
+            let (segment, offset) = self.writer.position();
+            self.committed.send_replace(Position { segment, offset });
         }
-        .emit();
+        result
     }
+}
+
+#[cfg(test)]
+pub(crate) fn test_recorder(dir: &Path) -> (Recorder, RecorderThread, watch::Receiver<Position>) {
+    let sealer = Sealer::load(&dir.join("key.pem"), true).unwrap();
+    let options = WriterOptions {
+        segment_bytes: 1 << 20,
+        fsync: FsyncPolicy::Interval,
+        fsync_interval: Duration::from_secs(1),
+    };
+    let spool = Arc::new(SpoolState::new(dir, u64::MAX).unwrap());
+    Recorder::start(dir, options, sealer, spool).unwrap()
 }
 
 #[cfg(test)]
@@ -233,7 +367,7 @@ mod tests {
     #[tokio::test]
     async fn session_records_arrive_in_order_and_durably() {
         let dir = tempfile::tempdir().unwrap();
-        let (recorder, thread) = Recorder::start(dir.path(), 1 << 20).unwrap();
+        let (recorder, thread, _) = test_recorder(dir.path());
         let session = recorder.session("sess-1");
         session
             .start(SessionStart {
@@ -266,6 +400,7 @@ mod tests {
                 duration_ms: 1,
                 outcome: Outcome::Closed,
                 error: None,
+                seal: None,
             })
             .await
             .unwrap();
@@ -273,7 +408,17 @@ mod tests {
         thread.stop(&recorder).await;
         let (records, damage) = store::read_all(dir.path()).unwrap();
         assert!(damage.is_empty());
-        let seqs: Vec<u64> = records.iter().map(|r| r.seq).collect();
+        let seqs: Vec<u64> = records.iter().map(|r| r.record.seq).collect();
         assert_eq!(seqs, (0..102).collect::<Vec<_>>());
+        let key = Sealer::load(&dir.path().join("key.pem"), false)
+            .unwrap()
+            .verifying_key();
+        let verdicts = verify::verify(&records, &key);
+        assert_eq!(verdicts.len(), 1);
+        assert!(
+            verdicts[0].problems.is_empty(),
+            "{:?}",
+            verdicts[0].problems
+        );
     }
 }

@@ -4,6 +4,8 @@ use bytes::Bytes;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use time::OffsetDateTime;
 
+use super::{chain::Seal, spool::UnrecordedGap};
+
 pub const SCHEMA_VERSION: u32 = 1;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -16,18 +18,28 @@ pub struct Record {
     pub seq: u64,
     #[serde(with = "time::serde::rfc3339")]
     pub ts: OffsetDateTime,
+    /// SHA-256 (hex) of the previous record of this session, exactly as written; null for
+    /// seq 0.
+    pub prev_hash: Option<String>,
     #[serde(flatten)]
     pub body: RecordBody,
 }
 
 impl Record {
-    pub fn new(session_id: &str, seq: u64, ts: OffsetDateTime, body: RecordBody) -> Self {
+    pub fn new(
+        session_id: &str,
+        seq: u64,
+        ts: OffsetDateTime,
+        prev_hash: Option<String>,
+        body: RecordBody,
+    ) -> Self {
         Record {
             schema_version: SCHEMA_VERSION,
             record_id: format!("{session_id}:{seq}"),
             session_id: session_id.to_string(),
             seq,
             ts,
+            prev_hash,
             body,
         }
     }
@@ -39,6 +51,9 @@ pub enum RecordBody {
     SessionStart(SessionStart),
     Data(DataChunk),
     SessionEnd(SessionEnd),
+    /// Sessions that were let through unrecorded (`when_full: fail_open`), written as soon as
+    /// the spool has room again. Its session id is `spool-gap-<uuid>`.
+    SpoolGap(UnrecordedGap),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -89,6 +104,9 @@ pub struct SessionEnd {
     pub outcome: Outcome,
     /// What went wrong, for outcomes other than `closed`.
     pub error: Option<String>,
+    /// Signature over this record written without `seal`; see `chain`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seal: Option<Seal>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -148,6 +166,7 @@ mod tests {
             "s1",
             1,
             ts,
+            Some("ab".into()),
             RecordBody::Data(DataChunk {
                 direction: Direction::Up,
                 offset: 0,

@@ -6,7 +6,7 @@ use time::OffsetDateTime;
 
 use super::{
     record::{Direction, Record, RecordBody},
-    store::{self, Damage},
+    store::{self, Damage, StoredRecord},
 };
 
 #[derive(Debug, Clone, Serialize)]
@@ -32,21 +32,25 @@ pub struct SessionSummary {
     pub records: u64,
 }
 
+/// Records from the file store or the stream, and what could not be read.
 pub struct Store {
-    pub records: Vec<Record>,
-    pub damage: Vec<Damage>,
+    pub records: Vec<StoredRecord>,
+    pub damage: Vec<String>,
 }
 
 impl Store {
     pub fn open(dir: &Path) -> std::io::Result<Store> {
         let (records, damage) = store::read_all(dir)?;
-        Ok(Store { records, damage })
+        Ok(Store {
+            records,
+            damage: damage.iter().map(Damage::to_string).collect(),
+        })
     }
 
     /// One summary per session, oldest first.
     pub fn sessions(&self) -> Vec<SessionSummary> {
         let mut by_id: BTreeMap<&str, SessionSummary> = BTreeMap::new();
-        for record in &self.records {
+        for record in self.intact() {
             match &record.body {
                 RecordBody::SessionStart(s) => {
                     by_id.insert(
@@ -82,6 +86,8 @@ impl Store {
                         }
                     }
                 }
+                // Reported by `interlock verify`; not a session.
+                RecordBody::SpoolGap(_) => {}
                 RecordBody::SessionEnd(end) => {
                     if let Some(summary) = by_id.get_mut(record.session_id.as_str()) {
                         summary.records += 1;
@@ -98,11 +104,15 @@ impl Store {
         sessions
     }
 
+    /// Records whose CRC matched.
+    fn intact(&self) -> impl Iterator<Item = &Record> {
+        self.records.iter().filter(|r| r.crc_ok).map(|r| &r.record)
+    }
+
     /// The records of one session in sequence order.
     pub fn session_records(&self, session_id: &str) -> Vec<&Record> {
         let mut records: Vec<&Record> = self
-            .records
-            .iter()
+            .intact()
             .filter(|r| r.session_id == session_id)
             .collect();
         records.sort_by_key(|r| r.seq);

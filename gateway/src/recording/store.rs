@@ -11,12 +11,16 @@ use std::{
 
 use super::record::Record;
 
-const FRAME_HEADER: usize = 8;
+pub const FRAME_HEADER: usize = 8;
 /// Frames larger than this are treated as corruption rather than allocated.
-const MAX_FRAME: u32 = 256 << 20;
+pub const MAX_FRAME: u32 = 256 << 20;
 
 pub fn segments_dir(dir: &Path) -> PathBuf {
     dir.join("segments")
+}
+
+pub fn segment_path(dir: &Path, index: u64) -> PathBuf {
+    segments_dir(dir).join(format!("{index:020}.seg"))
 }
 
 /// Appends frames to the newest segment, rolling to a new one past `segment_bytes`.
@@ -24,28 +28,28 @@ pub struct SegmentWriter {
     dir: PathBuf,
     segment_bytes: u64,
     file: File,
+    index: u64,
     written: u64,
-    next_index: u64,
 }
 
 impl SegmentWriter {
     pub fn open(dir: &Path, segment_bytes: u64) -> io::Result<Self> {
-        let seg_dir = segments_dir(dir);
-        fs::create_dir_all(&seg_dir)?;
-        let next_index = list_segments(dir)?.last().map(|(i, _)| i + 1).unwrap_or(1);
-        let file = create_segment(&seg_dir, next_index)?;
+        fs::create_dir_all(segments_dir(dir))?;
+        let index = list_segments(dir)?.last().map(|(i, _)| i + 1).unwrap_or(1);
+        let file = create_segment(dir, index)?;
         Ok(SegmentWriter {
-            dir: seg_dir,
+            dir: dir.to_path_buf(),
             segment_bytes,
             file,
+            index,
             written: 0,
-            next_index: next_index + 1,
         })
     }
 
-    /// Appends the frame for `record` to `buf`, which the caller writes in one go. The JSON is
-    /// serialized in place; the header is filled in afterwards.
-    pub fn frame_into(buf: &mut Vec<u8>, record: &Record) {
+    /// Appends the frame for `record` to `buf`, which the caller writes in one go, and returns
+    /// the payload (the record's exact bytes). The JSON is serialized in place; the header is
+    /// filled in afterwards.
+    pub fn frame_into<'a>(buf: &'a mut Vec<u8>, record: &Record) -> &'a [u8] {
         let header_at = buf.len();
         buf.extend_from_slice(&[0; FRAME_HEADER]);
         serde_json::to_writer(&mut *buf, record).expect("records always serialize");
@@ -53,19 +57,29 @@ impl SegmentWriter {
         let (len, crc) = (payload.len() as u32, crc32fast::hash(payload));
         buf[header_at..header_at + 4].copy_from_slice(&len.to_le_bytes());
         buf[header_at + 4..header_at + FRAME_HEADER].copy_from_slice(&crc.to_le_bytes());
+        &buf[header_at + FRAME_HEADER..]
     }
 
-    /// Writes a batch of whole frames. Frames never straddle segments.
+    /// Writes a batch of whole frames. Frames never straddle segments. A failed write is cut
+    /// back off the file, so a full disk never leaves a torn frame behind.
     pub fn write_frames(&mut self, frames: &[u8]) -> io::Result<()> {
         if self.written > 0 && self.written + frames.len() as u64 > self.segment_bytes {
             self.file.sync_data()?;
-            self.file = create_segment(&self.dir, self.next_index)?;
-            self.next_index += 1;
+            self.file = create_segment(&self.dir, self.index + 1)?;
+            self.index += 1;
             self.written = 0;
         }
-        self.file.write_all(frames)?;
+        if let Err(e) = self.file.write_all(frames) {
+            let _ = self.file.set_len(self.written);
+            return Err(e);
+        }
         self.written += frames.len() as u64;
         Ok(())
+    }
+
+    /// Where the next frame will go: everything before it is written.
+    pub fn position(&self) -> (u64, u64) {
+        (self.index, self.written)
     }
 
     pub fn sync(&mut self) -> io::Result<()> {
@@ -73,14 +87,13 @@ impl SegmentWriter {
     }
 }
 
-fn create_segment(seg_dir: &Path, index: u64) -> io::Result<File> {
-    let path = seg_dir.join(format!("{index:020}.seg"));
+fn create_segment(dir: &Path, index: u64) -> io::Result<File> {
     let file = OpenOptions::new()
         .create_new(true)
         .append(true)
-        .open(&path)?;
+        .open(segment_path(dir, index))?;
     // Make the new directory entry durable too, or a crash could lose the whole segment.
-    File::open(seg_dir)?.sync_all()?;
+    File::open(segments_dir(dir))?.sync_all()?;
     Ok(file)
 }
 
@@ -128,8 +141,17 @@ impl std::fmt::Display for Damage {
     }
 }
 
+/// A record as read back, with its exact bytes (what the hash chain covers).
+#[derive(Debug, Clone)]
+pub struct StoredRecord {
+    pub record: Record,
+    pub raw: Vec<u8>,
+    /// False when the frame's CRC did not match but the bytes still decoded.
+    pub crc_ok: bool,
+}
+
 /// Everything readable in the store, in write order, plus what could not be read.
-pub fn read_all(dir: &Path) -> io::Result<(Vec<Record>, Vec<Damage>)> {
+pub fn read_all(dir: &Path) -> io::Result<(Vec<StoredRecord>, Vec<Damage>)> {
     let mut records = Vec::new();
     let mut damage = Vec::new();
     for (_, path) in list_segments(dir)? {
@@ -139,7 +161,12 @@ pub fn read_all(dir: &Path) -> io::Result<(Vec<Record>, Vec<Damage>)> {
     Ok((records, damage))
 }
 
-fn read_segment(path: &Path, bytes: &[u8], records: &mut Vec<Record>, damage: &mut Vec<Damage>) {
+fn read_segment(
+    path: &Path,
+    bytes: &[u8],
+    records: &mut Vec<StoredRecord>,
+    damage: &mut Vec<Damage>,
+) {
     let mut pos = 0usize;
     let report = |offset: usize, what: String| Damage {
         segment: path.to_path_buf(),
@@ -168,16 +195,23 @@ fn read_segment(path: &Path, bytes: &[u8], records: &mut Vec<Record>, damage: &m
             damage.push(report(pos, "truncated frame (interrupted write)".into()));
             return;
         };
-        if crc32fast::hash(payload) != crc {
+        let crc_ok = crc32fast::hash(payload) == crc;
+        if !crc_ok {
             damage.push(report(
                 pos,
                 "CRC mismatch: record altered or corrupted".into(),
             ));
-        } else {
-            match serde_json::from_slice::<Record>(payload) {
-                Ok(record) => records.push(record),
-                Err(e) => damage.push(report(pos, format!("undecodable record: {e}"))),
-            }
+        }
+        match serde_json::from_slice::<Record>(payload) {
+            // A record whose CRC fails but still decodes is kept, flagged, so that `verify`
+            // can name its session and seq.
+            Ok(record) => records.push(StoredRecord {
+                record,
+                raw: payload.to_vec(),
+                crc_ok,
+            }),
+            Err(e) if crc_ok => damage.push(report(pos, format!("undecodable record: {e}"))),
+            Err(_) => {}
         }
         pos = start + len as usize;
     }
@@ -193,6 +227,7 @@ mod tests {
             "s",
             seq,
             time::OffsetDateTime::UNIX_EPOCH,
+            None,
             RecordBody::Data(DataChunk {
                 direction: Direction::Up,
                 offset: 0,
@@ -223,7 +258,10 @@ mod tests {
         );
         let (back, damage) = read_all(dir.path()).unwrap();
         assert!(damage.is_empty(), "{damage:?}");
-        assert_eq!(back, records);
+        assert_eq!(
+            back.into_iter().map(|r| r.record).collect::<Vec<_>>(),
+            records
+        );
     }
 
     #[test]
@@ -243,7 +281,7 @@ mod tests {
         bytes.truncate(cut);
         fs::write(&path, &bytes).unwrap();
         let (records, damage) = read_all(dir.path()).unwrap();
-        assert_eq!(records.len(), 1);
+        assert_eq!(records.iter().filter(|r| r.crc_ok).count(), 1);
         assert_eq!(damage.len(), 2, "{damage:?}");
         assert!(damage[0].what.contains("CRC mismatch"));
         assert!(damage[1].what.contains("truncated"));

@@ -137,6 +137,8 @@ impl InternalEvent for RecordsWritten {
 pub struct RecordWriteFailed<'a> {
     pub error: &'a std::io::Error,
     pub dir: &'a std::path::Path,
+    /// Records in the batch that could not be written.
+    pub records: u64,
 }
 
 impl InternalEvent for RecordWriteFailed<'_> {
@@ -144,10 +146,60 @@ impl InternalEvent for RecordWriteFailed<'_> {
         error!(
             error = %self.error,
             dir = %self.dir.display(),
-            "writing the record store failed; new sessions are refused until it works again. \
-             Check free space and permissions of recording.dir"
+            records_lost = self.records,
+            "writing the record store failed; new sessions are refused until it works again, \
+             and the affected sessions will show missing records. Check free space and \
+             permissions of recording.dir"
         );
-        metrics().record_write_errors.inc();
+        let m = metrics();
+        m.record_write_errors.inc();
+        m.records_lost.inc_by(self.records);
+    }
+}
+
+pub struct SpoolGapRecorded {
+    pub sessions: u64,
+}
+
+impl InternalEvent for SpoolGapRecorded {
+    fn emit(self) {
+        error!(
+            sessions = self.sessions,
+            "the spool has room again; a spool_gap record now says how many sessions went \
+             through unrecorded (when_full: fail_open)"
+        );
+    }
+}
+
+pub struct SessionRefusedSpoolFull {
+    pub peer: SocketAddr,
+    pub spool_bytes: u64,
+    pub max_bytes: u64,
+    pub let_through: bool,
+}
+
+impl InternalEvent for SessionRefusedSpoolFull {
+    fn emit(self) {
+        let m = metrics();
+        if self.let_through {
+            error!(
+                peer = %self.peer,
+                spool_bytes = self.spool_bytes,
+                max_bytes = self.max_bytes,
+                "spool full or failing: session let through UNRECORDED (when_full: fail_open)"
+            );
+            m.sessions_unrecorded.inc();
+        } else {
+            error!(
+                peer = %self.peer,
+                spool_bytes = self.spool_bytes,
+                max_bytes = self.max_bytes,
+                "spool full or failing: new session refused (when_full: fail_closed); \
+                 established sessions continue. Free space, raise recording.spool.max_bytes, \
+                 or check the sink that drains the spool"
+            );
+            m.sessions_refused_spool_full.inc();
+        }
     }
 }
 

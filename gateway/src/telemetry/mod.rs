@@ -37,6 +37,14 @@ pub struct Metrics {
     pub records_written: Counter,
     pub record_bytes_written: Counter,
     pub record_write_errors: Counter,
+    pub records_lost: Counter,
+    pub sessions_refused_spool_full: Counter,
+    pub sessions_unrecorded: Counter,
+    pub spool_bytes: Gauge,
+    pub records_shipped: Counter,
+    pub ship_retries: Counter,
+    pub records_resent: Counter,
+    pub oldest_unshipped_seconds: Gauge,
     pub fsyncs: Counter,
     pub control_rejections: Counter,
     pub cgroups_registered: Counter,
@@ -57,6 +65,14 @@ impl Metrics {
             records_written: Counter::default(),
             record_bytes_written: Counter::default(),
             record_write_errors: Counter::default(),
+            records_lost: Counter::default(),
+            sessions_refused_spool_full: Counter::default(),
+            sessions_unrecorded: Counter::default(),
+            spool_bytes: Gauge::default(),
+            records_shipped: Counter::default(),
+            ship_retries: Counter::default(),
+            records_resent: Counter::default(),
+            oldest_unshipped_seconds: Gauge::default(),
             fsyncs: Counter::default(),
             control_rejections: Counter::default(),
             cgroups_registered: Counter::default(),
@@ -113,6 +129,46 @@ impl Metrics {
             "fsyncs",
             "fsync calls on the record store",
             m.fsyncs.clone(),
+        );
+        registry.register(
+            "records_lost",
+            "Records dropped by failed writes",
+            m.records_lost.clone(),
+        );
+        registry.register(
+            "sessions_refused_spool_full",
+            "New sessions refused because the spool was full or failing (fail_closed)",
+            m.sessions_refused_spool_full.clone(),
+        );
+        registry.register(
+            "sessions_unrecorded",
+            "Sessions let through unrecorded because the spool was full (fail_open)",
+            m.sessions_unrecorded.clone(),
+        );
+        registry.register(
+            "spool_bytes",
+            "Bytes in the spool's segment files",
+            m.spool_bytes.clone(),
+        );
+        registry.register(
+            "records_shipped",
+            "Records acknowledged by the Kinesis stream",
+            m.records_shipped.clone(),
+        );
+        registry.register(
+            "ship_retries",
+            "PutRecords calls retried",
+            m.ship_retries.clone(),
+        );
+        registry.register(
+            "records_resent",
+            "Records resent after a partial PutRecords failure",
+            m.records_resent.clone(),
+        );
+        registry.register(
+            "oldest_unshipped_seconds",
+            "Age of the oldest record not yet acknowledged by the stream",
+            m.oldest_unshipped_seconds.clone(),
         );
         registry.register(
             "control_rejections",
