@@ -13,6 +13,8 @@ use std::{
 
 use serde_json::Value;
 
+pub mod kinesis;
+
 /// The cgroup2 mount point (hybrid hosts: /sys/fs/cgroup/unified; nodes: /sys/fs/cgroup).
 /// None inside `ip netns exec`, which mounts a fresh /sys without it.
 pub fn cgroup2_mount() -> Option<PathBuf> {
@@ -163,8 +165,7 @@ impl Gateway {
         let mut yaml = format!(
             "listen: 127.0.0.1:{listen_port}\nlisten_v6: \"[::1]:{listen_port}\"\n\
              admin: 127.0.0.1:{admin_port}\ncontrol_socket: ./control.sock\n\
-             bpffs_dir: /sys/fs/bpf/interlock-test-{}\n\
-             recording:\n  dir: ./records\n",
+             bpffs_dir: /sys/fs/bpf/interlock-test-{}\n",
             // bpffs refuses names with dots.
             dir.path()
                 .file_name()
@@ -172,6 +173,9 @@ impl Gateway {
                 .to_string_lossy()
                 .replace('.', "")
         );
+        if !extra_config.contains("recording:") {
+            yaml.push_str("recording:\n  dir: ./records\n");
+        }
         yaml.push_str(extra_config);
         yaml.push_str("targets:\n");
         for t in targets {
@@ -200,9 +204,8 @@ impl Gateway {
             .append(true)
             .open(self.dir.path().join("gateway.log"))
             .unwrap();
-        let child = Command::new(interlock_bin())
-            .args(["run", "--config"])
-            .arg(&self.config)
+        let child = self
+            .cli(&["run"])
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -222,6 +225,18 @@ impl Gateway {
             thread::sleep(Duration::from_millis(50));
         }
         panic!("gateway not ready after 20 s:\n{}", self.log());
+    }
+
+    /// An `interlock` command with this gateway's config (and test credentials for the
+    /// local Kinesis server).
+    pub fn cli(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(interlock_bin());
+        cmd.args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test");
+        cmd
     }
 
     pub fn log(&self) -> String {
@@ -266,11 +281,7 @@ impl Gateway {
     }
 
     pub fn sessions(&self) -> Vec<Value> {
-        let out = Command::new(interlock_bin())
-            .args(["sessions", "list", "--json", "--config"])
-            .arg(&self.config)
-            .output()
-            .unwrap();
+        let out = self.cli(&["sessions", "list", "--json"]).output().unwrap();
         assert!(
             out.status.success(),
             "{}",

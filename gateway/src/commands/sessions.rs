@@ -53,7 +53,11 @@ fn open(config: &Config, from: Source) -> Result<Store> {
                 .into_iter()
                 .map(|id| format!("record {id}: chunks missing from the stream"))
                 .collect();
-            Store { records, damage }
+            Store {
+                records,
+                damage,
+                damaged: Vec::new(),
+            }
         }
     };
     for damage in &store.damage {
@@ -122,7 +126,7 @@ pub fn verify(
         None => Sealer::load(&config.recording.signing_key_path().0, false)?.verifying_key(),
     };
     let store = open(config, from)?;
-    let mut verdicts = verify::verify(&store.records, &key);
+    let mut verdicts = verify::verify(&store.records, &store.damaged, &key);
     if let Some(id) = session_id {
         verdicts.retain(|v| v.session_id == id);
         if verdicts.is_empty() {

@@ -413,7 +413,7 @@ mod tests {
         let key = Sealer::load(&dir.path().join("key.pem"), false)
             .unwrap()
             .verifying_key();
-        let verdicts = verify::verify(&records, &key);
+        let verdicts = verify::verify(&records, &[], &key);
         assert_eq!(verdicts.len(), 1);
         assert!(
             verdicts[0].problems.is_empty(),

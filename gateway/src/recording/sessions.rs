@@ -36,6 +36,8 @@ pub struct SessionSummary {
 pub struct Store {
     pub records: Vec<StoredRecord>,
     pub damage: Vec<String>,
+    /// Records known to exist but unreadable: (session id, seq).
+    pub damaged: Vec<(String, u64)>,
 }
 
 impl Store {
@@ -43,6 +45,7 @@ impl Store {
         let (records, damage) = store::read_all(dir)?;
         Ok(Store {
             records,
+            damaged: damage.iter().filter_map(|d| d.record.clone()).collect(),
             damage: damage.iter().map(Damage::to_string).collect(),
         })
     }

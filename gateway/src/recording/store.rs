@@ -121,12 +121,20 @@ pub fn list_segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
     Ok(segments)
 }
 
+#[derive(serde::Deserialize)]
+struct Ids {
+    session_id: String,
+    seq: u64,
+}
+
 /// A problem found while reading the store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Damage {
     pub segment: PathBuf,
     pub offset: u64,
     pub what: String,
+    /// The session and seq of the damaged record, when they can still be read from it.
+    pub record: Option<(String, u64)>,
 }
 
 impl std::fmt::Display for Damage {
@@ -172,6 +180,7 @@ fn read_segment(
         segment: path.to_path_buf(),
         offset: offset as u64,
         what,
+        record: None,
     };
     while pos < bytes.len() {
         let Some(header) = bytes.get(pos..pos + FRAME_HEADER) else {
@@ -211,7 +220,14 @@ fn read_segment(
                 crc_ok,
             }),
             Err(e) if crc_ok => damage.push(report(pos, format!("undecodable record: {e}"))),
-            Err(_) => {}
+            // Damaged beyond decoding: still name its session and seq if they are legible.
+            Err(_) => {
+                if let (Some(last), Ok(ids)) =
+                    (damage.last_mut(), serde_json::from_slice::<Ids>(payload))
+                {
+                    last.record = Some((ids.session_id, ids.seq));
+                }
+            }
         }
         pos = start + len as usize;
     }

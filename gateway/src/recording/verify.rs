@@ -73,8 +73,12 @@ impl SessionVerdict {
 }
 
 /// One verdict per session, in session-id order. Duplicates (at-least-once delivery) are
-/// fine when byte-identical.
-pub fn verify(records: &[StoredRecord], key: &VerifyingKey) -> Vec<SessionVerdict> {
+/// fine when byte-identical. `damaged` names records that exist but could not be decoded.
+pub fn verify(
+    records: &[StoredRecord],
+    damaged: &[(String, u64)],
+    key: &VerifyingKey,
+) -> Vec<SessionVerdict> {
     let mut sessions: BTreeMap<&str, BTreeMap<u64, Vec<&StoredRecord>>> = BTreeMap::new();
     for r in records {
         sessions
@@ -84,18 +88,35 @@ pub fn verify(records: &[StoredRecord], key: &VerifyingKey) -> Vec<SessionVerdic
             .or_default()
             .push(r);
     }
+    for (session, _) in damaged {
+        sessions.entry(session).or_default();
+    }
     sessions
         .into_iter()
-        .map(|(session_id, by_seq)| verify_session(session_id, &by_seq, key))
+        .map(|(session_id, by_seq)| {
+            let damaged_seqs: Vec<u64> = damaged
+                .iter()
+                .filter(|(s, _)| s == session_id)
+                .map(|(_, seq)| *seq)
+                .collect();
+            verify_session(session_id, &by_seq, &damaged_seqs, key)
+        })
         .collect()
 }
 
 fn verify_session(
     session_id: &str,
     by_seq: &BTreeMap<u64, Vec<&StoredRecord>>,
+    damaged_seqs: &[u64],
     key: &VerifyingKey,
 ) -> SessionVerdict {
-    let mut problems = Vec::new();
+    let mut problems: Vec<Problem> = damaged_seqs
+        .iter()
+        .map(|&seq| Problem::Tampered {
+            seq,
+            detail: "frame damaged beyond decoding (CRC mismatch)".into(),
+        })
+        .collect();
     if let Some(RecordBody::SpoolGap(gap)) = by_seq.get(&0).map(|c| &c[0].record.body) {
         let format = |t: time::OffsetDateTime| {
             t.format(&time::format_description::well_known::Rfc3339)

@@ -5,6 +5,7 @@
 //! probe storm ADDR N PARALLEL   N echo round trips over fresh connections
 //! probe reset ADDR N            N connections that the far side is expected to reset
 //! probe hold ADDR MILLIS        one echo exchange spread over MILLIS (a long-lived session)
+//! probe chatty ADDR N ROUNDS PARALLEL   N sessions of ROUNDS echo round trips each
 use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpStream},
@@ -34,6 +35,7 @@ fn main() -> ExitCode {
         "storm" => storm(addr, number(2), number(3)),
         "reset" => resets(addr, number(2)),
         "hold" => hold(addr, Duration::from_millis(number(2) as u64)),
+        "chatty" => chatty(addr, number(2), number(3), number(4)),
         other => {
             eprintln!("unknown probe mode {other:?}");
             ExitCode::from(2)
@@ -124,16 +126,47 @@ fn storm(addr: SocketAddr, total: usize, parallel: usize) -> ExitCode {
 }
 
 fn echo_once(addr: SocketAddr) -> std::io::Result<()> {
+    echo_rounds(addr, 1)
+}
+
+/// One connection, `rounds` request/response pairs: 2 data records each when intercepted.
+fn echo_rounds(addr: SocketAddr, rounds: usize) -> std::io::Result<()> {
     let mut stream = TcpStream::connect_timeout(&addr, TIMEOUT)?;
     stream.set_read_timeout(Some(TIMEOUT))?;
+    stream.set_nodelay(true)?;
     let message = b"interlock-echo-0123456789";
-    stream.write_all(message)?;
     let mut back = [0u8; 25];
-    stream.read_exact(&mut back)?;
-    if &back != message {
-        return Err(std::io::Error::other("echo mismatch"));
+    for _ in 0..rounds {
+        stream.write_all(message)?;
+        stream.read_exact(&mut back)?;
+        if &back != message {
+            return Err(std::io::Error::other("echo mismatch"));
+        }
     }
     Ok(())
+}
+
+fn chatty(addr: SocketAddr, sessions: usize, rounds: usize, parallel: usize) -> ExitCode {
+    let next = AtomicUsize::new(0);
+    let failed = AtomicUsize::new(0);
+    thread::scope(|scope| {
+        for _ in 0..parallel.max(1) {
+            scope.spawn(|| {
+                while next.fetch_add(1, Ordering::Relaxed) < sessions {
+                    if echo_rounds(addr, rounds).is_err() {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+    });
+    let failed = failed.into_inner();
+    println!("{}", json!({ "ok": sessions - failed, "failed": failed }));
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 fn resets(addr: SocketAddr, total: usize) -> ExitCode {
