@@ -30,7 +30,11 @@ struct Cli {
 enum Mode {
     /// Run the load against ADDR and print JSON results.
     Client { addr: SocketAddr },
+    /// Spool append throughput and Kinesis shipping rate (against kinesalite).
+    Stream,
 }
+
+mod stream;
 
 const CONNECTS: usize = 2000;
 const ROUND_TRIPS: usize = 20_000;
@@ -55,6 +59,7 @@ fn main() -> Result<()> {
             println!("{}", serde_json::to_string(&client(addr)?)?);
             Ok(())
         }
+        Some(Mode::Stream) => stream::run(),
         None => orchestrate(&cli.interlock.context("--interlock BIN is required")?),
     }
 }

@@ -129,6 +129,20 @@ fn setup() -> Result<()> {
             .env("DEBIAN_FRONTEND", "noninteractive"))?;
     }
 
+    let support = root().join("tests/support");
+    if !support.join("node_modules/kinesalite").exists() {
+        if !succeeds(Command::new("npm").arg("--version")) {
+            step("installing Node.js and npm");
+            run(Command::new("apt-get")
+                .args(["install", "-y", "-q", "nodejs", "npm"])
+                .env("DEBIAN_FRONTEND", "noninteractive"))?;
+        }
+        step("installing test peers from npm (kinesalite 3.3.3, pinned in tests/support)");
+        run(Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(&support))?;
+    }
+
     if !succeeds(Command::new("bpf-linker").arg("--version")) {
         step("installing bpf-linker (about a minute of compiling)");
         // LLVM_PREFIX: /usr/bin/llvm-config may belong to an older LLVM; point at LLVM 22.
@@ -354,8 +368,9 @@ fn bench() -> Result<()> {
     run(Command::new("cargo")
         .args(["build", "--release", "-p", "interlock-bench"])
         .current_dir(root()))?;
-    step("running benchmarks: direct vs through Interlock (tcp, recording on)");
-    run(Command::new(root().join("target/release/interlock-bench"))
-        .arg("--interlock")
-        .arg(&bin))
+    step("running benchmarks: direct vs nginx vs Interlock (tcp, recording on)");
+    let bench = root().join("target/release/interlock-bench");
+    run(Command::new(&bench).arg("--interlock").arg(&bin))?;
+    step("running benchmarks: spool append and Kinesis shipping");
+    run(Command::new(&bench).arg("stream"))
 }
