@@ -1,7 +1,7 @@
 //! The durable session stream, against a real kinesalite on loopback: volume, sink outage,
 //! gateway crash, partial failures and throttling, tampering, a full disk, and bad input.
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{HashMap, HashSet},
     fs,
     net::SocketAddr,
     path::Path,
@@ -556,14 +556,8 @@ fn garbage_segments_and_truncated_tails_are_reported_not_fatal() {
         text.contains("UNSEALED"),
         "the cut session lost its end: {text}"
     );
-    let by_status: BTreeMap<&str, usize> = text.lines().fold(BTreeMap::new(), |mut m, l| {
-        *m.entry(if l.contains("intact") {
-            "intact"
-        } else {
-            "other"
-        })
-        .or_default() += 1;
-        m
-    });
-    assert!(by_status.get("intact").is_some(), "{text}");
+    assert!(
+        text.lines().any(|l| l.contains("  intact (")),
+        "the other session is intact: {text}"
+    );
 }
