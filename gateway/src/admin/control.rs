@@ -110,13 +110,16 @@ impl<C: UpstreamConnector> ControlServer<C> {
     async fn handle(&self, stream: UnixStream) {
         let uid = stream.peer_cred().ok().map(|c| c.uid());
         let (read, mut write) = stream.into_split();
+        let mut lines = BufReader::new(read).lines();
         if uid != Some(0) {
             let reason = "only root may register cgroups for interception";
             ControlRequestRejected { reason, uid }.emit();
+            // Read the request first: closing with it unread would reset the connection and
+            // could discard our answer before the caller reads it.
+            let _ = tokio::time::timeout(Duration::from_secs(1), lines.next_line()).await;
             let _ = send(&mut write, &ControlResponse::error(reason.into())).await;
             return;
         }
-        let mut lines = BufReader::new(read).lines();
         let mut registered: Option<(u64, PathBuf)> = None;
         loop {
             let request = match lines.next_line().await {

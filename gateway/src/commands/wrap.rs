@@ -75,9 +75,12 @@ fn request(
 ) -> Result<ControlResponse> {
     let mut line = serde_json::to_vec(request)?;
     line.push(b'\n');
-    writer.write_all(&line).context("sending to the gateway")?;
+    // A gateway that refuses us answers and closes at once, possibly before our write lands:
+    // read its answer even when the write failed.
+    let sent = writer.write_all(&line);
     let mut answer = String::new();
     if reader.read_line(&mut answer)? == 0 {
+        sent.context("sending to the gateway")?;
         bail!("the gateway closed the control connection");
     }
     serde_json::from_str(&answer).context("the gateway's answer was not understood")
