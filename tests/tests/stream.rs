@@ -26,6 +26,16 @@ fn echo() -> EchoServer {
     EchoServer::start(SocketAddr::from(([127, 0, 0, 1], 0)))
 }
 
+fn echo_gateway(echo: &EchoServer, config: &str) -> Gateway {
+    Gateway::start(
+        &[Target {
+            name: "echo",
+            address: echo.addr,
+        }],
+        config,
+    )
+}
+
 fn chatty(
     gw: &Gateway,
     echo: &EchoServer,
@@ -83,13 +93,7 @@ fn volume_1000_sessions_100k_records_shipped_in_order_without_loss() {
     let kinesalite = Kinesalite::start(None);
     setup_stream(&kinesalite, 4);
     let echo = echo();
-    let gw = Gateway::start(
-        &[Target {
-            name: "echo",
-            address: echo.addr,
-        }],
-        &kinesis_config(&kinesalite.endpoint(), ""),
-    );
+    let gw = echo_gateway(&echo, &kinesis_config(&kinesalite.endpoint(), ""));
 
     // 1000 sessions x (start + 49 round trips x 2 chunks + end) = 100,000 records.
     let run = chatty(&gw, &echo, 1000, 49, 16);
@@ -150,13 +154,7 @@ fn sink_outage_loses_nothing() {
     let mut kinesalite = Kinesalite::start(Some(store.path()));
     setup_stream(&kinesalite, 1);
     let echo = echo();
-    let gw = Gateway::start(
-        &[Target {
-            name: "echo",
-            address: echo.addr,
-        }],
-        &kinesis_config(&kinesalite.endpoint(), ""),
-    );
+    let gw = echo_gateway(&echo, &kinesis_config(&kinesalite.endpoint(), ""));
 
     assert_eq!(chatty(&gw, &echo, 50, 5, 8)["ok"], 50);
     wait_shipped(&gw, 600.0, Duration::from_secs(60));
@@ -190,13 +188,7 @@ fn gateway_crash_replays_the_spool_and_shows_the_interrupted_session_unsealed() 
     let kinesalite = Kinesalite::start(None);
     setup_stream(&kinesalite, 2);
     let echo = echo();
-    let mut gw = Gateway::start(
-        &[Target {
-            name: "echo",
-            address: echo.addr,
-        }],
-        &kinesis_config(&kinesalite.endpoint(), ""),
-    );
+    let mut gw = echo_gateway(&echo, &kinesis_config(&kinesalite.endpoint(), ""));
     let probe = probe_bin();
     let _held = Proc(
         gw.wrap_cmd(
@@ -261,13 +253,7 @@ fn partial_failures_and_throttling_resend_only_what_failed() {
     setup_stream(&kinesalite, 1);
     let proxy = FaultProxy::start(kinesalite.addr, 2, 4);
     let echo = echo();
-    let gw = Gateway::start(
-        &[Target {
-            name: "echo",
-            address: echo.addr,
-        }],
-        &kinesis_config(&proxy.endpoint(), ""),
-    );
+    let gw = echo_gateway(&echo, &kinesis_config(&proxy.endpoint(), ""));
 
     assert_eq!(chatty(&gw, &echo, 30, 5, 4)["ok"], 30);
     wait_shipped(&gw, 360.0, Duration::from_secs(60));
@@ -323,13 +309,7 @@ fn verify_text(gw: &Gateway) -> (bool, String) {
 #[test]
 fn tampering_and_dropped_records_are_named_by_session_and_seq() {
     let echo = echo();
-    let mut gw = Gateway::start(
-        &[Target {
-            name: "echo",
-            address: echo.addr,
-        }],
-        "",
-    );
+    let mut gw = echo_gateway(&echo, "");
     assert_eq!(chatty(&gw, &echo, 3, 3, 1)["ok"], 3);
     gw.wait_sessions_ended(3);
     gw.stop();
@@ -412,6 +392,23 @@ impl Tmpfs {
     }
 }
 
+/// A gateway whose record store is a small tmpfs; `spool` is the YAML of recording.spool.
+fn gateway_on_tmpfs(
+    echo: &EchoServer,
+    size: &str,
+    spool: &str,
+) -> (tempfile::TempDir, Tmpfs, Gateway) {
+    let dir = tempfile::tempdir().unwrap();
+    let records = dir.path().join("records");
+    let tmpfs = Tmpfs::mount(&records, size);
+    let config = format!(
+        "recording:\n  dir: {}\n  spool: {spool}\n",
+        records.display()
+    );
+    let gw = echo_gateway(echo, &config);
+    (dir, tmpfs, gw)
+}
+
 impl Drop for Tmpfs {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg("-l").arg(&self.0).status();
@@ -421,19 +418,8 @@ impl Drop for Tmpfs {
 #[test]
 fn full_spool_refuses_new_sessions_keeps_established_ones_and_corrupts_nothing() {
     let echo = echo();
-    let dir = tempfile::tempdir().unwrap();
-    let _tmpfs = Tmpfs::mount(&dir.path().join("records"), "4m");
-    let config = format!(
-        "recording:\n  dir: {}\n  signing_key: null\n  spool: {{ max_bytes: 256KiB, when_full: fail_closed }}\n",
-        dir.path().join("records").display()
-    );
-    let mut gw = Gateway::start(
-        &[Target {
-            name: "echo",
-            address: echo.addr,
-        }],
-        &config,
-    );
+    let (_dir, _tmpfs, mut gw) =
+        gateway_on_tmpfs(&echo, "4m", "{ max_bytes: 256KiB, when_full: fail_closed }");
     let probe = probe_bin();
     let held = gw
         .wrap_cmd(
@@ -486,20 +472,8 @@ fn full_spool_refuses_new_sessions_keeps_established_ones_and_corrupts_nothing()
 #[test]
 fn disk_full_fails_writes_cleanly() {
     let echo = echo();
-    let dir = tempfile::tempdir().unwrap();
-    let _tmpfs = Tmpfs::mount(&dir.path().join("records"), "1m");
     // The limit is above the disk: the disk fills first.
-    let config = format!(
-        "recording:\n  dir: {}\n  spool: {{ max_bytes: 1GiB }}\n",
-        dir.path().join("records").display()
-    );
-    let mut gw = Gateway::start(
-        &[Target {
-            name: "echo",
-            address: echo.addr,
-        }],
-        &config,
-    );
+    let (_dir, _tmpfs, mut gw) = gateway_on_tmpfs(&echo, "1m", "{ max_bytes: 1GiB }");
     let run = chatty(&gw, &echo, 300, 10, 4);
     assert!(run["failed"].as_u64().unwrap() > 0, "{run}");
     assert!(gw.metric("interlock_record_write_errors_total").unwrap() > 0.0);
@@ -521,13 +495,7 @@ fn disk_full_fails_writes_cleanly() {
 #[test]
 fn garbage_segments_and_truncated_tails_are_reported_not_fatal() {
     let echo = echo();
-    let mut gw = Gateway::start(
-        &[Target {
-            name: "echo",
-            address: echo.addr,
-        }],
-        "",
-    );
+    let mut gw = echo_gateway(&echo, "");
     assert_eq!(chatty(&gw, &echo, 2, 2, 1)["ok"], 2);
     gw.wait_sessions_ended(2);
     gw.stop();

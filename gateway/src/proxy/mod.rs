@@ -16,8 +16,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{error, warn};
 
-use crate::telemetry::metrics;
-
 use self::upstream::{UpstreamConnector, connect_failure_outcome};
 use crate::{
     config::{Config, WhenFull},
@@ -146,16 +144,7 @@ impl<C: UpstreamConnector> Proxy<C> {
         let session_id = uuid::Uuid::now_v7().to_string();
         let session = self.recorder.session(&session_id);
         let started = Instant::now();
-        SessionStarted {
-            session_id: &session_id,
-            target: &target.name,
-            client: peer,
-            original_dst,
-            pid: workload.pid,
-            process: &workload.process,
-        }
-        .emit();
-
+        let (pid, process) = (workload.pid, workload.process.clone());
         let start = SessionStart {
             node: self.node.clone(),
             target: target.name.clone(),
@@ -180,13 +169,23 @@ impl<C: UpstreamConnector> Proxy<C> {
             error,
             seal: None,
         };
+        if recorded.is_ok() {
+            SessionStarted {
+                session_id: &session_id,
+                target: &target.name,
+                client: peer,
+                original_dst,
+                pid,
+                process: &process,
+            }
+            .emit();
+        }
         let finished = match (recorded, upstream) {
             (Err(e), _) => {
                 // Unrecorded traffic is never served; the writer already logged why. The
                 // session has no record, so it gets no session_end either.
                 error!(session_id, error = %e, "session_start could not be recorded; connection refused");
                 reset(client);
-                metrics().sessions_active.dec();
                 return;
             }
             (Ok(()), Err(e)) => {

@@ -50,6 +50,14 @@ impl Assembler {
     }
 }
 
+/// An SDK error with its whole cause chain, after what we were doing.
+fn sdk_error(doing: String, e: impl std::error::Error + 'static) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{doing}: {}",
+        aws_sdk_kinesis::error::DisplayErrorContext(e)
+    )
+}
+
 pub fn parse(raw: Vec<u8>) -> Result<StoredRecord> {
     let record: Record = serde_json::from_slice(&raw).context("stream record is not a record")?;
     Ok(StoredRecord {
@@ -67,12 +75,10 @@ async fn shard_ids(client: &Client, stream: &str) -> Result<Vec<String>> {
             Some(token) => client.list_shards().next_token(token),
             None => client.list_shards().stream_name(stream),
         };
-        let output = request.send().await.map_err(|e| {
-            anyhow::anyhow!(
-                "listing shards of stream {stream}: {}",
-                aws_sdk_kinesis::error::DisplayErrorContext(e)
-            )
-        })?;
+        let output = request
+            .send()
+            .await
+            .map_err(|e| sdk_error(format!("listing shards of stream {stream}"), e))?;
         ids.extend(output.shards().iter().map(|s| s.shard_id().to_string()));
         match output.next_token() {
             Some(token) => next_token = Some(token.to_string()),
@@ -94,12 +100,7 @@ async fn iterator(
         .shard_iterator_type(kind)
         .send()
         .await
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "shard iterator for {shard}: {}",
-                aws_sdk_kinesis::error::DisplayErrorContext(e)
-            )
-        })?;
+        .map_err(|e| sdk_error(format!("shard iterator for {shard}"), e))?;
     Ok(output.shard_iterator().map(str::to_string))
 }
 
@@ -116,12 +117,7 @@ pub async fn read_all(client: &Client, stream: &str) -> Result<(Vec<StoredRecord
                 .limit(10_000)
                 .send()
                 .await
-                .map_err(|e| {
-                    anyhow::anyhow!(
-                        "reading shard {shard}: {}",
-                        aws_sdk_kinesis::error::DisplayErrorContext(e)
-                    )
-                })?;
+                .map_err(|e| sdk_error(format!("reading shard {shard}"), e))?;
             for record in output.records() {
                 if let Some(raw) = assembler.feed(record.data().as_ref())? {
                     records.push(parse(raw)?);
@@ -166,12 +162,7 @@ pub async fn tail(
                 .shard_iterator(it.as_str())
                 .send()
                 .await
-                .map_err(|e| {
-                    anyhow::anyhow!(
-                        "reading the stream: {}",
-                        aws_sdk_kinesis::error::DisplayErrorContext(e)
-                    )
-                })?;
+                .map_err(|e| sdk_error(format!("reading the stream"), e))?;
             for record in output.records() {
                 idle = false;
                 if let Some(raw) = assembler.feed(record.data().as_ref())? {
