@@ -162,7 +162,7 @@ pub async fn tail(
                 .shard_iterator(it.as_str())
                 .send()
                 .await
-                .map_err(|e| sdk_error(format!("reading the stream"), e))?;
+                .map_err(|e| sdk_error("reading the stream".into(), e))?;
             for record in output.records() {
                 idle = false;
                 if let Some(raw) = assembler.feed(record.data().as_ref())? {
