@@ -45,6 +45,9 @@ pub struct Config {
     pub targets: Vec<Target>,
     #[serde(default)]
     pub recording: Recording,
+    /// What MCP operations are allowed; reloaded on SIGHUP or when this file changes.
+    #[serde(default)]
+    pub policy: crate::policy::Policy,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -65,19 +68,29 @@ pub struct Target {
     pub address: SocketAddr,
     #[serde(default)]
     pub protocol: Protocol,
+    /// Largest HTTP request or JSON response body read for inspection (`http`, `mcp`).
+    #[serde(default = "defaults::max_body_bytes", deserialize_with = "byte_size")]
+    pub max_body_bytes: u64,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Protocol {
+    /// Bytes relayed and recorded as they are.
     #[default]
     Tcp,
+    /// HTTP/1.1 understood: requests and responses recorded as such.
+    Http,
+    /// HTTP plus MCP: every JSON-RPC message recorded and checked against the policy.
+    Mcp,
 }
 
 impl fmt::Display for Protocol {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Protocol::Tcp => f.write_str("tcp"),
-        }
+        f.write_str(match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Http => "http",
+            Protocol::Mcp => "mcp",
+        })
     }
 }
 
@@ -86,11 +99,13 @@ impl<'de> Deserialize<'de> for Protocol {
         let name = String::deserialize(d)?;
         match name.as_str() {
             "tcp" => Ok(Protocol::Tcp),
-            "http" | "mcp" | "kubernetes" => Err(de::Error::custom(format!(
-                "protocol `{name}` is not supported by this build yet; use `tcp`"
-            ))),
+            "http" => Ok(Protocol::Http),
+            "mcp" => Ok(Protocol::Mcp),
+            "kubernetes" => Err(de::Error::custom(
+                "protocol `kubernetes` is not supported by this build yet; use tcp, http or mcp",
+            )),
             other => Err(de::Error::custom(format!(
-                "unknown protocol `{other}`; expected `tcp`"
+                "unknown protocol `{other}`; expected tcp, http or mcp"
             ))),
         }
     }
@@ -244,6 +259,9 @@ mod defaults {
     }
     pub fn max_record_bytes() -> u64 {
         1 << 20
+    }
+    pub fn max_body_bytes() -> u64 {
+        8 << 20
     }
     pub fn kinesis_timeout() -> Duration {
         Duration::from_secs(10)
@@ -578,8 +596,18 @@ mod tests {
 
     #[test]
     fn later_protocols_are_refused_clearly() {
-        let e = error_of("targets:\n  - name: a\n    address: 127.0.0.1:1\n    protocol: mcp\n");
+        let e =
+            error_of("targets:\n  - name: a\n    address: 127.0.0.1:1\n    protocol: kubernetes\n");
         assert!(e.contains("not supported by this build yet"), "{e}");
+    }
+
+    #[test]
+    fn policy_is_validated_with_the_config() {
+        let e = error_of(
+            "policy:\n  rules:\n    - name: x\n      match: { tool: \"re:(\" }\n      action: deny\n",
+        );
+        assert!(e.contains("key `policy.rules[0].match.tool`"), "{e}");
+        assert!(error_of("policy:\n  default: maybe\n").contains("unknown variant"));
     }
 
     #[test]

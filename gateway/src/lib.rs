@@ -4,6 +4,8 @@ pub mod commands;
 pub mod config;
 pub mod ebpf;
 pub mod identity;
+pub mod policy;
+pub mod protocols;
 pub mod proxy;
 pub mod recording;
 pub mod sinks;

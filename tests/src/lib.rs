@@ -159,6 +159,11 @@ pub struct Gateway {
 
 impl Gateway {
     pub fn start(targets: &[Target], extra_config: &str) -> Gateway {
+        Gateway::start_with_protocol(targets, "tcp", extra_config)
+    }
+
+    /// Like `start`, every target speaking `protocol` (tcp, http or mcp).
+    pub fn start_with_protocol(targets: &[Target], protocol: &str, extra_config: &str) -> Gateway {
         require_root();
         let dir = tempfile::tempdir().unwrap();
         let (listen_port, admin_port) = (free_port(), free_port());
@@ -180,7 +185,7 @@ impl Gateway {
         yaml.push_str("targets:\n");
         for t in targets {
             yaml.push_str(&format!(
-                "  - name: {}\n    address: \"{}\"\n",
+                "  - name: {}\n    address: \"{}\"\n    protocol: {protocol}\n",
                 t.name, t.address
             ));
         }
@@ -442,5 +447,87 @@ impl Drop for PodNetns {
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
             .output();
+    }
+}
+
+/// A real MCP peer started from tests/support: the reference server-everything (npm) or the
+/// official Python SDK server fixture.
+pub struct McpServer {
+    pub addr: SocketAddr,
+    _proc: Proc,
+}
+
+fn support_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("support")
+}
+
+impl McpServer {
+    /// server-everything, `mode` = `streamableHttp` or `sse`.
+    pub fn everything(mode: &str) -> McpServer {
+        let port = free_port();
+        let child = Command::new("node")
+            .arg(support_dir().join("node_modules/.bin/mcp-server-everything"))
+            .arg(mode)
+            .env("PORT", port.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("node and tests/support/node_modules (cargo xtask setup)");
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        wait_listening(addr);
+        McpServer {
+            addr,
+            _proc: Proc(child),
+        }
+    }
+
+    /// tests/support/mcp_server.py: stateless, journals every tool call to `journal`.
+    pub fn python_journal(journal: &Path) -> McpServer {
+        let port = free_port();
+        let child = Command::new("python3")
+            .arg(support_dir().join("mcp_server.py"))
+            .arg(port.to_string())
+            .arg(journal)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 with the mcp package (cargo xtask setup)");
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        wait_listening(addr);
+        McpServer {
+            addr,
+            _proc: Proc(child),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/mcp", self.addr)
+    }
+}
+
+impl Gateway {
+    /// Runs tests/support/mcp_client.py (the official Python SDK) wrapped; returns its JSON.
+    pub fn mcp_client(&self, url: &str, scenario: &str) -> Value {
+        let script = support_dir().join("mcp_client.py");
+        let out = self.wrap(&["python3", script.to_str().unwrap(), url, scenario]);
+        assert!(
+            out.status.success(),
+            "MCP client failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        probe_json(&out)
+    }
+
+    /// Every record of every session, through `interlock replay --json`.
+    pub fn all_records(&self) -> Vec<Value> {
+        let mut records = Vec::new();
+        for session in self.sessions() {
+            let id = session["id"].as_str().unwrap();
+            let out = self.cli(&["replay", id, "--json"]).output().unwrap();
+            let mut session_records: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+            records.append(&mut session_records);
+        }
+        records
     }
 }

@@ -130,17 +130,40 @@ fn setup() -> Result<()> {
     }
 
     let support = root().join("tests/support");
-    if !support.join("node_modules/kinesalite").exists() {
+    let npm_peers = [
+        "node_modules/kinesalite",
+        "node_modules/.bin/mcp-server-everything",
+    ];
+    if !npm_peers.iter().all(|p| support.join(p).exists()) {
         if !succeeds(Command::new("npm").arg("--version")) {
             step("installing Node.js and npm");
             run(Command::new("apt-get")
                 .args(["install", "-y", "-q", "nodejs", "npm"])
                 .env("DEBIAN_FRONTEND", "noninteractive"))?;
         }
-        step("installing test peers from npm (kinesalite 3.3.3, pinned in tests/support)");
+        step(
+            "installing test peers from npm (kinesalite, server-everything; pinned in tests/support)",
+        );
         run(Command::new("npm")
             .args(["ci", "--no-audit", "--no-fund"])
             .current_dir(&support))?;
+    }
+
+    let python_peers = "import importlib.metadata as m; assert m.version('mcp') == '2.3.0'";
+    if !succeeds(Command::new("python3").args(["-c", python_peers])) {
+        step(
+            "installing test peers from PyPI (the official MCP Python SDK, pinned in tests/support)",
+        );
+        run(Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--root-user-action=ignore",
+                "-r",
+            ])
+            .arg(support.join("requirements.txt")))?;
     }
 
     if !succeeds(Command::new("bpf-linker").arg("--version")) {

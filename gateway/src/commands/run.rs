@@ -28,6 +28,8 @@ use crate::{
 
 /// How often registrations of vanished cgroups are forgotten.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
+/// How often the config file is checked for a changed policy.
+const POLICY_POLL: Duration = Duration::from_secs(2);
 /// How long a stopping gateway waits for the Kinesis sink to ship what is left.
 const SINK_DRAIN: Duration = Duration::from_secs(10);
 
@@ -106,6 +108,11 @@ pub async fn run(config_path: &Path) -> Result<()> {
         stop_services.clone(),
     ));
 
+    tokio::spawn(reload_policy(
+        config_path.to_path_buf(),
+        proxy.clone(),
+        stop_services.clone(),
+    ));
     admin.ready.store(true, Ordering::Relaxed);
     info!(
         listen = %config.listen,
@@ -157,6 +164,43 @@ async fn wait_for_shutdown_signal() -> Result<()> {
         _ = int.recv() => info!("SIGINT received"),
     }
     Ok(())
+}
+
+/// Reloads the policy on SIGHUP or when the config file changes. An invalid file is
+/// reported and the policy in force stays.
+async fn reload_policy<C: crate::proxy::upstream::UpstreamConnector>(
+    path: std::path::PathBuf,
+    proxy: Arc<Proxy<C>>,
+    stop: CancellationToken,
+) {
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    let modified = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let mut seen = modified(&path);
+    let mut poll = tokio::time::interval(POLICY_POLL);
+    loop {
+        let why = tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = hup.recv() => "SIGHUP",
+            _ = poll.tick() => {
+                let now = modified(&path);
+                if now == seen { continue }
+                seen = now;
+                "config file changed"
+            }
+        };
+        match Config::load(&path) {
+            Ok(config) => {
+                let rules = config.policy.rules.len();
+                proxy.set_policy(config.policy);
+                info!(why, rules, "policy reloaded");
+            }
+            Err(e) => {
+                warn!(why, error = %e, "policy not reloaded: the file is invalid; the previous policy stays in force")
+            }
+        }
+    }
 }
 
 async fn sweep_vanished_cgroups(dataplane: Arc<Dataplane>, stop: CancellationToken) {

@@ -220,6 +220,32 @@ pub fn render(records: &[&Record]) -> String {
                 );
                 out.push_str(&show_bytes(&chunk.data));
             }
+            RecordBody::HttpRequest(head) => {
+                let _ = writeln!(
+                    out,
+                    "\n#{} {ts}  client -> upstream  {} {} {}",
+                    record.seq, head.method, head.uri, head.version
+                );
+                for (name, value) in &head.headers {
+                    let _ = writeln!(out, "    {name}: {value}");
+                }
+            }
+            RecordBody::HttpResponse(head) => {
+                let by = if head.generated_by_gateway {
+                    "  (answered by Interlock)"
+                } else {
+                    ""
+                };
+                let _ = writeln!(
+                    out,
+                    "\n#{} {ts}  upstream -> client  HTTP {}{by}",
+                    record.seq, head.status
+                );
+                for (name, value) in &head.headers {
+                    let _ = writeln!(out, "    {name}: {value}");
+                }
+            }
+            RecordBody::McpMessage(m) => out.push_str(&render_mcp(record.seq, &ts, m)),
             RecordBody::SpoolGap(gap) => {
                 let _ = writeln!(
                     out,
@@ -256,6 +282,58 @@ pub fn render(records: &[&Record]) -> String {
         );
     }
     out
+}
+
+/// One MCP message as a line of conversation.
+fn render_mcp(seq: u64, ts: &str, m: &crate::recording::record::McpMessage) -> String {
+    let arrow = match m.direction {
+        Direction::Up => "MCP client -> server",
+        Direction::Down => "MCP server -> client",
+    };
+    let id = m
+        .jsonrpc_id
+        .as_ref()
+        .map(|id| format!(" id={id}"))
+        .unwrap_or_default();
+    let mut line = format!("\n#{seq} {ts}  {arrow}  {}{id}", m.message_kind);
+    if let Some(method) = &m.method {
+        line.push_str(&format!(" {method}"));
+    }
+    if let Some(tool) = &m.tool {
+        line.push_str(&format!(" tool={tool}"));
+    }
+    if let Some(uri) = &m.resource_uri {
+        line.push_str(&format!(" uri={uri}"));
+    }
+    if let Some(prompt) = &m.prompt {
+        line.push_str(&format!(" prompt={prompt}"));
+    }
+    if let Some(session) = &m.mcp_session_id {
+        line.push_str(&format!("  [mcp session {session}]"));
+    }
+    line.push('\n');
+    for (label, value) in [
+        ("arguments", &m.arguments),
+        ("result", &m.result),
+        ("error", &m.error),
+    ] {
+        if let Some(value) = value {
+            line.push_str(&format!("    {label}: {value}\n"));
+        }
+    }
+    if let Some(decision) = &m.policy {
+        line.push_str(&format!(
+            "    policy: {:?} (rule {}){}\n",
+            decision.action,
+            decision.rule.as_deref().unwrap_or("default"),
+            decision
+                .reason
+                .as_deref()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default()
+        ));
+    }
+    line
 }
 
 /// Text as text (indented), anything else as a hex dump.

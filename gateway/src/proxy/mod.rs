@@ -8,7 +8,7 @@ use std::{
     io,
     net::SocketAddr,
     os::fd::AsRawFd,
-    sync::Arc,
+    sync::{Arc, RwLock},
     time::{Duration, Instant},
 };
 
@@ -18,9 +18,11 @@ use tracing::{error, warn};
 
 use self::upstream::{UpstreamConnector, connect_failure_outcome};
 use crate::{
-    config::{Config, WhenFull},
+    config::{Config, Protocol, WhenFull},
     ebpf::{Dataplane, key_addr},
     identity::Workload,
+    policy::Policy,
+    protocols::{self, http::HttpSession},
     recording::{
         Recorder,
         record::{Outcome, SessionEnd, SessionStart},
@@ -44,6 +46,8 @@ pub struct Proxy<C> {
     pub sessions: TaskTracker,
     /// Held across bind so two registrations cannot race for the same address.
     listeners: tokio::sync::Mutex<HashSet<SocketAddr>>,
+    /// The policy in force; replaced whole on reload, so a request sees one version.
+    policy: RwLock<Arc<Policy>>,
 }
 
 impl<C: UpstreamConnector> Proxy<C> {
@@ -55,7 +59,6 @@ impl<C: UpstreamConnector> Proxy<C> {
     ) -> Arc<Self> {
         Arc::new(Proxy {
             node: config.node_name(),
-            config,
             dataplane,
             recorder,
             connector,
@@ -63,7 +66,14 @@ impl<C: UpstreamConnector> Proxy<C> {
             hard_stop: CancellationToken::new(),
             sessions: TaskTracker::new(),
             listeners: tokio::sync::Mutex::new(HashSet::new()),
+            policy: RwLock::new(Arc::new(config.policy.clone())),
+            config,
         })
+    }
+
+    /// Puts a new policy in force for requests from now on.
+    pub fn set_policy(&self, policy: Policy) {
+        *self.policy.write().expect("policy lock") = Arc::new(policy);
     }
 
     /// Listens on `addr` unless already listening there. Pod-facing addresses are added as
@@ -145,6 +155,7 @@ impl<C: UpstreamConnector> Proxy<C> {
         let session = self.recorder.session(&session_id);
         let started = Instant::now();
         let (pid, process) = (workload.pid, workload.process.clone());
+        let cgroup = workload.cgroup.clone().unwrap_or_default();
         let start = SessionStart {
             node: self.node.clone(),
             target: target.name.clone(),
@@ -200,7 +211,23 @@ impl<C: UpstreamConnector> Proxy<C> {
                 end(connect_failure_outcome(&e), 0, 0, Some(e.to_string()))
             }
             (Ok(()), Ok(upstream)) => {
-                let r = relay::relay(client, upstream, Some(&session), &self.hard_stop).await;
+                let r = match target.protocol {
+                    Protocol::Tcp => {
+                        relay::relay(client, upstream, Some(&session), &self.hard_stop).await
+                    }
+                    Protocol::Http | Protocol::Mcp => {
+                        let policy = self.policy.read().expect("policy lock").clone();
+                        let http = HttpSession::new(
+                            session.clone(),
+                            target.clone(),
+                            process,
+                            cgroup,
+                            policy,
+                        );
+                        protocols::http::serve(client, upstream, Arc::new(http), &self.hard_stop)
+                            .await
+                    }
+                };
                 end(r.outcome, r.bytes_up, r.bytes_down, r.error)
             }
         };

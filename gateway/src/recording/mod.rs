@@ -150,6 +150,7 @@ fn writer_gone() -> io::Error {
 }
 
 /// The records of one session.
+#[derive(Clone)]
 pub struct SessionRecorder {
     recorder: Recorder,
     session_id: Arc<str>,
@@ -178,6 +179,11 @@ impl SessionRecorder {
             data,
         }));
         self.recorder.send(Command::Append(entry)).await
+    }
+
+    /// Any other record of the session (HTTP heads, MCP messages).
+    pub async fn record(&self, body: RecordBody) -> io::Result<()> {
+        self.recorder.send(Command::Append(self.entry(body))).await
     }
 
     /// Returns once the record is on disk.

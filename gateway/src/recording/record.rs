@@ -51,6 +51,12 @@ pub enum RecordBody {
     SessionStart(SessionStart),
     Data(DataChunk),
     SessionEnd(SessionEnd),
+    /// An HTTP request head (`http` and `mcp` targets); its body follows as `data` up.
+    HttpRequest(HttpRequestHead),
+    /// An HTTP response head; its body follows as `data` down.
+    HttpResponse(HttpResponseHead),
+    /// One JSON-RPC message of an MCP exchange, single or out of a batch or SSE stream.
+    McpMessage(McpMessage),
     /// Sessions that were let through unrecorded (`when_full: fail_open`), written as soon as
     /// the spool has room again. Its session id is `spool-gap-<uuid>`.
     SpoolGap(UnrecordedGap),
@@ -140,6 +146,47 @@ impl Outcome {
             Outcome::Shutdown => "shutdown",
         }
     }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HttpRequestHead {
+    pub method: String,
+    pub uri: String,
+    pub version: String,
+    /// Header names and values; credentials (Authorization, Cookie) are redacted.
+    pub headers: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HttpResponseHead {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    /// Set when the gateway answered itself (policy denial, oversized body, dead upstream).
+    pub generated_by_gateway: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct McpMessage {
+    pub direction: Direction,
+    /// The `Mcp-Session-Id` the message belongs to, if the server assigned one.
+    pub mcp_session_id: Option<String>,
+    /// `request`, `notification`, `response` or `error`.
+    pub message_kind: String,
+    /// The JSON-RPC id (0 is valid); absent for notifications.
+    pub jsonrpc_id: Option<serde_json::Value>,
+    pub method: Option<String>,
+    /// `tools/call`: the tool name and its arguments.
+    pub tool: Option<String>,
+    pub arguments: Option<serde_json::Value>,
+    /// `resources/*`: the resource URI; `prompts/get`: the prompt name.
+    pub resource_uri: Option<String>,
+    pub prompt: Option<String>,
+    pub result: Option<serde_json::Value>,
+    pub error: Option<serde_json::Value>,
+    /// How it travelled: `json` body or `sse` event.
+    pub transport: String,
+    /// The policy decision, for client requests.
+    pub policy: Option<crate::policy::Decision>,
 }
 
 fn to_base64<S: Serializer>(data: &Bytes, s: S) -> Result<S::Ok, S::Error> {

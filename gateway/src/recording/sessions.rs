@@ -91,6 +91,13 @@ impl Store {
                 }
                 // Reported by `interlock verify`; not a session.
                 RecordBody::SpoolGap(_) => {}
+                RecordBody::HttpRequest(_)
+                | RecordBody::HttpResponse(_)
+                | RecordBody::McpMessage(_) => {
+                    if let Some(summary) = by_id.get_mut(record.session_id.as_str()) {
+                        summary.records += 1;
+                    }
+                }
                 RecordBody::SessionEnd(end) => {
                     if let Some(summary) = by_id.get_mut(record.session_id.as_str()) {
                         summary.records += 1;

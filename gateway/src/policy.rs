@@ -1,0 +1,254 @@
+//! Policy: which MCP operations are allowed, denied or held. Part of the config file
+//! (`policy:`), validated by `check-config`, and reloaded on SIGHUP or when the file changes.
+//!
+//! Patterns are globs (`*`, `?`) unless written `re:<regex>`; both match the whole value.
+//! Argument matchers take a dotted path into `arguments` (`path.to.key`, list items by index).
+use std::{collections::BTreeMap, fmt, time::Duration};
+
+use regex_automata::meta::Regex;
+use serde::{Deserialize, Deserializer, de};
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    #[serde(default)]
+    pub default: Action,
+    #[serde(default)]
+    pub rules: Vec<Rule>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    #[default]
+    Allow,
+    Deny,
+    /// Wait for a human decision. Until approvals exist, treated as deny with a clear reason.
+    Hold,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    pub name: String,
+    #[serde(default, rename = "match")]
+    pub matches: Match,
+    pub action: Action,
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// How long a hold waits for a decision.
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub timeout: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Match {
+    #[serde(default)]
+    pub target: Option<Pattern>,
+    /// Process name (`comm`) of the workload.
+    #[serde(default)]
+    pub process: Option<Pattern>,
+    /// cgroup path of the workload.
+    #[serde(default)]
+    pub cgroup: Option<Pattern>,
+    /// JSON-RPC method, e.g. `tools/call`.
+    #[serde(default)]
+    pub method: Option<Pattern>,
+    /// Tool name of a `tools/call`.
+    #[serde(default)]
+    pub tool: Option<Pattern>,
+    /// Argument values by dotted path.
+    #[serde(default)]
+    pub args: BTreeMap<String, Pattern>,
+}
+
+/// A glob or `re:` regex, compiled once, matching whole values.
+#[derive(Clone)]
+pub struct Pattern {
+    source: String,
+    regex: Regex,
+}
+
+impl fmt::Debug for Pattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.source)
+    }
+}
+
+impl Pattern {
+    pub fn new(source: &str) -> Result<Pattern, String> {
+        let body = match source.strip_prefix("re:") {
+            Some(re) => re.to_string(),
+            None => glob_to_regex(source),
+        };
+        let regex = Regex::new(&format!("^(?:{body})$"))
+            .map_err(|e| format!("`{source}` is not a valid pattern: {e}"))?;
+        Ok(Pattern {
+            source: source.to_string(),
+            regex,
+        })
+    }
+
+    pub fn is_match(&self, value: &str) -> bool {
+        self.regex.is_match(value)
+    }
+}
+
+fn glob_to_regex(glob: &str) -> String {
+    let mut out = String::new();
+    for c in glob.chars() {
+        match c {
+            '*' => out.push_str(".*"),
+            '?' => out.push('.'),
+            c => out.push_str(&regex_syntax::escape(c.encode_utf8(&mut [0; 4]))),
+        }
+    }
+    out
+}
+
+impl<'de> Deserialize<'de> for Pattern {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let source = String::deserialize(d)?;
+        Pattern::new(&source).map_err(de::Error::custom)
+    }
+}
+
+fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    Option::<String>::deserialize(d)?
+        .map(|text| {
+            humantime::parse_duration(&text).map_err(|e| {
+                de::Error::custom(format!("`{text}` is not a duration ({e}); write e.g. 30s"))
+            })
+        })
+        .transpose()
+}
+
+/// What a policy decision is made about.
+pub struct Request<'a> {
+    pub target: &'a str,
+    pub process: &'a str,
+    pub cgroup: &'a str,
+    pub method: &'a str,
+    pub tool: Option<&'a str>,
+    pub arguments: Option<&'a serde_json::Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, Deserialize)]
+pub struct Decision {
+    pub action: Action,
+    /// The rule that matched; None when the default applied.
+    pub rule: Option<String>,
+    pub reason: Option<String>,
+}
+
+impl Policy {
+    /// The first matching rule decides; otherwise the default.
+    pub fn decide(&self, request: &Request) -> Decision {
+        for rule in &self.rules {
+            if rule.matches.matches(request) {
+                return Decision {
+                    action: rule.action,
+                    rule: Some(rule.name.clone()),
+                    reason: rule.reason.clone(),
+                };
+            }
+        }
+        Decision {
+            action: self.default,
+            rule: None,
+            reason: None,
+        }
+    }
+}
+
+impl Match {
+    fn matches(&self, r: &Request) -> bool {
+        let field = |pattern: &Option<Pattern>, value: Option<&str>| match pattern {
+            None => true,
+            Some(p) => value.is_some_and(|v| p.is_match(v)),
+        };
+        field(&self.target, Some(r.target))
+            && field(&self.process, Some(r.process))
+            && field(&self.cgroup, Some(r.cgroup))
+            && field(&self.method, Some(r.method))
+            && field(&self.tool, r.tool)
+            && self.args.iter().all(|(path, pattern)| {
+                argument(r.arguments, path).is_some_and(|v| pattern.is_match(&v))
+            })
+    }
+}
+
+/// The value at a dotted path, as text (strings bare, other values as JSON).
+fn argument(arguments: Option<&serde_json::Value>, path: &str) -> Option<String> {
+    let mut value = arguments?;
+    for key in path.split('.') {
+        value = match value {
+            serde_json::Value::Array(items) => items.get(key.parse::<usize>().ok()?)?,
+            other => other.get(key)?,
+        };
+    }
+    Some(match value {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(yaml: &str) -> Policy {
+        serde_yaml_ng::from_str(yaml).unwrap()
+    }
+
+    fn call<'a>(tool: &'a str, args: &'a serde_json::Value) -> Request<'a> {
+        Request {
+            target: "demo-mcp",
+            process: "python3",
+            cgroup: "/x",
+            method: "tools/call",
+            tool: Some(tool),
+            arguments: Some(args),
+        }
+    }
+
+    #[test]
+    fn first_matching_rule_wins_and_default_applies() {
+        let p = policy(
+            "default: allow\nrules:\n  - name: no-deletes\n    match: { target: demo-mcp, method: tools/call, tool: \"delete_*\" }\n    action: deny\n    reason: deletes are not allowed here\n  - name: risky\n    match: { tool: \"trigger-*\" }\n    action: hold\n    timeout: 30s\n",
+        );
+        let args = serde_json::json!({});
+        let d = p.decide(&call("delete_user", &args));
+        assert_eq!(d.action, Action::Deny);
+        assert_eq!(d.rule.as_deref(), Some("no-deletes"));
+        assert_eq!(p.decide(&call("trigger-x", &args)).action, Action::Hold);
+        assert_eq!(
+            p.decide(&call("echo", &args)),
+            Decision {
+                action: Action::Allow,
+                rule: None,
+                reason: None
+            }
+        );
+    }
+
+    #[test]
+    fn argument_paths_and_regexes() {
+        let p = policy(
+            "rules:\n  - name: no-prod\n    match: { args: { \"target.env\": \"re:prod(-.*)?\", \"items.1\": \"b*\" } }\n    action: deny\n",
+        );
+        let hit = serde_json::json!({"target": {"env": "prod-eu"}, "items": ["a", "bee"]});
+        let miss = serde_json::json!({"target": {"env": "staging"}, "items": ["a", "bee"]});
+        assert_eq!(p.decide(&call("x", &hit)).action, Action::Deny);
+        assert_eq!(p.decide(&call("x", &miss)).action, Action::Allow);
+    }
+
+    #[test]
+    fn glob_escapes_regex_metacharacters() {
+        let p = Pattern::new("get.sum+").unwrap();
+        assert!(p.is_match("get.sum+"));
+        assert!(!p.is_match("getxsum"));
+        assert!(Pattern::new("re:(").is_err());
+    }
+}

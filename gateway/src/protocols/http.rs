@@ -1,0 +1,516 @@
+//! HTTP/1.1 proxying for `http` and `mcp` targets, with hyper on both sides of one client
+//! connection. Request bodies are read (bounded) so they can be recorded and, for MCP, checked
+//! against the policy before anything is forwarded. Response bodies stream through frame by
+//! frame: each frame is recorded and forwarded as it arrives, and SSE events are parsed on the
+//! way, so progress notifications reach the client as they are sent.
+use std::{
+    convert::Infallible,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Either, Full, Limited, channel::Channel};
+use hyper::{
+    HeaderMap, Request, Response, StatusCode,
+    body::Incoming,
+    client::conn::http1::SendRequest,
+    header::{self, HeaderValue},
+    service::service_fn,
+};
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+use tokio::net::TcpStream;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use super::{mcp, sse::SseParser};
+use crate::{
+    config::{Protocol, Target},
+    policy::{Action, Decision, Policy},
+    proxy::relay::RelayResult,
+    recording::{
+        SessionRecorder,
+        record::{Direction, HttpRequestHead, HttpResponseHead, McpMessage, Outcome},
+    },
+};
+
+type ProxyBody = Either<Full<Bytes>, Channel<Bytes, std::io::Error>>;
+
+/// Everything one client connection's requests share.
+pub struct HttpSession {
+    pub session: SessionRecorder,
+    pub target: Target,
+    pub process: String,
+    pub cgroup: String,
+    pub policy: Arc<Policy>,
+    bytes_up: AtomicU64,
+    bytes_down: AtomicU64,
+    /// Response bodies still streaming; the session ends after them.
+    pumps: TaskTracker,
+    /// The last `Mcp-Session-Id` seen on this connection.
+    mcp_session: Mutex<Option<String>>,
+}
+
+impl HttpSession {
+    pub fn new(
+        session: SessionRecorder,
+        target: Target,
+        process: String,
+        cgroup: String,
+        policy: Arc<Policy>,
+    ) -> Self {
+        HttpSession {
+            session,
+            target,
+            process,
+            cgroup,
+            policy,
+            bytes_up: AtomicU64::new(0),
+            bytes_down: AtomicU64::new(0),
+            pumps: TaskTracker::new(),
+            mcp_session: Mutex::new(None),
+        }
+    }
+}
+
+pub async fn serve(
+    client: TcpStream,
+    upstream: TcpStream,
+    ctx: Arc<HttpSession>,
+    hard_stop: &CancellationToken,
+) -> RelayResult {
+    let finish = |ctx: &HttpSession, outcome, error| RelayResult {
+        bytes_up: ctx.bytes_up.load(Ordering::Relaxed),
+        bytes_down: ctx.bytes_down.load(Ordering::Relaxed),
+        outcome,
+        error,
+    };
+    let (sender, upstream_conn) =
+        match hyper::client::conn::http1::handshake(TokioIo::new(upstream)).await {
+            Ok(pair) => pair,
+            Err(e) => {
+                return finish(
+                    &ctx,
+                    Outcome::Error,
+                    Some(format!("upstream HTTP handshake: {e}")),
+                );
+            }
+        };
+    let upstream_conn = tokio::spawn(upstream_conn);
+    let sender = Arc::new(tokio::sync::Mutex::new(sender));
+    let service_ctx = ctx.clone();
+    let service = service_fn(move |req| {
+        let (ctx, sender) = (service_ctx.clone(), sender.clone());
+        async move { Ok::<_, Infallible>(handle(req, &ctx, &sender).await) }
+    });
+    let conn =
+        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(client), service);
+    let (outcome, error) = tokio::select! {
+        result = conn => match result {
+            Ok(()) => (Outcome::Closed, None),
+            Err(e) if e.is_parse() || e.is_parse_too_large() => {
+                (Outcome::Error, Some(format!("malformed HTTP from the client: {e}")))
+            }
+            Err(e) => (Outcome::Reset, Some(e.to_string())),
+        },
+        _ = hard_stop.cancelled() => (Outcome::Shutdown, Some("gateway shut down".into())),
+    };
+    ctx.pumps.close();
+    tokio::select! {
+        _ = ctx.pumps.wait() => {}
+        _ = hard_stop.cancelled() => {}
+    }
+    upstream_conn.abort();
+    finish(&ctx, outcome, error)
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    ctx: &Arc<HttpSession>,
+    sender: &tokio::sync::Mutex<SendRequest<Full<Bytes>>>,
+) -> Response<ProxyBody> {
+    let (mut parts, body) = req.into_parts();
+    record(
+        ctx,
+        crate::recording::record::RecordBody::HttpRequest(HttpRequestHead {
+            method: parts.method.to_string(),
+            uri: parts.uri.to_string(),
+            version: format!("{:?}", parts.version),
+            headers: recordable_headers(&parts.headers),
+        }),
+    )
+    .await;
+    if let Some(id) = header_str(&parts.headers, "mcp-session-id") {
+        *ctx.mcp_session.lock().expect("lock") = Some(id.to_string());
+    }
+
+    let limit = ctx.target.max_body_bytes as usize;
+    let body = match Limited::new(body, limit).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) => {
+            let (status, message) = if e.is::<http_body_util::LengthLimitError>() {
+                (
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!(
+                        "request body over the {limit}-byte limit (max_body_bytes of target {})",
+                        ctx.target.name
+                    ),
+                )
+            } else {
+                (
+                    StatusCode::BAD_REQUEST,
+                    format!("request body ended early: {e}"),
+                )
+            };
+            return generated(ctx, status, "text/plain", message.into_bytes().into()).await;
+        }
+    };
+    if !body.is_empty() {
+        record_data(ctx, Direction::Up, body.clone()).await;
+    }
+
+    if ctx.target.protocol == Protocol::Mcp
+        && parts.method == hyper::Method::POST
+        && let Some(refusal) = check_mcp_request(ctx, &parts.headers, &body).await
+    {
+        return refusal;
+    }
+
+    // The proxy reads bodies, so it must get them uncompressed; the body is complete, so the
+    // client's Expect was already answered.
+    for name in [
+        header::ACCEPT_ENCODING,
+        header::EXPECT,
+        header::CONTENT_LENGTH,
+        header::TRANSFER_ENCODING,
+    ] {
+        parts.headers.remove(name);
+    }
+    let upstream_req = Request::from_parts(parts, Full::new(body));
+    let response = {
+        let mut sender = sender.lock().await;
+        match sender.ready().await {
+            Ok(()) => sender.send_request(upstream_req).await,
+            Err(e) => Err(e),
+        }
+    };
+    let response = match response {
+        Ok(response) => response,
+        Err(e) => {
+            let message = format!("upstream {} failed: {e}", ctx.target.address);
+            return generated(
+                ctx,
+                StatusCode::BAD_GATEWAY,
+                "text/plain",
+                message.into_bytes().into(),
+            )
+            .await;
+        }
+    };
+    let (mut parts, body) = response.into_parts();
+    record(
+        ctx,
+        crate::recording::record::RecordBody::HttpResponse(HttpResponseHead {
+            status: parts.status.as_u16(),
+            headers: recordable_headers(&parts.headers),
+            generated_by_gateway: false,
+        }),
+    )
+    .await;
+    if let Some(id) = header_str(&parts.headers, "mcp-session-id") {
+        *ctx.mcp_session.lock().expect("lock") = Some(id.to_string());
+    }
+    parts.headers.remove(header::TRANSFER_ENCODING);
+    let is_sse = header_str(&parts.headers, "content-type")
+        .is_some_and(|c| c.starts_with("text/event-stream"));
+    let is_json = header_str(&parts.headers, "content-type")
+        .is_some_and(|c| c.starts_with("application/json"));
+    let (tx, channel) = Channel::new(4);
+    let parse = match (ctx.target.protocol, is_sse, is_json) {
+        (Protocol::Mcp, true, _) => ResponseParse::Sse(SseParser::new(limit)),
+        (Protocol::Mcp, _, true) => ResponseParse::Json(Vec::new()),
+        _ => ResponseParse::None,
+    };
+    let session = ctx.mcp_session.lock().expect("lock").clone();
+    ctx.pumps
+        .spawn(pump(ctx.clone(), body, tx, parse, session, limit));
+    Response::from_parts(parts, Either::Right(channel))
+}
+
+/// How a response body is read for MCP messages as it streams.
+enum ResponseParse {
+    None,
+    Sse(SseParser),
+    /// A JSON body, gathered up to the body limit and parsed at its end.
+    Json(Vec<u8>),
+}
+
+/// Streams one response body to the client, recording each frame (and each MCP message in
+/// it) before forwarding it.
+async fn pump(
+    ctx: Arc<HttpSession>,
+    mut body: Incoming,
+    mut tx: http_body_util::channel::Sender<Bytes, std::io::Error>,
+    mut parse: ResponseParse,
+    mcp_session: Option<String>,
+    limit: usize,
+) {
+    let session = mcp_session.as_deref();
+    while let Some(frame) = body.frame().await {
+        let frame = match frame {
+            Ok(frame) => frame,
+            Err(e) => {
+                tracing::warn!(target_name = %ctx.target.name, error = %e, "upstream died mid-response; the client's response is cut");
+                tx.abort(std::io::Error::other(format!(
+                    "upstream died mid-response: {e}"
+                )));
+                return;
+            }
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        record_data(&ctx, Direction::Down, data.clone()).await;
+        match &mut parse {
+            ResponseParse::Sse(parser) => {
+                for event in parser.feed(&data) {
+                    for message in mcp::parse_messages(event.data.as_bytes()).unwrap_or_default() {
+                        record_mcp(
+                            &ctx,
+                            mcp::summarize(&message, Direction::Down, session, "sse"),
+                        )
+                        .await;
+                    }
+                }
+            }
+            ResponseParse::Json(buf) if buf.len() + data.len() <= limit => {
+                buf.extend_from_slice(&data)
+            }
+            ResponseParse::Json(_) => parse = ResponseParse::None,
+            ResponseParse::None => {}
+        }
+        if tx.send_data(data).await.is_err() {
+            return; // the client went away
+        }
+    }
+    if let ResponseParse::Json(buf) = parse {
+        for message in mcp::parse_messages(&buf).unwrap_or_default() {
+            record_mcp(
+                &ctx,
+                mcp::summarize(&message, Direction::Down, session, "json"),
+            )
+            .await;
+        }
+    }
+}
+
+/// Checks an MCP POST body; returns the response to send instead of forwarding, if any.
+async fn check_mcp_request(
+    ctx: &HttpSession,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Option<Response<ProxyBody>> {
+    let session = ctx.mcp_session.lock().expect("lock").clone();
+    let messages = match mcp::parse_messages(body) {
+        Ok(messages) => messages,
+        Err(e) => {
+            let reply = mcp::error_response(
+                &Value::Null,
+                -32700,
+                &format!("Parse error: {e} (rejected by Interlock)"),
+            );
+            return Some(
+                generated_json(ctx, StatusCode::BAD_REQUEST, &reply, session.as_deref()).await,
+            );
+        }
+    };
+    let header_method = header_str(headers, "mcp-method");
+    let header_name = header_str(headers, "mcp-name");
+    let mut refusals = Vec::new();
+    for message in &messages {
+        let mut summary = mcp::summarize(message, Direction::Up, session.as_deref(), "json");
+        if let Some(method) = summary.method.clone() {
+            let name = summary
+                .tool
+                .clone()
+                .or(summary.prompt.clone())
+                .or(summary.resource_uri.clone());
+            let decision = match mismatch(
+                header_method,
+                header_name,
+                &method,
+                name.as_deref(),
+                messages.len(),
+            ) {
+                Some(reason) => Decision {
+                    action: Action::Deny,
+                    rule: Some("header-body-mismatch".into()),
+                    reason: Some(reason),
+                },
+                None => ctx.policy.decide(&crate::policy::Request {
+                    target: &ctx.target.name,
+                    process: &ctx.process,
+                    cgroup: &ctx.cgroup,
+                    method: &method,
+                    tool: summary.tool.as_deref(),
+                    arguments: summary.arguments.as_ref(),
+                }),
+            };
+            if decision.action != Action::Allow {
+                refusals.push((message.get("id").cloned(), refusal_text(&decision)));
+            }
+            summary.policy = Some(decision);
+        }
+        record_mcp(ctx, summary).await;
+    }
+    if refusals.is_empty() {
+        return None;
+    }
+    let errors: Vec<Value> = refusals
+        .iter()
+        .filter_map(|(id, text)| {
+            id.as_ref()
+                .map(|id| mcp::error_response(id, mcp::POLICY_DENIED, text))
+        })
+        .collect();
+    let reply = match (errors.len(), messages.len()) {
+        (_, 1) => errors.into_iter().next().unwrap_or(Value::Null),
+        _ => Value::Array(errors),
+    };
+    if reply.is_null() {
+        // Only notifications were refused: nothing to answer but an acceptance.
+        return Some(generated(ctx, StatusCode::ACCEPTED, "application/json", Bytes::new()).await);
+    }
+    Some(generated_json(ctx, StatusCode::OK, &reply, session.as_deref()).await)
+}
+
+/// Stateless MCP puts the method and name in headers too; they must agree with the body.
+fn mismatch(
+    header_method: Option<&str>,
+    header_name: Option<&str>,
+    method: &str,
+    name: Option<&str>,
+    messages: usize,
+) -> Option<String> {
+    if messages != 1 {
+        return None;
+    }
+    if let Some(h) = header_method
+        && h != method
+    {
+        return Some(format!(
+            "mcp-method header says `{h}` but the body calls `{method}`"
+        ));
+    }
+    if let (Some(h), Some(n)) = (header_name, name)
+        && h != n
+    {
+        return Some(format!(
+            "mcp-name header says `{h}` but the body names `{n}`"
+        ));
+    }
+    None
+}
+
+fn refusal_text(decision: &Decision) -> String {
+    let rule = decision.rule.as_deref().unwrap_or("default");
+    let reason = decision.reason.as_deref().unwrap_or("no reason given");
+    match decision.action {
+        Action::Hold => format!(
+            "held by Interlock policy rule `{rule}` ({reason}); approvals are not available yet, so the call is denied"
+        ),
+        _ => format!("denied by Interlock policy rule `{rule}`: {reason}"),
+    }
+}
+
+async fn generated_json(
+    ctx: &HttpSession,
+    status: StatusCode,
+    reply: &Value,
+    session: Option<&str>,
+) -> Response<ProxyBody> {
+    let messages = match reply {
+        Value::Array(batch) => batch.clone(),
+        single => vec![single.clone()],
+    };
+    for message in &messages {
+        record_mcp(
+            ctx,
+            mcp::summarize(message, Direction::Down, session, "json"),
+        )
+        .await;
+    }
+    let body = serde_json::to_vec(reply).expect("JSON values serialize");
+    generated(ctx, status, "application/json", body.into()).await
+}
+
+/// A response the gateway makes itself, recorded as such.
+async fn generated(
+    ctx: &HttpSession,
+    status: StatusCode,
+    content_type: &'static str,
+    body: Bytes,
+) -> Response<ProxyBody> {
+    let mut headers = HeaderMap::new();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    record(
+        ctx,
+        crate::recording::record::RecordBody::HttpResponse(HttpResponseHead {
+            status: status.as_u16(),
+            headers: recordable_headers(&headers),
+            generated_by_gateway: true,
+        }),
+    )
+    .await;
+    if !body.is_empty() {
+        record_data(ctx, Direction::Down, body.clone()).await;
+    }
+    let mut response = Response::new(Either::Left(Full::new(body)));
+    *response.status_mut() = status;
+    *response.headers_mut() = headers;
+    response
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Headers as recorded: credentials are redacted (secret masking proper comes later).
+fn recordable_headers(headers: &HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|(name, value)| {
+            let value = match name.as_str() {
+                "authorization" | "proxy-authorization" | "cookie" | "set-cookie" => {
+                    "[REDACTED]".to_string()
+                }
+                _ => String::from_utf8_lossy(value.as_bytes()).into_owned(),
+            };
+            (name.to_string(), value)
+        })
+        .collect()
+}
+
+async fn record(ctx: &HttpSession, body: crate::recording::record::RecordBody) {
+    // A failed record means the recorder stopped (shutdown); the session then ends anyway.
+    let _ = ctx.session.record(body).await;
+}
+
+async fn record_data(ctx: &HttpSession, direction: Direction, data: Bytes) {
+    let counter = match direction {
+        Direction::Up => &ctx.bytes_up,
+        Direction::Down => &ctx.bytes_down,
+    };
+    let offset = counter.fetch_add(data.len() as u64, Ordering::Relaxed);
+    let _ = ctx.session.data(direction, offset, data).await;
+}
+
+async fn record_mcp(ctx: &HttpSession, message: McpMessage) {
+    record(
+        ctx,
+        crate::recording::record::RecordBody::McpMessage(message),
+    )
+    .await;
+}

@@ -1,0 +1,138 @@
+//! MCP messages: JSON-RPC 2.0, single or batched, summarised for the record and the policy.
+use serde_json::{Value, json};
+
+use crate::recording::record::{Direction, McpMessage};
+
+/// The messages of a JSON-RPC body (a single object or a batch array).
+pub fn parse_messages(body: &[u8]) -> Result<Vec<Value>, String> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Array(batch)) if batch.is_empty() => Err("empty JSON-RPC batch".into()),
+        Ok(Value::Array(batch)) => {
+            batch.iter().try_for_each(check)?;
+            Ok(batch)
+        }
+        Ok(single) => {
+            check(&single)?;
+            Ok(vec![single])
+        }
+        Err(e) => Err(format!("body is not JSON: {e}")),
+    }
+}
+
+fn check(message: &Value) -> Result<(), String> {
+    let object = message
+        .as_object()
+        .ok_or("JSON-RPC message is not an object")?;
+    if object.get("jsonrpc") != Some(&Value::from("2.0")) {
+        return Err("JSON-RPC message lacks \"jsonrpc\": \"2.0\"".into());
+    }
+    let has_method = object.get("method").is_some_and(Value::is_string);
+    let is_response = object.contains_key("result") || object.contains_key("error");
+    if !has_method && !is_response {
+        return Err("JSON-RPC message has neither a method nor a result or error".into());
+    }
+    Ok(())
+}
+
+/// The record of one message.
+pub fn summarize(
+    message: &Value,
+    direction: Direction,
+    mcp_session_id: Option<&str>,
+    transport: &str,
+) -> McpMessage {
+    let method = message
+        .get("method")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let id = message.get("id").cloned();
+    let params = message.get("params");
+    let param = |key: &str| {
+        params
+            .and_then(|p| p.get(key))
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    };
+    let message_kind = match (&method, &id, message.get("error")) {
+        (Some(_), Some(_), _) => "request",
+        (Some(_), None, _) => "notification",
+        (None, _, Some(_)) => "error",
+        (None, _, None) => "response",
+    };
+    let is = |m: &str| method.as_deref() == Some(m);
+    McpMessage {
+        direction,
+        mcp_session_id: mcp_session_id.map(str::to_string),
+        message_kind: message_kind.into(),
+        jsonrpc_id: id,
+        tool: if is("tools/call") {
+            param("name")
+        } else {
+            None
+        },
+        arguments: if is("tools/call") || is("prompts/get") {
+            params.and_then(|p| p.get("arguments")).cloned()
+        } else {
+            None
+        },
+        resource_uri: method
+            .as_deref()
+            .filter(|m| m.starts_with("resources/"))
+            .and(param("uri")),
+        prompt: if is("prompts/get") {
+            param("name")
+        } else {
+            None
+        },
+        result: message.get("result").cloned(),
+        error: message.get("error").cloned(),
+        method,
+        transport: transport.into(),
+        policy: None,
+    }
+}
+
+/// A JSON-RPC error response the gateway sends itself.
+pub fn error_response(id: &Value, code: i64, message: &str) -> Value {
+    json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}})
+}
+
+/// JSON-RPC code for requests refused by policy (implementation-defined server error range).
+pub const POLICY_DENIED: i64 = -32001;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn single_batch_and_bad_messages() {
+        let call = br#"{"jsonrpc":"2.0","id":0,"method":"tools/call","params":{"name":"echo","arguments":{"message":"hi"}}}"#;
+        let m = parse_messages(call).unwrap();
+        let s = summarize(&m[0], Direction::Up, Some("s1"), "json");
+        assert_eq!(s.message_kind, "request");
+        assert_eq!(s.jsonrpc_id, Some(json!(0)), "id 0 is a valid id");
+        assert_eq!(s.tool.as_deref(), Some("echo"));
+        assert_eq!(s.arguments, Some(json!({"message": "hi"})));
+        let batch = br#"[{"jsonrpc":"2.0","method":"notifications/initialized"},{"jsonrpc":"2.0","id":3,"result":{}}]"#;
+        let m = parse_messages(batch).unwrap();
+        assert_eq!(
+            summarize(&m[0], Direction::Up, None, "json").message_kind,
+            "notification"
+        );
+        assert_eq!(
+            summarize(&m[1], Direction::Up, None, "json").message_kind,
+            "response"
+        );
+        assert!(
+            parse_messages(b"{\"id\":1}")
+                .unwrap_err()
+                .contains("jsonrpc")
+        );
+        assert!(parse_messages(b"[]").is_err());
+        assert!(
+            parse_messages(b"not json")
+                .unwrap_err()
+                .contains("not JSON")
+        );
+    }
+}

@@ -1,0 +1,118 @@
+//! Incremental Server-Sent Events parsing, so each event can be recorded as it passes while
+//! the bytes are forwarded untouched. Pending bytes are bounded: a stream that never ends an
+//! event is still forwarded, just no longer parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SseEvent {
+    pub id: Option<String>,
+    pub event: Option<String>,
+    pub data: String,
+}
+
+pub struct SseParser {
+    pending: Vec<u8>,
+    max_pending: usize,
+    overflowed: bool,
+}
+
+impl SseParser {
+    pub fn new(max_pending: usize) -> Self {
+        SseParser {
+            pending: Vec::new(),
+            max_pending,
+            overflowed: false,
+        }
+    }
+
+    /// True once an event grew past the bound; parsing has stopped.
+    pub fn overflowed(&self) -> bool {
+        self.overflowed
+    }
+
+    /// Feeds bytes; returns the events they complete.
+    pub fn feed(&mut self, bytes: &[u8]) -> Vec<SseEvent> {
+        if self.overflowed {
+            return Vec::new();
+        }
+        self.pending.extend_from_slice(bytes);
+        let mut events = Vec::new();
+        while let Some((end, separator)) = find_event_end(&self.pending) {
+            let raw: Vec<u8> = self.pending.drain(..end + separator).collect();
+            if let Some(event) = parse_event(&raw[..end]) {
+                events.push(event);
+            }
+        }
+        if self.pending.len() > self.max_pending {
+            self.overflowed = true;
+            self.pending = Vec::new();
+        }
+        events
+    }
+}
+
+/// Position and length of the first blank-line separator.
+fn find_event_end(buf: &[u8]) -> Option<(usize, usize)> {
+    (0..buf.len()).find_map(|i| {
+        if buf[i..].starts_with(b"\r\n\r\n") {
+            Some((i, 4))
+        } else if buf[i..].starts_with(b"\n\n") || buf[i..].starts_with(b"\r\r") {
+            Some((i, 2))
+        } else {
+            None
+        }
+    })
+}
+
+fn parse_event(raw: &[u8]) -> Option<SseEvent> {
+    let text = String::from_utf8_lossy(raw);
+    let mut event = SseEvent {
+        id: None,
+        event: None,
+        data: String::new(),
+    };
+    let mut has_data = false;
+    for line in text
+        .split(['\n', '\r'])
+        .filter(|l| !l.is_empty() && !l.starts_with(':'))
+    {
+        let (field, value) = line.split_once(':').unwrap_or((line, ""));
+        let value = value.strip_prefix(' ').unwrap_or(value);
+        match field {
+            "data" => {
+                if has_data {
+                    event.data.push('\n');
+                }
+                event.data.push_str(value);
+                has_data = true;
+            }
+            "id" => event.id = Some(value.to_string()),
+            "event" => event.event = Some(value.to_string()),
+            _ => {}
+        }
+    }
+    (has_data || event.id.is_some() || event.event.is_some()).then_some(event)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_split_across_reads_are_reassembled() {
+        let mut p = SseParser::new(1 << 20);
+        assert!(p.feed(b"id: 1\nevent: mess").is_empty());
+        let events = p.feed(b"age\ndata: {\"a\":\ndata: 1}\n\n: comment\n\ndata: x\r\n\r\n");
+        assert_eq!(events.len(), 2);
+        assert_eq!(events[0].id.as_deref(), Some("1"));
+        assert_eq!(events[0].event.as_deref(), Some("message"));
+        assert_eq!(events[0].data, "{\"a\":\n1}");
+        assert_eq!(events[1].data, "x");
+    }
+
+    #[test]
+    fn an_endless_event_stops_parsing_but_not_the_stream() {
+        let mut p = SseParser::new(16);
+        assert!(p.feed(b"data: 0123456789012345678901234567890").is_empty());
+        assert!(p.overflowed());
+        assert!(p.feed(b"\n\n").is_empty());
+    }
+}

@@ -1,0 +1,72 @@
+"""Drives an MCP server with the official Python SDK and prints what it saw as JSON.
+
+usage: python3 mcp_client.py URL SCENARIO
+  full   list tools, echo, get-sum, a long-running operation with progress, a sampling request
+  deny   echo (allowed), then get-sum (a test policy denies it); reports the error text
+  journal  against mcp_server.py: echo, delete_file, read_file /etc/shadow, read_file /tmp/ok;
+           reports each result or error
+"""
+import asyncio
+import json
+import sys
+
+from mcp import Client, types
+
+
+async def sampling(context, params):
+    return types.CreateMessageResult(
+        role="assistant",
+        content=types.TextContent(type="text", text="sampled by the test client"),
+        model="test-model",
+    )
+
+
+def text_of(result):
+    return " ".join(c.text for c in result.content if getattr(c, "text", None))
+
+
+async def main(url, scenario):
+    out = {}
+    progress = []
+
+    async def on_progress(p, total, message):
+        progress.append(p)
+
+    async with Client(url, sampling_callback=sampling) as client:
+        if scenario == "journal":
+            calls = [("echo", {"message": "hi"}), ("delete_file", {"path": "/tmp/x"}),
+                     ("read_file", {"path": "/etc/shadow"}), ("read_file", {"path": "/tmp/ok"})]
+            out["calls"] = []
+            for name, args in calls:
+                try:
+                    out["calls"].append({"tool": name, "result": text_of(await client.call_tool(name, args))})
+                except Exception as e:
+                    out["calls"].append({"tool": name, "error": str(e)})
+            print(json.dumps(out))
+            return
+        tools = await client.list_tools()
+        out["tools"] = sorted(t.name for t in tools.tools)
+        out["echo"] = text_of(await client.call_tool("echo", {"message": "hello interlock"}))
+        if scenario == "full":
+            out["sum"] = text_of(await client.call_tool("get-sum", {"a": 2, "b": 40}))
+            long = await client.call_tool(
+                "trigger-long-running-operation",
+                {"duration": 2, "steps": 4},
+                progress_callback=on_progress,
+            )
+            out["long"] = text_of(long)
+            out["progress"] = progress
+            out["sampling"] = text_of(
+                await client.call_tool("trigger-sampling-request", {"prompt": "say hi", "maxTokens": 20})
+            )
+        elif scenario == "deny":
+            try:
+                result = await client.call_tool("get-sum", {"a": 1, "b": 2})
+                out["denied"] = None
+                out["sum"] = text_of(result)
+            except Exception as e:  # the SDK raises on JSON-RPC errors
+                out["denied"] = str(e)
+    print(json.dumps(out))
+
+
+asyncio.run(main(sys.argv[1], sys.argv[2]))

@@ -1,0 +1,191 @@
+//! MCP through the eBPF redirect, against independent implementations: the reference
+//! server-everything, the official Python SDK as client and as a stateless server.
+use std::{fs, process::Command};
+
+use interlock_e2e::*;
+use serde_json::Value;
+
+fn mcp_target(server: &McpServer) -> [Target<'static>; 1] {
+    [Target {
+        name: "mcp",
+        address: server.addr,
+    }]
+}
+
+fn messages(records: &[Value]) -> Vec<&Value> {
+    records
+        .iter()
+        .filter(|r| r["kind"] == "mcp_message")
+        .collect()
+}
+
+#[test]
+fn server_everything_streamable_http_through_interlock_records_every_message() {
+    let server = McpServer::everything("streamableHttp");
+    let gw = Gateway::start_with_protocol(&mcp_target(&server), "mcp", "");
+    let seen = gw.mcp_client(&server.url(), "full");
+    assert_eq!(seen["echo"], "Echo: hello interlock");
+    assert_eq!(seen["sum"], "The sum of 2 and 40 is 42.");
+    assert_eq!(
+        seen["progress"],
+        serde_json::json!([1.0, 2.0, 3.0, 4.0]),
+        "progress arrives through the proxy"
+    );
+    assert!(
+        seen["sampling"]
+            .as_str()
+            .unwrap()
+            .contains("sampled by the test client"),
+        "{seen}"
+    );
+
+    let records = gw.all_records();
+    let msgs = messages(&records);
+    let find = |pred: &dyn Fn(&Value) -> bool| msgs.iter().filter(|m| pred(m)).count();
+    assert!(find(&|m| m["method"] == "initialize" && m["direction"] == "up") >= 1);
+    assert!(find(&|m| m["method"] == "tools/list" && m["message_kind"] == "request") >= 1);
+    assert_eq!(
+        find(&|m| m["tool"] == "echo" && m["arguments"]["message"] == "hello interlock"),
+        1
+    );
+    assert_eq!(
+        find(&|m| m["tool"] == "get-sum" && m["arguments"] == serde_json::json!({"a": 2, "b": 40})),
+        1
+    );
+    assert!(find(&|m| m["method"] == "notifications/progress" && m["transport"] == "sse") >= 4);
+    assert_eq!(
+        find(&|m| m["method"] == "sampling/createMessage" && m["direction"] == "down"),
+        1,
+        "server-to-client request"
+    );
+    assert!(
+        find(&|m| m["direction"] == "up" && m["message_kind"] == "response") >= 1,
+        "the client's sampling answer"
+    );
+    assert!(
+        msgs.iter()
+            .filter(|m| m["method"] == "tools/call")
+            .all(|m| m["mcp_session_id"].is_string()),
+        "calls carry the MCP session id"
+    );
+    // Each request is answered: ids correlate per (session, direction), and 0 is a valid id.
+    let echo_id = msgs.iter().find(|m| m["tool"] == "echo").unwrap()["jsonrpc_id"].clone();
+    assert!(msgs.iter().any(|m| m["direction"] == "down"
+        && m["jsonrpc_id"] == echo_id
+        && m["result"].is_object()));
+    assert!(
+        gw.sessions().iter().all(|s| s["outcome"] == "closed"),
+        "{:#?}",
+        gw.sessions()
+    );
+}
+
+#[test]
+fn deny_rules_answer_json_rpc_errors_and_nothing_reaches_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("journal.jsonl");
+    let server = McpServer::python_journal(&journal);
+    let policy = "policy:\n  default: allow\n  rules:\n    - name: no-deletes\n      match: { method: tools/call, tool: \"delete_*\" }\n      action: deny\n      reason: deletes are not allowed here\n    - name: no-etc\n      match: { tool: read_file, args: { path: \"/etc/*\" } }\n      action: deny\n      reason: nothing under /etc\n";
+    let gw = Gateway::start_with_protocol(&mcp_target(&server), "mcp", policy);
+    let seen = gw.mcp_client(&server.url(), "journal");
+    let calls = seen["calls"].as_array().unwrap();
+    assert_eq!(calls[0]["result"], "echo: hi");
+    assert!(
+        calls[1]["error"]
+            .as_str()
+            .unwrap()
+            .contains("denied by Interlock policy rule `no-deletes`: deletes are not allowed here"),
+        "{seen}"
+    );
+    assert!(
+        calls[2]["error"]
+            .as_str()
+            .unwrap()
+            .contains("rule `no-etc`"),
+        "{seen}"
+    );
+    assert_eq!(calls[3]["result"], "contents of /tmp/ok");
+
+    // The server's own journal: the denied calls never reached it.
+    let journal = fs::read_to_string(&journal).unwrap();
+    let executed: Vec<Value> = journal
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(executed.len(), 2, "{journal}");
+    assert_eq!(executed[0]["tool"], "echo");
+    assert_eq!(executed[1]["args"]["path"], "/tmp/ok");
+
+    let records = gw.all_records();
+    let msgs = messages(&records);
+    let denied = msgs.iter().find(|m| m["tool"] == "delete_file").unwrap();
+    assert_eq!(denied["policy"]["action"], "deny");
+    assert_eq!(denied["policy"]["rule"], "no-deletes");
+    assert!(
+        msgs.iter().any(|m| m["method"] == "server/discover"),
+        "the 2026-07-28 stateless era passed through"
+    );
+}
+
+#[test]
+fn header_body_mismatch_and_bad_input_get_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("journal.jsonl");
+    let server = McpServer::python_journal(&journal);
+    let gw = Gateway::start_with_protocol(&mcp_target(&server), "mcp", "");
+    let curl = |args: &[&str]| -> String {
+        let mut cmd = vec!["curl", "-s", "-w", "\\n%{http_code}", "--max-time", "10"];
+        cmd.extend_from_slice(args);
+        let out = gw.wrap(&cmd);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let url = server.url();
+    let headers = [
+        "-H",
+        "content-type: application/json",
+        "-H",
+        "accept: application/json, text/event-stream",
+        "-H",
+        "mcp-protocol-version: 2026-07-28",
+    ];
+
+    // mcp-method says one thing, the body another.
+    let call = r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"delete_file","arguments":{"path":"/x"}}}"#;
+    let mut args = headers.to_vec();
+    args.extend(["-H", "mcp-method: tools/list", "--data", call, url.as_str()]);
+    let answer = curl(&args);
+    assert!(
+        answer.contains("mcp-method header says `tools/list` but the body calls `tools/call`"),
+        "{answer}"
+    );
+    assert!(answer.contains("\"id\":7"), "{answer}");
+
+    // Malformed JSON-RPC.
+    let mut args = headers.to_vec();
+    args.extend(["--data", "{not json", url.as_str()]);
+    let answer = curl(&args);
+    assert!(
+        answer.ends_with("400") && answer.contains("Parse error"),
+        "{answer}"
+    );
+
+    // Non-HTTP bytes on an mcp target: the connection ends with an error, the gateway lives.
+    let out = Command::new("bash")
+        .args(["-c", &format!("{} wrap --config {} -- bash -c 'exec 3<>/dev/tcp/{}/{}; printf \"\\x16\\x03\\x01garbage\\r\\n\\r\\n\" >&3; cat <&3'", interlock_bin().display(), gw.config.display(), server.addr.ip(), server.addr.port())])
+        .output()
+        .unwrap();
+    let reply = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        reply.is_empty() || reply.starts_with("HTTP/1.1 400"),
+        "{reply}"
+    );
+    assert!(gw.admin_get("/healthz").is_some(), "the gateway survived");
+
+    let journal = fs::read_to_string(&journal).unwrap_or_default();
+    assert!(journal.is_empty(), "nothing reached the server: {journal}");
+    let sessions = gw.wait_sessions_ended(3);
+    assert!(
+        sessions.iter().any(|s| s["outcome"] == "error"),
+        "the garbage session is recorded: {sessions:#?}"
+    );
+}
