@@ -41,6 +41,9 @@ pub struct Config {
     /// How long SIGTERM waits for open sessions before cutting them.
     #[serde(default = "defaults::drain_timeout", deserialize_with = "duration")]
     pub drain_timeout: Duration,
+    /// MCP sessions without traffic for this long are forgotten (clients need not DELETE).
+    #[serde(default = "defaults::mcp_session_idle", deserialize_with = "duration")]
+    pub mcp_session_idle: Duration,
     #[serde(default, deserialize_with = "targets")]
     pub targets: Vec<Target>,
     #[serde(default)]
@@ -259,6 +262,9 @@ mod defaults {
     }
     pub fn max_record_bytes() -> u64 {
         1 << 20
+    }
+    pub fn mcp_session_idle() -> Duration {
+        Duration::from_secs(30 * 60)
     }
     pub fn max_body_bytes() -> u64 {
         8 << 20

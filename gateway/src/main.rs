@@ -47,6 +47,9 @@ enum Cmd {
     /// Print one session's records in order.
     Replay {
         session_id: String,
+        /// SESSION_ID is an MCP session id (Mcp-Session-Id): show that conversation.
+        #[arg(long)]
+        mcp: bool,
         #[arg(long, env = "INTERLOCK_CONFIG", default_value = "interlock.yaml")]
         config: PathBuf,
         #[arg(long, value_enum, default_value = "file")]
@@ -135,11 +138,12 @@ fn dispatch(command: Cmd) -> anyhow::Result<i32> {
         }
         Cmd::Replay {
             session_id,
+            mcp,
             config,
             from,
             json,
         } => {
-            commands::sessions::replay(&Config::load(&config)?, from, &session_id, json)?;
+            commands::sessions::replay(&Config::load(&config)?, from, &session_id, mcp, json)?;
         }
         Cmd::Verify {
             session_id,

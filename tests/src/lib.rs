@@ -162,7 +162,8 @@ impl Gateway {
         Gateway::start_with_protocol(targets, "tcp", extra_config)
     }
 
-    /// Like `start`, every target speaking `protocol` (tcp, http or mcp).
+    /// Like `start`, every target speaking `protocol` (tcp, http or mcp). Further target keys
+    /// can follow the protocol on their own lines.
     pub fn start_with_protocol(targets: &[Target], protocol: &str, extra_config: &str) -> Gateway {
         require_root();
         let dir = tempfile::tempdir().unwrap();
@@ -462,6 +463,12 @@ fn support_dir() -> PathBuf {
 }
 
 impl McpServer {
+    /// Stops the server abruptly (an upstream dying).
+    pub fn kill(&mut self) {
+        let _ = self._proc.0.kill();
+        let _ = self._proc.0.wait();
+    }
+
     /// server-everything, `mode` = `streamableHttp` or `sse`.
     pub fn everything(mode: &str) -> McpServer {
         let port = free_port();

@@ -3,6 +3,7 @@
 usage: python3 mcp_client.py URL SCENARIO
   full   list tools, echo, get-sum, a long-running operation with progress, a sampling request
   deny   echo (allowed), then get-sum (a test policy denies it); reports the error text
+  long   a 6-second operation with progress; reports the progress seen and the error, if any
   journal  against mcp_server.py: echo, delete_file, read_file /etc/shadow, read_file /tmp/ok;
            reports each result or error
 """
@@ -42,6 +43,18 @@ async def main(url, scenario):
                     out["calls"].append({"tool": name, "result": text_of(await client.call_tool(name, args))})
                 except Exception as e:
                     out["calls"].append({"tool": name, "error": str(e)})
+            print(json.dumps(out))
+            return
+        if scenario == "long":
+            try:
+                await client.call_tool(
+                    "trigger-long-running-operation", {"duration": 6, "steps": 6},
+                    progress_callback=on_progress,
+                )
+                out["error"] = None
+            except Exception as e:
+                out["error"] = str(e) or type(e).__name__
+            out["progress"] = progress
             print(json.dumps(out))
             return
         tools = await client.list_tools()

@@ -14,6 +14,7 @@ use crate::{
     admin::{Admin, control},
     config::{Config, FailMode},
     ebpf::Dataplane,
+    protocols::mcp::McpSessions,
     proxy::{Proxy, upstream::TcpConnector},
     recording::{
         Recorder, WriterOptions,
@@ -105,6 +106,7 @@ pub async fn run(config_path: &Path) -> Result<()> {
     tokio::spawn(admin.clone().serve(admin_listener, stop_services.clone()));
     tokio::spawn(sweep_vanished_cgroups(
         dataplane.clone(),
+        proxy.mcp_sessions.clone(),
         stop_services.clone(),
     ));
 
@@ -203,13 +205,19 @@ async fn reload_policy<C: crate::proxy::upstream::UpstreamConnector>(
     }
 }
 
-async fn sweep_vanished_cgroups(dataplane: Arc<Dataplane>, stop: CancellationToken) {
+/// Forgets vanished cgroups and idle MCP sessions.
+async fn sweep_vanished_cgroups(
+    dataplane: Arc<Dataplane>,
+    mcp_sessions: Arc<McpSessions>,
+    stop: CancellationToken,
+) {
     let mut tick = tokio::time::interval(SWEEP_INTERVAL);
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
+        mcp_sessions.expire_idle();
         match dataplane.forget_vanished_cgroups() {
             Ok(0) => {}
             Ok(n) => info!(forgotten = n, "registrations of vanished cgroups forgotten"),

@@ -93,14 +93,28 @@ pub fn list(config: &Config, from: Source, json: bool) -> Result<()> {
     Ok(())
 }
 
-pub fn replay(config: &Config, from: Source, session_id: &str, json: bool) -> Result<()> {
+/// Prints one session's records. With `mcp`, the id is an `Mcp-Session-Id`, and the MCP
+/// conversation is gathered from every connection that carried it, in time order.
+pub fn replay(config: &Config, from: Source, id: &str, mcp: bool, json: bool) -> Result<()> {
     let store = open(config, from)?;
-    let records = store.session_records(session_id);
+    let records = if mcp {
+        store.mcp_session_records(id)
+    } else {
+        store.session_records(id)
+    };
     if records.is_empty() {
-        bail!("no session `{session_id}` found; `interlock sessions list` shows the recorded ones");
+        bail!("no session `{id}` found; `interlock sessions list` shows the recorded ones");
     }
     if json {
         println!("{}", serde_json::to_string_pretty(&records)?);
+    } else if mcp {
+        println!("MCP session {id}: {} messages", records.len());
+        for record in &records {
+            if let RecordBody::McpMessage(m) = &record.body {
+                let ts = record.ts.format(&Rfc3339).unwrap_or_default();
+                print!("{}", render_mcp(record.seq, &ts, m));
+            }
+        }
     } else {
         print!("{}", render(&records));
     }

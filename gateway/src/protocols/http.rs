@@ -6,7 +6,7 @@
 use std::{
     convert::Infallible,
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicU64, Ordering},
     },
 };
@@ -49,8 +49,8 @@ pub struct HttpSession {
     bytes_down: AtomicU64,
     /// Response bodies still streaming; the session ends after them.
     pumps: TaskTracker,
-    /// The last `Mcp-Session-Id` seen on this connection.
-    mcp_session: Mutex<Option<String>>,
+    /// MCP sessions across all connections, by `Mcp-Session-Id`.
+    mcp_sessions: Arc<mcp::McpSessions>,
 }
 
 impl HttpSession {
@@ -60,6 +60,7 @@ impl HttpSession {
         process: String,
         cgroup: String,
         policy: Arc<Policy>,
+        mcp_sessions: Arc<mcp::McpSessions>,
     ) -> Self {
         HttpSession {
             session,
@@ -70,7 +71,7 @@ impl HttpSession {
             bytes_up: AtomicU64::new(0),
             bytes_down: AtomicU64::new(0),
             pumps: TaskTracker::new(),
-            mcp_session: Mutex::new(None),
+            mcp_sessions,
         }
     }
 }
@@ -142,8 +143,14 @@ async fn handle(
         }),
     )
     .await;
-    if let Some(id) = header_str(&parts.headers, "mcp-session-id") {
-        *ctx.mcp_session.lock().expect("lock") = Some(id.to_string());
+    // MCP sessions are known by header, not by connection: one session spans many.
+    let request_session = header_str(&parts.headers, "mcp-session-id").map(str::to_string);
+    if let Some(id) = &request_session {
+        if parts.method == hyper::Method::DELETE {
+            ctx.mcp_sessions.close(id);
+        } else {
+            ctx.mcp_sessions.touch(id, &ctx.target.name);
+        }
     }
 
     let limit = ctx.target.max_body_bytes as usize;
@@ -173,7 +180,8 @@ async fn handle(
 
     if ctx.target.protocol == Protocol::Mcp
         && parts.method == hyper::Method::POST
-        && let Some(refusal) = check_mcp_request(ctx, &parts.headers, &body).await
+        && let Some(refusal) =
+            check_mcp_request(ctx, &parts.headers, &body, request_session.as_deref()).await
     {
         return refusal;
     }
@@ -219,8 +227,9 @@ async fn handle(
         }),
     )
     .await;
-    if let Some(id) = header_str(&parts.headers, "mcp-session-id") {
-        *ctx.mcp_session.lock().expect("lock") = Some(id.to_string());
+    let response_session = header_str(&parts.headers, "mcp-session-id").map(str::to_string);
+    if let Some(id) = &response_session {
+        ctx.mcp_sessions.touch(id, &ctx.target.name);
     }
     parts.headers.remove(header::TRANSFER_ENCODING);
     let is_sse = header_str(&parts.headers, "content-type")
@@ -233,7 +242,7 @@ async fn handle(
         (Protocol::Mcp, _, true) => ResponseParse::Json(Vec::new()),
         _ => ResponseParse::None,
     };
-    let session = ctx.mcp_session.lock().expect("lock").clone();
+    let session = response_session.or(request_session);
     ctx.pumps
         .spawn(pump(ctx.clone(), body, tx, parse, session, limit));
     Response::from_parts(parts, Either::Right(channel))
@@ -311,8 +320,8 @@ async fn check_mcp_request(
     ctx: &HttpSession,
     headers: &HeaderMap,
     body: &Bytes,
+    session: Option<&str>,
 ) -> Option<Response<ProxyBody>> {
-    let session = ctx.mcp_session.lock().expect("lock").clone();
     let messages = match mcp::parse_messages(body) {
         Ok(messages) => messages,
         Err(e) => {
@@ -321,16 +330,14 @@ async fn check_mcp_request(
                 -32700,
                 &format!("Parse error: {e} (rejected by Interlock)"),
             );
-            return Some(
-                generated_json(ctx, StatusCode::BAD_REQUEST, &reply, session.as_deref()).await,
-            );
+            return Some(generated_json(ctx, StatusCode::BAD_REQUEST, &reply, session).await);
         }
     };
     let header_method = header_str(headers, "mcp-method");
     let header_name = header_str(headers, "mcp-name");
     let mut refusals = Vec::new();
     for message in &messages {
-        let mut summary = mcp::summarize(message, Direction::Up, session.as_deref(), "json");
+        let mut summary = mcp::summarize(message, Direction::Up, session, "json");
         if let Some(method) = summary.method.clone() {
             let name = summary
                 .tool
@@ -383,7 +390,7 @@ async fn check_mcp_request(
         // Only notifications were refused: nothing to answer but an acceptance.
         return Some(generated(ctx, StatusCode::ACCEPTED, "application/json", Bytes::new()).await);
     }
-    Some(generated_json(ctx, StatusCode::OK, &reply, session.as_deref()).await)
+    Some(generated_json(ctx, StatusCode::OK, &reply, session).await)
 }
 
 /// Stateless MCP puts the method and name in headers too; they must agree with the body.

@@ -1,7 +1,94 @@
 //! MCP messages: JSON-RPC 2.0, single or batched, summarised for the record and the policy.
+use std::{
+    collections::HashMap,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
 use serde_json::{Value, json};
 
-use crate::recording::record::{Direction, McpMessage};
+use crate::{
+    recording::record::{Direction, McpMessage},
+    telemetry::events::{InternalEvent, McpSessionEnded},
+};
+
+/// MCP sessions seen on this node, by `Mcp-Session-Id`. A session ends with DELETE or, since
+/// TypeScript clients never send one, after `idle` without traffic.
+pub struct McpSessions {
+    idle: Duration,
+    sessions: Mutex<HashMap<String, Tracked>>,
+}
+
+struct Tracked {
+    target: String,
+    last_seen: Instant,
+}
+
+impl McpSessions {
+    pub fn new(idle: Duration) -> Self {
+        McpSessions {
+            idle,
+            sessions: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn touch(&self, id: &str, target: &str) {
+        let mut sessions = self.sessions.lock().expect("sessions lock");
+        match sessions.get_mut(id) {
+            Some(tracked) => tracked.last_seen = Instant::now(),
+            None => {
+                sessions.insert(
+                    id.into(),
+                    Tracked {
+                        target: target.into(),
+                        last_seen: Instant::now(),
+                    },
+                );
+                crate::telemetry::metrics()
+                    .mcp_sessions_active
+                    .set(sessions.len() as i64);
+            }
+        }
+    }
+
+    pub fn close(&self, id: &str) {
+        let mut sessions = self.sessions.lock().expect("sessions lock");
+        if let Some(tracked) = sessions.remove(id) {
+            McpSessionEnded {
+                id,
+                target: &tracked.target,
+                how: "deleted",
+                active: sessions.len(),
+            }
+            .emit();
+        }
+    }
+
+    /// Forgets sessions idle for longer than the limit; returns how many.
+    pub fn expire_idle(&self) -> usize {
+        let mut sessions = self.sessions.lock().expect("sessions lock");
+        let expired: Vec<(String, String)> = sessions
+            .iter()
+            .filter(|(_, t)| t.last_seen.elapsed() > self.idle)
+            .map(|(id, t)| (id.clone(), t.target.clone()))
+            .collect();
+        for (id, target) in &expired {
+            sessions.remove(id);
+            McpSessionEnded {
+                id,
+                target,
+                how: "idle",
+                active: sessions.len(),
+            }
+            .emit();
+        }
+        expired.len()
+    }
+
+    pub fn active(&self) -> usize {
+        self.sessions.lock().expect("sessions lock").len()
+    }
+}
 
 /// The messages of a JSON-RPC body (a single object or a batch array).
 pub fn parse_messages(body: &[u8]) -> Result<Vec<Value>, String> {
@@ -103,6 +190,18 @@ pub const POLICY_DENIED: i64 = -32001;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sessions_end_by_delete_or_idleness() {
+        let sessions = McpSessions::new(Duration::from_millis(30));
+        sessions.touch("a", "t");
+        sessions.touch("b", "t");
+        sessions.close("a");
+        assert_eq!(sessions.active(), 1);
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(sessions.expire_idle(), 1);
+        assert_eq!(sessions.active(), 0);
+    }
 
     #[test]
     fn single_batch_and_bad_messages() {

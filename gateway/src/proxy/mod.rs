@@ -22,7 +22,7 @@ use crate::{
     ebpf::{Dataplane, key_addr},
     identity::Workload,
     policy::Policy,
-    protocols::{self, http::HttpSession},
+    protocols::{self, http::HttpSession, mcp::McpSessions},
     recording::{
         Recorder,
         record::{Outcome, SessionEnd, SessionStart},
@@ -48,6 +48,7 @@ pub struct Proxy<C> {
     listeners: tokio::sync::Mutex<HashSet<SocketAddr>>,
     /// The policy in force; replaced whole on reload, so a request sees one version.
     policy: RwLock<Arc<Policy>>,
+    pub mcp_sessions: Arc<McpSessions>,
 }
 
 impl<C: UpstreamConnector> Proxy<C> {
@@ -67,6 +68,7 @@ impl<C: UpstreamConnector> Proxy<C> {
             sessions: TaskTracker::new(),
             listeners: tokio::sync::Mutex::new(HashSet::new()),
             policy: RwLock::new(Arc::new(config.policy.clone())),
+            mcp_sessions: Arc::new(McpSessions::new(config.mcp_session_idle)),
             config,
         })
     }
@@ -223,6 +225,7 @@ impl<C: UpstreamConnector> Proxy<C> {
                             process,
                             cgroup,
                             policy,
+                            self.mcp_sessions.clone(),
                         );
                         protocols::http::serve(client, upstream, Arc::new(http), &self.hard_stop)
                             .await

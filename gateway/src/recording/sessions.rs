@@ -119,6 +119,16 @@ impl Store {
         self.records.iter().filter(|r| r.crc_ok).map(|r| &r.record)
     }
 
+    /// The MCP messages of one `Mcp-Session-Id`, from every connection, in time order.
+    pub fn mcp_session_records(&self, mcp_session_id: &str) -> Vec<&Record> {
+        let mut records: Vec<&Record> = self
+            .intact()
+            .filter(|r| matches!(&r.body, RecordBody::McpMessage(m) if m.mcp_session_id.as_deref() == Some(mcp_session_id)))
+            .collect();
+        records.sort_by_key(|r| r.ts);
+        records
+    }
+
     /// The records of one session in sequence order.
     pub fn session_records(&self, session_id: &str) -> Vec<&Record> {
         let mut records: Vec<&Record> = self

@@ -243,3 +243,29 @@ impl InternalEvent for ControlRequestRejected<'_> {
         metrics().control_rejections.inc();
     }
 }
+
+pub struct McpSessionEnded<'a> {
+    pub id: &'a str,
+    pub target: &'a str,
+    /// `deleted` by the client, or expired after being `idle`.
+    pub how: &'a str,
+    pub active: usize,
+}
+
+impl InternalEvent for McpSessionEnded<'_> {
+    fn emit(self) {
+        info!(
+            mcp_session_id = self.id,
+            target = self.target,
+            how = self.how,
+            "MCP session ended"
+        );
+        let m = metrics();
+        m.mcp_sessions_active.set(self.active as i64);
+        m.mcp_sessions_ended
+            .get_or_create(&super::HowLabels {
+                how: self.how.into(),
+            })
+            .inc();
+    }
+}

@@ -22,6 +22,11 @@ pub struct TargetLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HowLabels {
+    pub how: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MapLabels {
     pub map: String,
 }
@@ -38,6 +43,8 @@ pub struct Metrics {
     pub record_bytes_written: Counter,
     pub record_write_errors: Counter,
     pub records_lost: Counter,
+    pub mcp_sessions_active: Gauge,
+    pub mcp_sessions_ended: Family<HowLabels, Counter>,
     pub sessions_refused_spool_full: Counter,
     pub sessions_unrecorded: Counter,
     pub spool_bytes: Gauge,
@@ -66,6 +73,8 @@ impl Metrics {
             record_bytes_written: Counter::default(),
             record_write_errors: Counter::default(),
             records_lost: Counter::default(),
+            mcp_sessions_active: Gauge::default(),
+            mcp_sessions_ended: Family::default(),
             sessions_refused_spool_full: Counter::default(),
             sessions_unrecorded: Counter::default(),
             spool_bytes: Gauge::default(),
