@@ -12,6 +12,7 @@ import json
 import sys
 
 from mcp import Client, types
+from mcp.client.sse import sse_client
 
 
 async def sampling(context, params):
@@ -33,7 +34,10 @@ async def main(url, scenario):
     async def on_progress(p, total, message):
         progress.append(p)
 
-    async with Client(url, sampling_callback=sampling) as client:
+    # A URL ending in /sse is the legacy HTTP+SSE transport.
+    server = sse_client(url) if url.endswith("/sse") else url
+    mode = "legacy" if url.endswith("/sse") else "auto"
+    async with Client(server, mode=mode, sampling_callback=sampling) as client:
         if scenario == "journal":
             calls = [("echo", {"message": "hi"}), ("delete_file", {"path": "/tmp/x"}),
                      ("read_file", {"path": "/etc/shadow"}), ("read_file", {"path": "/tmp/ok"})]

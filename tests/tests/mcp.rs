@@ -196,11 +196,28 @@ fn oversized_and_truncated_bodies_and_a_dying_upstream_are_handled() {
     let journal = dir.path().join("journal.jsonl");
     let server = McpServer::python_journal(&journal);
     // Extra target keys ride along with the protocol.
-    let gw = Gateway::start_with_protocol(&mcp_target(&server), "mcp\n    max_body_bytes: 1KiB", "");
-    let big = format!(r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"echo","arguments":{{"message":"{}"}}}}}}"#, "x".repeat(4096));
-    let out = gw.wrap(&["curl", "-s", "-w", "\\n%{http_code}", "-H", "content-type: application/json", "--data", &big, &server.url()]);
+    let gw =
+        Gateway::start_with_protocol(&mcp_target(&server), "mcp\n    max_body_bytes: 1KiB", "");
+    let big = format!(
+        r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"echo","arguments":{{"message":"{}"}}}}}}"#,
+        "x".repeat(4096)
+    );
+    let out = gw.wrap(&[
+        "curl",
+        "-s",
+        "-w",
+        "\\n%{http_code}",
+        "-H",
+        "content-type: application/json",
+        "--data",
+        &big,
+        &server.url(),
+    ]);
     let answer = String::from_utf8_lossy(&out.stdout);
-    assert!(answer.ends_with("413") && answer.contains("over the 1024-byte limit"), "{answer}");
+    assert!(
+        answer.ends_with("413") && answer.contains("over the 1024-byte limit"),
+        "{answer}"
+    );
 
     // A body that ends before its Content-Length.
     let script = format!(
@@ -210,21 +227,49 @@ fn oversized_and_truncated_bodies_and_a_dying_upstream_are_handled() {
     );
     let out = gw.wrap(&["bash", "-c", &script]);
     assert!(out.status.success());
-    assert!(fs::read_to_string(&journal).unwrap_or_default().is_empty(), "nothing reached the server");
+    assert!(
+        fs::read_to_string(&journal).unwrap_or_default().is_empty(),
+        "nothing reached the server"
+    );
 
     // An upstream that dies mid-stream: the client sees an error, the gateway lives on.
     let mut everything = McpServer::everything("streamableHttp");
     let gw2 = Gateway::start_with_protocol(&mcp_target(&everything), "mcp", "");
     let script = dir.path().join("client.sh");
-    fs::write(&script, format!("python3 {} {} long", support_client().display(), everything.url())).unwrap();
-    let client = gw2.wrap_cmd(None, &["bash", script.to_str().unwrap()]).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    fs::write(
+        &script,
+        format!(
+            "python3 {} {} long",
+            support_client().display(),
+            everything.url()
+        ),
+    )
+    .unwrap();
+    let client = gw2
+        .wrap_cmd(None, &["bash", script.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(2500));
     everything.kill();
     let out = client.wait_with_output().unwrap();
-    let seen: Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or("{}")).unwrap();
-    assert!(!seen["progress"].as_array().unwrap().is_empty(), "progress arrived before the cut: {seen}");
+    let seen: Value = serde_json::from_str(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .unwrap_or("{}"),
+    )
+    .unwrap();
+    assert!(
+        !seen["progress"].as_array().unwrap().is_empty(),
+        "progress arrived before the cut: {seen}"
+    );
     assert!(!seen["error"].is_null(), "the client is told: {seen}");
-    assert!(gw2.log().contains("upstream died mid-response"), "{}", gw2.log());
+    assert!(
+        gw2.log().contains("upstream died mid-response"),
+        "{}",
+        gw2.log()
+    );
     for gw in [&gw, &gw2] {
         assert!(gw.admin_get("/healthz").is_some(), "the gateway survived");
         let sessions = gw.wait_sessions_ended(1);
@@ -234,4 +279,43 @@ fn oversized_and_truncated_bodies_and_a_dying_upstream_are_handled() {
 
 fn support_client() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("support/mcp_client.py")
+}
+
+#[test]
+fn legacy_http_sse_transport_through_interlock() {
+    let server = McpServer::everything("sse");
+    let gw = Gateway::start_with_protocol(&mcp_target(&server), "mcp", "");
+    let url = format!("http://{}/sse", server.addr);
+    let seen = gw.mcp_client(&url, "full");
+    assert_eq!(seen["echo"], "Echo: hello interlock");
+    assert_eq!(seen["progress"], serde_json::json!([1.0, 2.0, 3.0, 4.0]));
+    assert!(
+        seen["sampling"]
+            .as_str()
+            .unwrap()
+            .contains("sampled by the test client")
+    );
+
+    let records = gw.all_records();
+    let msgs = messages(&records);
+    // Requests go up as POSTs to the relative endpoint; everything comes back on the GET stream.
+    let echo = msgs
+        .iter()
+        .find(|m| m["tool"] == "echo" && m["direction"] == "up")
+        .expect("echo call");
+    assert!(msgs.iter().any(|m| m["direction"] == "down"
+        && m["transport"] == "sse"
+        && m["jsonrpc_id"] == echo["jsonrpc_id"]
+        && m["result"].is_object()));
+    let posts: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["kind"] == "http_request" && r["method"] == "POST")
+        .collect();
+    assert!(
+        posts.iter().all(|p| p["uri"]
+            .as_str()
+            .unwrap()
+            .starts_with("/message?sessionId=")),
+        "{posts:#?}"
+    );
 }

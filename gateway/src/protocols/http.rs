@@ -49,6 +49,8 @@ pub struct HttpSession {
     bytes_down: AtomicU64,
     /// Response bodies still streaming; the session ends after them.
     pumps: TaskTracker,
+    /// Cancelled when the client connection is gone, so long-lived streams stop at once.
+    client_gone: CancellationToken,
     /// MCP sessions across all connections, by `Mcp-Session-Id`.
     mcp_sessions: Arc<mcp::McpSessions>,
 }
@@ -71,6 +73,7 @@ impl HttpSession {
             bytes_up: AtomicU64::new(0),
             bytes_down: AtomicU64::new(0),
             pumps: TaskTracker::new(),
+            client_gone: CancellationToken::new(),
             mcp_sessions,
         }
     }
@@ -118,6 +121,8 @@ pub async fn serve(
         },
         _ = hard_stop.cancelled() => (Outcome::Shutdown, Some("gateway shut down".into())),
     };
+    // A response still streaming (a long-lived SSE GET) has nobody to go to any more.
+    ctx.client_gone.cancel();
     ctx.pumps.close();
     tokio::select! {
         _ = ctx.pumps.wait() => {}
@@ -267,7 +272,12 @@ async fn pump(
     limit: usize,
 ) {
     let session = mcp_session.as_deref();
-    while let Some(frame) = body.frame().await {
+    loop {
+        let frame = tokio::select! {
+            frame = body.frame() => frame,
+            _ = ctx.client_gone.cancelled() => return,
+        };
+        let Some(frame) = frame else { break };
         let frame = match frame {
             Ok(frame) => frame,
             Err(e) => {
