@@ -67,7 +67,8 @@ pub enum FailMode {
 #[serde(deny_unknown_fields)]
 pub struct Target {
     pub name: String,
-    #[serde(deserialize_with = "socket_addr")]
+    /// `ip:port`, or `ip:*` for every port of the host (held as port 0).
+    #[serde(deserialize_with = "target_addr")]
     pub address: SocketAddr,
     #[serde(default)]
     pub protocol: Protocol,
@@ -327,11 +328,16 @@ impl Config {
             .unwrap_or_else(|| "unknown".into())
     }
 
+    /// The target for a destination: an exact match first, then a whole-host (`ip:*`) one.
     pub fn target_by_addr(&self, addr: SocketAddr) -> Option<(usize, &Target)> {
-        self.targets
-            .iter()
-            .enumerate()
-            .find(|(_, t)| t.address == addr)
+        let any_port = SocketAddr::new(addr.ip(), 0);
+        let find = |a: SocketAddr| {
+            self.targets
+                .iter()
+                .enumerate()
+                .find(|(_, t)| t.address == a)
+        };
+        find(addr).or_else(|| find(any_port))
     }
 }
 
@@ -445,16 +451,35 @@ fn optional_socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Socket
 }
 
 pub fn parse_socket_addr(text: &str) -> Result<SocketAddr, String> {
-    let addr: SocketAddr = text.parse().map_err(|_| {
+    let not_an_address = || {
         format!(
             "`{text}` is not an ip:port address; write a literal IP and port such as \
              127.0.0.1:8080 or [::1]:8080 (host names are not resolved)"
         )
-    })?;
+    };
+    let addr: SocketAddr = text.parse().map_err(|_| not_an_address())?;
     if addr.port() == 0 {
         return Err(format!("`{text}` has port 0; give the real port"));
     }
     Ok(addr)
+}
+
+/// A target address: `ip:port`, or `ip:*` for every port of that host (stored as port 0).
+fn target_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    let text = String::deserialize(d)?;
+    match text.strip_suffix(":*") {
+        Some(ip) => {
+            let ip = ip.trim_start_matches('[').trim_end_matches(']');
+            ip.parse::<std::net::IpAddr>()
+                .map(|ip| SocketAddr::new(ip, 0))
+                .map_err(|_| {
+                    de::Error::custom(format!(
+                        "`{text}` is not ip:* ; write e.g. 127.0.0.1:* or [::1]:*"
+                    ))
+                })
+        }
+        None => parse_socket_addr(&text).map_err(de::Error::custom),
+    }
 }
 
 /// A size as bytes, or with a unit: `10GiB`, `512MB`.
@@ -633,6 +658,34 @@ mod tests {
             "a configured key is never generated"
         );
         assert!(error_of("recording:\n  spool: { max_bytes: lots }\n").contains("not a size"));
+    }
+
+    #[test]
+    fn whole_host_targets_match_every_port_after_exact_ones() {
+        let c = Config::parse(
+            "targets:\n  - name: any\n    address: \"127.0.0.1:*\"\n  - name: exact\n    address: 127.0.0.1:80\n  - name: v6\n    address: \"[::1]:*\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.target_by_addr("127.0.0.1:80".parse().unwrap())
+                .unwrap()
+                .1
+                .name,
+            "exact"
+        );
+        assert_eq!(
+            c.target_by_addr("127.0.0.1:81".parse().unwrap())
+                .unwrap()
+                .1
+                .name,
+            "any"
+        );
+        assert_eq!(
+            c.target_by_addr("[::1]:9".parse().unwrap()).unwrap().1.name,
+            "v6"
+        );
+        assert!(c.target_by_addr("127.0.0.2:80".parse().unwrap()).is_none());
+        assert!(error_of("targets:\n  - name: a\n    address: \"localhost:*\"\n").contains("ip:*"));
     }
 
     #[test]

@@ -185,9 +185,14 @@ impl Gateway {
         yaml.push_str(extra_config);
         yaml.push_str("targets:\n");
         for t in targets {
+            // Port 0 stands for a whole-host target, written ip:*.
+            let address = match t.address.port() {
+                0 => t.address.to_string().replace(":0", ":*"),
+                _ => t.address.to_string(),
+            };
             yaml.push_str(&format!(
-                "  - name: {}\n    address: \"{}\"\n    protocol: {protocol}\n",
-                t.name, t.address
+                "  - name: {}\n    address: \"{address}\"\n    protocol: {protocol}\n",
+                t.name
             ));
         }
         let config = dir.path().join("interlock.yaml");
@@ -458,7 +463,7 @@ pub struct McpServer {
     _proc: Proc,
 }
 
-fn support_dir() -> PathBuf {
+pub fn support_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("support")
 }
 
@@ -537,4 +542,14 @@ impl Gateway {
         }
         records
     }
+}
+
+/// PATH with the Node 22 that tests/support installs first (conformance and the Inspector
+/// need it; the machine's own Node is older).
+pub fn node22_path() -> String {
+    format!(
+        "{}:{}",
+        support_dir().join("node_modules/.bin").display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
 }

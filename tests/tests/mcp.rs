@@ -319,3 +319,58 @@ fn legacy_http_sse_transport_through_interlock() {
         "{posts:#?}"
     );
 }
+
+#[test]
+fn mcp_inspector_cli_is_a_second_independent_client() {
+    let server = McpServer::everything("streamableHttp");
+    let gw = Gateway::start_with_protocol(&mcp_target(&server), "mcp", "");
+    let url = server.url();
+    let inspector = |args: &[&str]| -> Value {
+        let mut cmd = vec!["mcp-inspector", "--cli", url.as_str()];
+        cmd.extend_from_slice(args);
+        let out = gw
+            .wrap_cmd(None, &cmd)
+            .env("PATH", node22_path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            gw.log()
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let tools = inspector(&["--method", "tools/list"]);
+    assert!(
+        tools["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["name"] == "get-sum")
+    );
+    let sum = inspector(&[
+        "--method",
+        "tools/call",
+        "--tool-name",
+        "get-sum",
+        "--tool-arg",
+        "a=5",
+        "--tool-arg",
+        "b=6",
+    ]);
+    assert_eq!(sum["content"][0]["text"], "The sum of 5 and 6 is 11.");
+
+    let records = gw.all_records();
+    let msgs = messages(&records);
+    let call = msgs
+        .iter()
+        .find(|m| m["tool"] == "get-sum")
+        .expect("the Inspector's call is recorded");
+    assert_eq!(call["arguments"], serde_json::json!({"a": 5, "b": 6}));
+    let initialize = msgs.iter().find(|m| m["method"] == "initialize").unwrap();
+    assert_eq!(
+        initialize["jsonrpc_id"], 0,
+        "the TypeScript client uses id 0, which is valid"
+    );
+}

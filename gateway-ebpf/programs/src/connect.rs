@@ -88,7 +88,9 @@ fn redirect_for(
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     // SAFETY: a copy out of the map; the value is plain data.
     let cfg = unsafe { INTERCEPT_CGROUPS.get(&cgroup_id) }.copied()?;
-    unsafe { TARGETS.get(dst) }?;
+    // An exact target, or a whole host (a target written `ip:*`, stored with port 0).
+    let any_port = AddrKey { port: 0, ..*dst };
+    unsafe { TARGETS.get(dst).or_else(|| TARGETS.get(&any_port)) }?;
     let settings = settings();
     let pid_tgid = bpf_get_current_pid_tgid();
     if (pid_tgid >> 32) as u32 == settings.gateway_tgid {
