@@ -32,8 +32,16 @@ enum Mode {
     Client { addr: SocketAddr },
     /// Spool append throughput and Kinesis shipping rate (against kinesalite).
     Stream,
+    /// MCP: added latency of a 1 KiB tools/call and SSE throughput: direct, nginx, Interlock.
+    Mcp {
+        #[arg(long)]
+        interlock: PathBuf,
+    },
+    /// The MCP load generator, against URL (host:port); prints JSON.
+    McpClient { addr: SocketAddr },
 }
 
+mod mcp;
 mod stream;
 
 const CONNECTS: usize = 2000;
@@ -60,11 +68,13 @@ fn main() -> Result<()> {
             Ok(())
         }
         Some(Mode::Stream) => stream::run(),
+        Some(Mode::Mcp { interlock }) => mcp::orchestrate(&interlock),
+        Some(Mode::McpClient { addr }) => mcp::client(addr),
         None => orchestrate(&cli.interlock.context("--interlock BIN is required")?),
     }
 }
 
-fn percentile(samples: &mut [Duration], p: f64) -> f64 {
+pub(crate) fn percentile(samples: &mut [Duration], p: f64) -> f64 {
     samples.sort();
     let index = ((samples.len() as f64 - 1.0) * p).round() as usize;
     samples[index].as_secs_f64() * 1e6
@@ -153,11 +163,11 @@ fn start_echo_server() -> Result<SocketAddr> {
     Ok(addr)
 }
 
-fn free_port() -> Result<u16> {
+pub(crate) fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-struct Killed(Child);
+pub(crate) struct Killed(pub(crate) Child);
 
 impl Drop for Killed {
     fn drop(&mut self) {
@@ -168,7 +178,7 @@ impl Drop for Killed {
     }
 }
 
-fn wait_listening(addr: SocketAddr) -> Result<()> {
+pub(crate) fn wait_listening(addr: SocketAddr) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(20);
     while TcpStream::connect(addr).is_err() {
         if Instant::now() > deadline {
@@ -208,7 +218,7 @@ fn start_nginx(dir: &Path, listen: SocketAddr, upstream: SocketAddr) -> Result<K
     Ok(Killed(child))
 }
 
-fn peak_rss_mib(pid: u32) -> f64 {
+pub(crate) fn peak_rss_mib(pid: u32) -> f64 {
     fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {

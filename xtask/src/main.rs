@@ -395,5 +395,7 @@ fn bench() -> Result<()> {
     let bench = root().join("target/release/interlock-bench");
     run(Command::new(&bench).arg("--interlock").arg(&bin))?;
     step("running benchmarks: spool append and Kinesis shipping");
-    run(Command::new(&bench).arg("stream"))
+    run(Command::new(&bench).arg("stream"))?;
+    step("running benchmarks: MCP direct vs nginx (reverse proxy) vs Interlock (mcp mode)");
+    run(Command::new(&bench).arg("mcp").arg("--interlock").arg(&bin))
 }
