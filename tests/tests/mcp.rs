@@ -374,3 +374,148 @@ fn mcp_inspector_cli_is_a_second_independent_client() {
         "the TypeScript client uses id 0, which is valid"
     );
 }
+
+#[test]
+fn policy_reloads_on_sighup_and_hold_is_denied_until_approvals_exist() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("journal.jsonl");
+    let server = McpServer::python_journal(&journal);
+    let gw =
+        Gateway::start_with_protocol(&mcp_target(&server), "mcp", "policy:\n  default: allow\n");
+    let first = gw.mcp_client(&server.url(), "journal");
+    assert!(
+        first["calls"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["error"].is_null()),
+        "{first}"
+    );
+
+    // Tighten the policy in place and signal the gateway.
+    let config = fs::read_to_string(&gw.config).unwrap().replace(
+        "policy:\n  default: allow\n",
+        "policy:\n  default: allow\n  rules:\n    - name: risky\n      match: { tool: \"delete_*\" }\n      action: hold\n      reason: deletes need a human\n      timeout: 30s\n",
+    );
+    fs::write(&gw.config, config).unwrap();
+    let _ = Command::new("kill")
+        .args(["-HUP", &gw.pid().to_string()])
+        .status();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !gw.log().contains("policy reloaded") {
+        assert!(std::time::Instant::now() < deadline, "{}", gw.log());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let second = gw.mcp_client(&server.url(), "journal");
+    let delete = &second["calls"][1];
+    assert!(
+        delete["error"]
+            .as_str()
+            .unwrap()
+            .contains("held by Interlock policy rule `risky` (deletes need a human)"),
+        "{second}"
+    );
+    let executed = fs::read_to_string(&journal).unwrap();
+    assert_eq!(
+        executed.matches("delete_file").count(),
+        1,
+        "only the call made before the reload: {executed}"
+    );
+
+    // A broken edit is refused and the policy in force stays.
+    fs::write(&gw.config, "policy: [not, a, policy]\n").unwrap();
+    let _ = Command::new("kill")
+        .args(["-HUP", &gw.pid().to_string()])
+        .status();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !gw.log().contains("policy not reloaded") {
+        assert!(std::time::Instant::now() < deadline, "{}", gw.log());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn http_target_keeps_host_keep_alive_and_expect_continue() {
+    // uvicorn (under the Python SDK server) speaks HTTP/1.1 with keep-alive.
+    let dir = tempfile::tempdir().unwrap();
+    let server = McpServer::python_journal(&dir.path().join("journal.jsonl"));
+    let gw = Gateway::start_with_protocol(
+        &[Target {
+            name: "web",
+            address: server.addr,
+        }],
+        "http",
+        "",
+    );
+    let url = format!("http://{}/nowhere", server.addr);
+    // Keep-alive: two requests on one connection, compressed encodings requested.
+    let out = gw.wrap(&[
+        "curl",
+        "-s",
+        "-o",
+        "/dev/null",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code} ",
+        "--compressed",
+        &url,
+        &url,
+    ]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "404 404 ");
+    // A body sent after 100-continue arrives whole.
+    let body = "x".repeat(2048);
+    let out = gw.wrap(&[
+        "curl",
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-H",
+        "Expect: 100-continue",
+        "--data",
+        &body,
+        &url,
+    ]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "404");
+
+    let records = gw.all_records();
+    let requests: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["kind"] == "http_request")
+        .collect();
+    assert_eq!(requests.len(), 3, "{requests:#?}");
+    let header = |r: &Value, name: &str| {
+        r["headers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h[0] == name)
+            .map(|h| h[1].clone())
+    };
+    assert_eq!(
+        header(requests[0], "host"),
+        Some(Value::from(server.addr.to_string())),
+        "Host as the client sent it"
+    );
+    assert!(
+        header(requests[0], "accept-encoding").is_some(),
+        "recorded as sent, stripped upstream"
+    );
+    let sessions = gw.wait_sessions_ended(2);
+    assert_eq!(
+        sessions.len(),
+        2,
+        "keep-alive: the first two requests shared one connection"
+    );
+    let uploaded: u64 = records
+        .iter()
+        .filter(|r| r["kind"] == "data" && r["direction"] == "up")
+        .map(|r| r["len"].as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        uploaded, 2048,
+        "the Expect: 100-continue body was read and recorded"
+    );
+}
