@@ -49,7 +49,15 @@ pub struct WriterOptions {
 struct Entry {
     session_id: Arc<str>,
     ts: OffsetDateTime,
-    body: RecordBody,
+    body: EntryBody,
+}
+
+enum EntryBody {
+    /// The body's JSON, serialized by the sender so the single writer thread only frames,
+    /// hashes and writes.
+    Encoded(Vec<u8>),
+    /// `session_end`, which the writer seals, so it serializes it itself.
+    End(SessionEnd),
 }
 
 enum Command {
@@ -158,6 +166,12 @@ pub struct SessionRecorder {
 
 impl SessionRecorder {
     fn entry(&self, body: RecordBody) -> Entry {
+        let body = match body {
+            RecordBody::SessionEnd(end) => EntryBody::End(end),
+            other => {
+                EntryBody::Encoded(serde_json::to_vec(&other).expect("records always serialize"))
+            }
+        };
         Entry {
             session_id: self.session_id.clone(),
             ts: OffsetDateTime::now_utc(),
@@ -207,30 +221,49 @@ struct ChainState {
     last_hash: Option<String>,
 }
 
-/// Numbers the entry and links it to its session's chain. `session_end` is sealed: signed
-/// over its bytes without the seal. Returns the record; the caller frames it and reports the
-/// written bytes back through `ChainState::last_hash`.
-fn chain(chains: &mut HashMap<Arc<str>, ChainState>, sealer: &Sealer, entry: Entry) -> Record {
+/// Numbers the entry, links it to its session's chain and frames it into `frames`;
+/// `session_end` is sealed (signed over its bytes without the seal) and ends the chain.
+fn chain_and_frame(
+    chains: &mut HashMap<Arc<str>, ChainState>,
+    sealer: &Sealer,
+    frames: &mut Vec<u8>,
+    entry: Entry,
+) {
     let state = chains.entry(entry.session_id.clone()).or_default();
     let seq = state.next_seq;
     state.next_seq += 1;
-    let mut record = Record::new(
-        &entry.session_id,
-        seq,
-        entry.ts,
-        state.last_hash.take(),
-        entry.body,
-    );
-    if let RecordBody::SessionEnd(end) = &record.body {
-        debug_assert!(end.seal.is_none());
-        let unsealed = serde_json::to_vec(&record).expect("records always serialize");
-        let seal = sealer.seal(&unsealed);
-        if let RecordBody::SessionEnd(end) = &mut record.body {
-            end.seal = Some(seal);
+    let prev_hash = state.last_hash.take();
+    match entry.body {
+        EntryBody::Encoded(body_json) => {
+            let written = SegmentWriter::frame_with(frames, |buf| {
+                record::write_with_encoded_body(
+                    buf,
+                    &entry.session_id,
+                    seq,
+                    entry.ts,
+                    prev_hash.as_deref(),
+                    &body_json,
+                )
+            });
+            state.last_hash = Some(sha256_hex(written));
         }
-        chains.remove(&entry.session_id);
+        EntryBody::End(end) => {
+            let mut record = Record::new(
+                &entry.session_id,
+                seq,
+                entry.ts,
+                prev_hash,
+                RecordBody::SessionEnd(end),
+            );
+            let unsealed = serde_json::to_vec(&record).expect("records always serialize");
+            let seal = sealer.seal(&unsealed);
+            if let RecordBody::SessionEnd(end) = &mut record.body {
+                end.seal = Some(seal);
+            }
+            SegmentWriter::frame_into(frames, &record);
+            chains.remove(&entry.session_id);
+        }
     }
-    record
 }
 
 struct WriteLoop {
@@ -286,13 +319,8 @@ impl WriteLoop {
                         continue;
                     }
                 };
-                let session_id = entry.session_id.clone();
-                let record = chain(&mut chains, &self.sealer, entry);
+                chain_and_frame(&mut chains, &self.sealer, &mut frames, entry);
                 records += 1;
-                let written = SegmentWriter::frame_into(&mut frames, &record);
-                if let Some(state) = chains.get_mut(&session_id) {
-                    state.last_hash = Some(sha256_hex(written));
-                }
             }
             let must_sync = self.fsync == FsyncPolicy::Always
                 || !acks.is_empty()

@@ -45,6 +45,41 @@ impl Record {
     }
 }
 
+/// Writes a record whose body was serialized beforehand (off the writer thread). The bytes are
+/// exactly those `serde_json::to_vec(&Record)` gives: the common fields, then the body's.
+pub fn write_with_encoded_body(
+    out: &mut Vec<u8>,
+    session_id: &str,
+    seq: u64,
+    ts: OffsetDateTime,
+    prev_hash: Option<&str>,
+    body_json: &[u8],
+) {
+    #[derive(Serialize)]
+    struct Header<'a> {
+        schema_version: u32,
+        record_id: String,
+        session_id: &'a str,
+        seq: u64,
+        #[serde(with = "time::serde::rfc3339")]
+        ts: OffsetDateTime,
+        prev_hash: Option<&'a str>,
+    }
+    let header = Header {
+        schema_version: SCHEMA_VERSION,
+        record_id: format!("{session_id}:{seq}"),
+        session_id,
+        seq,
+        ts,
+        prev_hash,
+    };
+    serde_json::to_writer(&mut *out, &header).expect("headers always serialize");
+    // `{...header}` + `,` + `"kind":...}`: one object, fields in Record's order.
+    out.pop();
+    out.push(b',');
+    out.extend_from_slice(&body_json[1..]);
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum RecordBody {
@@ -205,6 +240,44 @@ fn from_base64<'de, D: Deserializer<'de>>(d: D) -> Result<Bytes, D::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn encoded_bodies_give_the_same_bytes_as_whole_records() {
+        let ts = OffsetDateTime::from_unix_timestamp_nanos(1_700_000_000_123_456_789).unwrap();
+        let bodies = [
+            RecordBody::Data(DataChunk {
+                direction: Direction::Down,
+                offset: 7,
+                len: 2,
+                data: Bytes::from_static(b"\xff\""),
+            }),
+            RecordBody::HttpRequest(HttpRequestHead {
+                method: "POST".into(),
+                uri: "/mcp?x=\"y\"".into(),
+                version: "HTTP/1.1".into(),
+                headers: vec![("host".into(), "a".into())],
+            }),
+        ];
+        for (i, body) in bodies.into_iter().enumerate() {
+            for prev in [None, Some("ab".to_string())] {
+                let record = Record::new("sess", i as u64, ts, prev.clone(), body.clone());
+                let mut out = Vec::new();
+                let body_json = serde_json::to_vec(&body).unwrap();
+                write_with_encoded_body(
+                    &mut out,
+                    "sess",
+                    i as u64,
+                    ts,
+                    prev.as_deref(),
+                    &body_json,
+                );
+                assert_eq!(
+                    String::from_utf8(out).unwrap(),
+                    serde_json::to_string(&record).unwrap()
+                );
+            }
+        }
+    }
 
     #[test]
     fn records_round_trip_through_json_with_kind_tag() {

@@ -50,9 +50,19 @@ impl SegmentWriter {
     /// the payload (the record's exact bytes). The JSON is serialized in place; the header is
     /// filled in afterwards.
     pub fn frame_into<'a>(buf: &'a mut Vec<u8>, record: &Record) -> &'a [u8] {
+        Self::frame_with(buf, |buf| {
+            serde_json::to_writer(buf, record).expect("records always serialize")
+        })
+    }
+
+    /// Frames whatever `write_payload` appends to the buffer.
+    pub fn frame_with<'a>(
+        buf: &'a mut Vec<u8>,
+        write_payload: impl FnOnce(&mut Vec<u8>),
+    ) -> &'a [u8] {
         let header_at = buf.len();
         buf.extend_from_slice(&[0; FRAME_HEADER]);
-        serde_json::to_writer(&mut *buf, record).expect("records always serialize");
+        write_payload(buf);
         let payload = &buf[header_at + FRAME_HEADER..];
         let (len, crc) = (payload.len() as u32, crc32fast::hash(payload));
         buf[header_at..header_at + 4].copy_from_slice(&len.to_le_bytes());
