@@ -56,10 +56,7 @@ impl SegmentWriter {
     }
 
     /// Frames whatever `write_payload` appends to the buffer.
-    pub fn frame_with<'a>(
-        buf: &'a mut Vec<u8>,
-        write_payload: impl FnOnce(&mut Vec<u8>),
-    ) -> &'a [u8] {
+    pub fn frame_with(buf: &mut Vec<u8>, write_payload: impl FnOnce(&mut Vec<u8>)) -> &[u8] {
         let header_at = buf.len();
         buf.extend_from_slice(&[0; FRAME_HEADER]);
         write_payload(buf);
