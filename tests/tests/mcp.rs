@@ -519,3 +519,30 @@ fn http_target_keeps_host_keep_alive_and_expect_continue() {
         "the Expect: 100-continue body was read and recorded"
     );
 }
+
+#[test]
+fn legacy_sse_denials_arrive_on_the_get_stream() {
+    let server = McpServer::everything("sse");
+    let policy = "policy:\n  rules:\n    - name: no-sums\n      match: { tool: get-sum }\n      action: deny\n      reason: sums are not allowed here\n";
+    let gw = Gateway::start_with_protocol(&mcp_target(&server), "mcp", policy);
+    let seen = gw.mcp_client(&format!("http://{}/sse", server.addr), "deny");
+    assert_eq!(
+        seen["echo"], "Echo: hello interlock",
+        "allowed calls still work: {seen}"
+    );
+    assert!(
+        seen["denied"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("denied by Interlock policy rule `no-sums`"),
+        "the error came back on the client's own transport: {seen}"
+    );
+    let records = gw.all_records();
+    let injected = messages(&records).into_iter().find(|m| {
+        m["direction"] == "down" && m["transport"] == "sse" && m["error"]["code"] == -32001
+    });
+    assert!(
+        injected.is_some(),
+        "the injected error is recorded on the stream"
+    );
+}

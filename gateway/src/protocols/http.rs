@@ -185,8 +185,14 @@ async fn handle(
 
     if ctx.target.protocol == Protocol::Mcp
         && parts.method == hyper::Method::POST
-        && let Some(refusal) =
-            check_mcp_request(ctx, &parts.headers, &body, request_session.as_deref()).await
+        && let Some(refusal) = check_mcp_request(
+            ctx,
+            &parts.headers,
+            &body,
+            request_session.as_deref(),
+            parts.uri.path_and_query().map(|p| p.as_str()),
+        )
+        .await
     {
         return refusal;
     }
@@ -272,10 +278,25 @@ async fn pump(
     limit: usize,
 ) {
     let session = mcp_session.as_deref();
+    // Set once a legacy HTTP+SSE stream announces its POST endpoint.
+    let mut legacy: Option<(String, tokio::sync::mpsc::UnboundedReceiver<Value>)> = None;
+    let mut injected: Vec<Value> = Vec::new();
     loop {
         let frame = tokio::select! {
             frame = body.frame() => frame,
-            _ = ctx.client_gone.cancelled() => return,
+            Some(message) = async {
+                match legacy.as_mut() {
+                    Some((_, rx)) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                injected.push(message);
+                if inject(&ctx, &mut tx, &parse, &mut injected, session).await.is_err() {
+                    break;
+                }
+                continue;
+            }
+            _ = ctx.client_gone.cancelled() => break,
         };
         let Some(frame) = frame else { break };
         let frame = match frame {
@@ -285,7 +306,7 @@ async fn pump(
                 tx.abort(std::io::Error::other(format!(
                     "upstream died mid-response: {e}"
                 )));
-                return;
+                break;
             }
         };
         let Ok(data) = frame.into_data() else {
@@ -295,6 +316,10 @@ async fn pump(
         match &mut parse {
             ResponseParse::Sse(parser) => {
                 for event in parser.feed(&data) {
+                    if event.event.as_deref() == Some("endpoint") && legacy.is_none() {
+                        let rx = ctx.mcp_sessions.register_legacy_stream(&event.data);
+                        legacy = Some((event.data.clone(), rx));
+                    }
                     for message in mcp::parse_messages(event.data.as_bytes()).unwrap_or_default() {
                         record_mcp(
                             &ctx,
@@ -311,8 +336,17 @@ async fn pump(
             ResponseParse::None => {}
         }
         if tx.send_data(data).await.is_err() {
-            return; // the client went away
+            break; // the client went away
         }
+        if inject(&ctx, &mut tx, &parse, &mut injected, session)
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    if let Some((endpoint, _)) = legacy {
+        ctx.mcp_sessions.unregister_legacy_stream(&endpoint);
     }
     if let ResponseParse::Json(buf) = parse {
         for message in mcp::parse_messages(&buf).unwrap_or_default() {
@@ -325,12 +359,37 @@ async fn pump(
     }
 }
 
+/// Writes queued gateway messages into an SSE stream, only between events.
+async fn inject(
+    ctx: &HttpSession,
+    tx: &mut http_body_util::channel::Sender<Bytes, std::io::Error>,
+    parse: &ResponseParse,
+    queued: &mut Vec<Value>,
+    session: Option<&str>,
+) -> Result<(), ()> {
+    if queued.is_empty() || !matches!(parse, ResponseParse::Sse(p) if p.at_boundary()) {
+        return Ok(());
+    }
+    for message in queued.drain(..) {
+        record_mcp(
+            ctx,
+            mcp::summarize(&message, Direction::Down, session, "sse"),
+        )
+        .await;
+        let event = Bytes::from(format!("event: message\ndata: {message}\n\n"));
+        record_data(ctx, Direction::Down, event.clone()).await;
+        tx.send_data(event).await.map_err(|_| ())?;
+    }
+    Ok(())
+}
+
 /// Checks an MCP POST body; returns the response to send instead of forwarding, if any.
 async fn check_mcp_request(
     ctx: &HttpSession,
     headers: &HeaderMap,
     body: &Bytes,
     session: Option<&str>,
+    legacy_endpoint: Option<&str>,
 ) -> Option<Response<ProxyBody>> {
     let messages = match mcp::parse_messages(body) {
         Ok(messages) => messages,
@@ -392,6 +451,22 @@ async fn check_mcp_request(
                 .map(|id| mcp::error_response(id, mcp::POLICY_DENIED, text))
         })
         .collect();
+    // Legacy HTTP+SSE: answers travel on the client's GET stream, and the POST gets 202.
+    if let Some(uri) = legacy_endpoint
+        && errors
+            .iter()
+            .all(|e| ctx.mcp_sessions.inject_legacy(uri, e.clone()))
+    {
+        return Some(
+            generated(
+                ctx,
+                StatusCode::ACCEPTED,
+                "text/plain",
+                Bytes::from_static(b"Accepted"),
+            )
+            .await,
+        );
+    }
     let reply = match (errors.len(), messages.len()) {
         (_, 1) => errors.into_iter().next().unwrap_or(Value::Null),
         _ => Value::Array(errors),

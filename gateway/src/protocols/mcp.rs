@@ -17,6 +17,9 @@ use crate::{
 pub struct McpSessions {
     idle: Duration,
     sessions: Mutex<HashMap<String, Tracked>>,
+    /// Legacy HTTP+SSE streams by their POST endpoint (`/message?sessionId=…`): responses to
+    /// POSTs travel on the GET stream, so a denial is injected there.
+    legacy_streams: Mutex<HashMap<String, tokio::sync::mpsc::UnboundedSender<Value>>>,
 }
 
 struct Tracked {
@@ -29,6 +32,7 @@ impl McpSessions {
         McpSessions {
             idle,
             sessions: Mutex::new(HashMap::new()),
+            legacy_streams: Mutex::new(HashMap::new()),
         }
     }
 
@@ -83,6 +87,35 @@ impl McpSessions {
             .emit();
         }
         expired.len()
+    }
+
+    /// A legacy GET stream announced `endpoint`; messages sent here are written into it.
+    pub fn register_legacy_stream(
+        &self,
+        endpoint: &str,
+    ) -> tokio::sync::mpsc::UnboundedReceiver<Value> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        self.legacy_streams
+            .lock()
+            .expect("streams lock")
+            .insert(endpoint.into(), tx);
+        rx
+    }
+
+    pub fn unregister_legacy_stream(&self, endpoint: &str) {
+        self.legacy_streams
+            .lock()
+            .expect("streams lock")
+            .remove(endpoint);
+    }
+
+    /// Sends `message` down the legacy stream whose endpoint is `uri`; false if there is none.
+    pub fn inject_legacy(&self, uri: &str, message: Value) -> bool {
+        self.legacy_streams
+            .lock()
+            .expect("streams lock")
+            .get(uri)
+            .is_some_and(|tx| tx.send(message).is_ok())
     }
 
     pub fn active(&self) -> usize {

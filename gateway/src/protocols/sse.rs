@@ -23,6 +23,11 @@ impl SseParser {
         }
     }
 
+    /// True between events: something can be inserted into the stream here.
+    pub fn at_boundary(&self) -> bool {
+        self.pending.is_empty() && !self.overflowed
+    }
+
     /// True once an event grew past the bound; parsing has stopped.
     pub fn overflowed(&self) -> bool {
         self.overflowed
