@@ -10,6 +10,8 @@ pub struct SseEvent {
 
 pub struct SseParser {
     pending: Vec<u8>,
+    /// How far `pending` was already searched for a separator, so each byte is scanned once.
+    scanned: usize,
     max_pending: usize,
     overflowed: bool,
 }
@@ -18,6 +20,7 @@ impl SseParser {
     pub fn new(max_pending: usize) -> Self {
         SseParser {
             pending: Vec::new(),
+            scanned: 0,
             max_pending,
             overflowed: false,
         }
@@ -40,12 +43,18 @@ impl SseParser {
         }
         self.pending.extend_from_slice(bytes);
         let mut events = Vec::new();
-        while let Some((end, separator)) = find_event_end(&self.pending) {
-            let raw: Vec<u8> = self.pending.drain(..end + separator).collect();
-            if let Some(event) = parse_event(&raw[..end]) {
+        let mut start = 0;
+        // A separator may straddle reads: re-check the last 3 bytes already scanned.
+        let mut from = self.scanned.saturating_sub(3);
+        while let Some((end, separator)) = find_event_end(&self.pending[start..], from) {
+            if let Some(event) = parse_event(&self.pending[start..start + end]) {
                 events.push(event);
             }
+            start += end + separator;
+            from = 0;
         }
+        self.pending.drain(..start);
+        self.scanned = self.pending.len();
         if self.pending.len() > self.max_pending {
             self.overflowed = true;
             self.pending = Vec::new();
@@ -54,17 +63,21 @@ impl SseParser {
     }
 }
 
-/// Position and length of the first blank-line separator.
-fn find_event_end(buf: &[u8]) -> Option<(usize, usize)> {
-    (0..buf.len()).find_map(|i| {
-        if buf[i..].starts_with(b"\r\n\r\n") {
-            Some((i, 4))
-        } else if buf[i..].starts_with(b"\n\n") || buf[i..].starts_with(b"\r\r") {
-            Some((i, 2))
-        } else {
-            None
+/// Position and length of the first blank-line separator at or after `from`.
+fn find_event_end(buf: &[u8], from: usize) -> Option<(usize, usize)> {
+    let mut i = from;
+    while let Some(offset) = buf.get(i..)?.iter().position(|&b| b == b'\n' || b == b'\r') {
+        i += offset;
+        let rest = &buf[i..];
+        if rest.starts_with(b"\r\n\r\n") {
+            return Some((i, 4));
         }
-    })
+        if rest.starts_with(b"\n\n") || rest.starts_with(b"\r\r") {
+            return Some((i, 2));
+        }
+        i += 1;
+    }
+    None
 }
 
 fn parse_event(raw: &[u8]) -> Option<SseEvent> {
@@ -111,6 +124,16 @@ mod tests {
         assert_eq!(events[0].event.as_deref(), Some("message"));
         assert_eq!(events[0].data, "{\"a\":\n1}");
         assert_eq!(events[1].data, "x");
+    }
+
+    #[test]
+    fn separators_split_across_reads_are_found() {
+        let mut p = SseParser::new(1 << 20);
+        assert!(p.feed(b"data: a\r\n\r").is_empty());
+        let events = p.feed(b"\ndata: b\n");
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].data, "a");
+        assert_eq!(p.feed(b"\n")[0].data, "b");
     }
 
     #[test]
