@@ -189,12 +189,76 @@ pub(crate) fn wait_listening(addr: SocketAddr) -> Result<()> {
     Ok(())
 }
 
-fn run_client(mut cmd: Command) -> Result<Results> {
+/// Runs a load generator and parses the JSON it prints.
+pub(crate) fn run_client<T: serde::de::DeserializeOwned>(mut cmd: Command) -> Result<T> {
     let out = cmd.stderr(Stdio::inherit()).output()?;
     if !out.status.success() {
         bail!("load generator failed: {cmd:?}");
     }
     Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// A gateway started for a benchmark, and the config it runs with.
+pub(crate) struct BenchGateway {
+    pub process: Killed,
+    pub config: PathBuf,
+}
+
+impl BenchGateway {
+    /// Starts `interlock run` with one target (`target_yaml` is the list item's body) and
+    /// any further config.
+    pub fn start(interlock: &Path, dir: &Path, target_yaml: &str, extra: &str) -> Result<Self> {
+        let (listen, admin) = (free_port()?, free_port()?);
+        let config = dir.join("interlock.yaml");
+        fs::write(
+            &config,
+            format!(
+                "listen: 127.0.0.1:{listen}\nlisten_v6: null\nadmin: 127.0.0.1:{admin}\n\
+                 control_socket: ./control.sock\ntargets:\n  - {target_yaml}\n\
+                 recording:\n  dir: ./records\n{extra}"
+            ),
+        )?;
+        let process = Killed(
+            Command::new(interlock)
+                .args(["run", "--config"])
+                .arg(&config)
+                .env("RUST_LOG", "warn")
+                .spawn()?,
+        );
+        wait_listening(format!("127.0.0.1:{admin}").parse()?)?;
+        Ok(BenchGateway { process, config })
+    }
+
+    /// `command` run inside a cgroup this gateway intercepts.
+    pub fn wrap(&self, interlock: &Path, command: &Path, args: &[&str]) -> Command {
+        let mut wrapped = Command::new(interlock);
+        wrapped
+            .args(["wrap", "--config"])
+            .arg(&self.config)
+            .arg("--")
+            .arg(command)
+            .args(args);
+        wrapped
+    }
+}
+
+/// How one table row reads its number out of a result.
+pub(crate) type Metric<R> = fn(&R) -> f64;
+
+/// Prints metrics side by side with Interlock's ratios to direct and to nginx.
+pub(crate) fn print_ratios<R>(rows: &[(&str, Metric<R>)], direct: &R, nginx: &R, interlock: &R) {
+    println!(
+        "{:<28} {:>11} {:>11} {:>11} {:>9} {:>9}",
+        "metric", "direct", "nginx", "interlock", "/direct", "/nginx"
+    );
+    for (name, get) in rows {
+        let (d, n, i) = (get(direct), get(nginx), get(interlock));
+        println!(
+            "{name:<28} {d:>11.1} {n:>11.1} {i:>11.1} {:>8.2}x {:>8.2}x",
+            i / d,
+            i / n
+        );
+    }
 }
 
 fn start_nginx(dir: &Path, listen: SocketAddr, upstream: SocketAddr) -> Result<Killed> {
@@ -249,33 +313,15 @@ fn orchestrate(interlock: &Path) -> Result<()> {
     drop(nginx);
 
     eprintln!("[3/3] through Interlock (tcp mode, recording on, wrapped client)");
-    let (listen, admin) = (free_port()?, free_port()?);
-    let config = dir.path().join("interlock.yaml");
-    fs::write(
-        &config,
-        format!(
-            "listen: 127.0.0.1:{listen}\nlisten_v6: null\nadmin: 127.0.0.1:{admin}\n\
-             control_socket: ./control.sock\ntargets:\n  - name: echo\n    address: {echo}\n\
-             recording:\n  dir: ./records\n"
-        ),
+    let gateway = BenchGateway::start(
+        interlock,
+        dir.path(),
+        &format!("name: echo\n    address: {echo}"),
+        "",
     )?;
-    let gateway = Killed(
-        Command::new(interlock)
-            .args(["run", "--config"])
-            .arg(&config)
-            .env("RUST_LOG", "warn")
-            .spawn()?,
-    );
-    wait_listening(format!("127.0.0.1:{admin}").parse()?)?;
-    let mut wrapped = Command::new(interlock);
-    wrapped
-        .args(["wrap", "--config"])
-        .arg(&config)
-        .arg("--")
-        .arg(&me)
-        .args(["client", &echo.to_string()]);
+    let wrapped = gateway.wrap(interlock, &me, &["client", &echo.to_string()]);
     let via_interlock = run_client(wrapped)?;
-    let rss = peak_rss_mib(gateway.0.id());
+    let rss = peak_rss_mib(gateway.process.0.id());
     drop(gateway);
     let recorded: u64 = fs::read_dir(dir.path().join("records/segments"))?
         .flatten()
@@ -286,12 +332,7 @@ fn orchestrate(interlock: &Path) -> Result<()> {
     println!(
         "\nInterlock tcp-mode benchmark (loopback, recording on; lower is better except throughput)"
     );
-    println!(
-        "{:<26} {:>11} {:>11} {:>11} {:>10} {:>10}",
-        "metric", "direct", "nginx", "interlock", "/direct", "/nginx"
-    );
-    type Metric = fn(&Results) -> f64;
-    let rows: [(&str, Metric); 7] = [
+    let rows: [(&str, Metric<Results>); 7] = [
         ("connect p50 (us)", |r| r.connect_p50_us),
         ("connect p99 (us)", |r| r.connect_p99_us),
         ("first byte p50 (us)", |r| r.first_byte_p50_us),
@@ -300,14 +341,7 @@ fn orchestrate(interlock: &Path) -> Result<()> {
         ("64 B round trip p99 (us)", |r| r.rtt_p99_us),
         ("echo throughput (MiB/s)", |r| r.throughput_mib_s),
     ];
-    for (name, get) in rows {
-        let (d, n, i) = (get(&direct), get(&via_nginx), get(&via_interlock));
-        println!(
-            "{name:<26} {d:>11.1} {n:>11.1} {i:>11.1} {:>9.2}x {:>9.2}x",
-            i / d,
-            i / n
-        );
-    }
+    print_ratios(&rows, &direct, &via_nginx, &via_interlock);
     println!(
         "gateway peak RSS: {rss:.1} MiB; record store written: {:.1} MiB",
         recorded as f64 / (1 << 20) as f64

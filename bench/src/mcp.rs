@@ -2,23 +2,19 @@
 //! a GET SSE stream of 1 KiB notifications. The upstream is an in-process hyper server, so
 //! only what sits in between differs: nothing, nginx as a plain reverse proxy (no
 //! inspection), or Interlock in mcp mode (parsing, policy and recording on).
-use std::{
-    convert::Infallible,
-    fs,
-    net::SocketAddr,
-    path::Path,
-    process::{Command, Stdio},
-    time::Instant,
-};
+use std::{convert::Infallible, fs, net::SocketAddr, path::Path, process::Command, time::Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Either, Full, StreamBody};
 use hyper::{Request, Response, body::Frame, service::service_fn};
 use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
 
-use crate::{Killed, free_port, peak_rss_mib, percentile, wait_listening};
+use crate::{
+    BenchGateway, Killed, free_port, peak_rss_mib, percentile, print_ratios, run_client,
+    wait_listening,
+};
 
 const CALLS: usize = 5000;
 const STREAM_EVENTS: usize = 50_000;
@@ -131,14 +127,6 @@ pub fn client(addr: SocketAddr) -> Result<()> {
     Ok(())
 }
 
-fn run_client(mut cmd: Command) -> Result<McpResults> {
-    let out = cmd.stderr(Stdio::inherit()).output()?;
-    if !out.status.success() {
-        bail!("MCP load generator failed: {cmd:?}");
-    }
-    Ok(serde_json::from_slice(&out.stdout)?)
-}
-
 fn start_nginx(dir: &Path, listen: SocketAddr, upstream: SocketAddr) -> Result<Killed> {
     let conf = dir.join("nginx-http.conf");
     fs::write(
@@ -193,58 +181,24 @@ pub fn orchestrate(interlock: &Path) -> Result<()> {
     drop(nginx);
 
     eprintln!("[3/3] MCP through Interlock (mcp mode: parsing, policy, recording)");
-    let (listen, admin) = (free_port()?, free_port()?);
-    let config = dir.path().join("interlock.yaml");
-    fs::write(
-        &config,
-        format!(
-            "listen: 127.0.0.1:{listen}\nlisten_v6: null\nadmin: 127.0.0.1:{admin}\n\
-             control_socket: ./control.sock\ntargets:\n  - name: mcp\n    address: {upstream_addr}\n\
-             \x20   protocol: mcp\nrecording:\n  dir: ./records\npolicy:\n  rules:\n\
-             \x20   - name: no-deletes\n      match: {{ tool: \"delete_*\" }}\n      action: deny\n"
-        ),
-    )?;
-    let gateway = Killed(
-        Command::new(interlock)
-            .args(["run", "--config"])
-            .arg(&config)
-            .env("RUST_LOG", "warn")
-            .spawn()?,
-    );
-    wait_listening(format!("127.0.0.1:{admin}").parse()?)?;
-    let mut wrapped = Command::new(interlock);
-    wrapped
-        .args(["wrap", "--config"])
-        .arg(&config)
-        .arg("--")
-        .arg(&me)
-        .args(["mcp-client", &upstream_addr.to_string()]);
+    let policy = "policy:\n  rules:\n    - name: no-deletes\n      match: { tool: \"delete_*\" }\n      action: deny\n";
+    let target = format!("name: mcp\n    address: {upstream_addr}\n    protocol: mcp");
+    let gateway = BenchGateway::start(interlock, dir.path(), &target, policy)?;
+    let wrapped = gateway.wrap(interlock, &me, &["mcp-client", &upstream_addr.to_string()]);
     let via_interlock = run_client(wrapped)?;
-    let rss = peak_rss_mib(gateway.0.id());
+    let rss = peak_rss_mib(gateway.process.0.id());
     drop(gateway);
 
     println!(
         "\nMCP benchmark: 1 KiB tools/call answered over SSE ({CALLS} calls), and {STREAM_EVENTS} 1 KiB SSE events"
     );
-    println!(
-        "{:<28} {:>10} {:>10} {:>10} {:>9} {:>9}",
-        "metric", "direct", "nginx", "interlock", "/direct", "/nginx"
-    );
-    type Metric = fn(&McpResults) -> f64;
-    let rows: [(&str, Metric); 4] = [
+    let rows: [(&str, Metric<McpResults>); 4] = [
         ("tools/call p50 (us)", |r| r.call_p50_us),
         ("tools/call p99 (us)", |r| r.call_p99_us),
         ("SSE events/s", |r| r.sse_events_per_s),
         ("SSE MiB/s", |r| r.sse_mib_per_s),
     ];
-    for (name, get) in rows {
-        let (d, n, i) = (get(&direct), get(&via_nginx), get(&via_interlock));
-        println!(
-            "{name:<28} {d:>10.1} {n:>10.1} {i:>10.1} {:>8.2}x {:>8.2}x",
-            i / d,
-            i / n
-        );
-    }
+    print_ratios(&rows, &direct, &via_nginx, &via_interlock);
     println!(
         "added p50: nginx {:.1} us, Interlock {:.1} us; added p99: nginx {:.1} us, Interlock {:.1} us",
         via_nginx.call_p50_us - direct.call_p50_us,
