@@ -12,7 +12,7 @@ use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    BenchGateway, Killed, free_port, peak_rss_mib, percentile, print_ratios, run_client,
+    BenchGateway, Killed, Metric, free_port, peak_rss_mib, percentile, print_ratios, run_client,
     wait_listening,
 };
 
