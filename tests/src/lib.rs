@@ -91,6 +91,11 @@ pub struct HttpServer {
 pub const INDEX_BODY: &str = "hello from the target\n";
 
 impl HttpServer {
+    /// Serves another file next to index.html.
+    pub fn add_file(&self, name: &str, contents: &[u8]) {
+        fs::write(self._dir.path().join(name), contents).unwrap();
+    }
+
     pub fn start(addr: SocketAddr) -> HttpServer {
         let dir = tempfile::tempdir().unwrap();
         fs::write(dir.path().join("index.html"), INDEX_BODY).unwrap();

@@ -529,3 +529,70 @@ fn garbage_segments_and_truncated_tails_are_reported_not_fatal() {
         "the other session is intact: {text}"
     );
 }
+
+#[test]
+fn records_larger_than_the_stream_allows_are_chunked_and_reassembled() {
+    let kinesalite = Kinesalite::start(None);
+    setup_stream(&kinesalite, 1);
+    let web = HttpServer::start(SocketAddr::from(([127, 0, 0, 1], free_port())));
+    let big: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    web.add_file("big.bin", &big);
+    let config = format!(
+        "recording:\n  dir: ./records\n  kinesis: {{ stream: {STREAM}, region: us-east-1, \
+         endpoint: \"{}\", linger: 50ms, max_record_bytes: 4KiB }}\n",
+        kinesalite.endpoint()
+    );
+    let gw = Gateway::start(
+        &[Target {
+            name: "web",
+            address: web.addr,
+        }],
+        &config,
+    );
+    let out = gw.wrap(&[
+        "curl",
+        "-sS",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{size_download}",
+        &format!("http://{}/big.bin", web.addr),
+    ]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200000");
+    let sessions = gw.wait_sessions_ended(1);
+    let records = sessions[0]["records"].as_u64().unwrap();
+
+    // Every Kinesis record fits the limit; the big ones went as chunks.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (out, verdicts) = verify_json(&gw, "kinesis");
+        if out.status.success() && verdicts.len() == 1 {
+            assert_eq!(verdicts[0]["records"], records, "every record reassembled");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        thread::sleep(Duration::from_millis(300));
+    }
+    let raw = runtime().block_on(async {
+        let client = client(&kinesalite.endpoint()).await;
+        read_raw(&client, STREAM).await
+    });
+    let session_id = sessions[0]["id"].as_str().unwrap();
+    assert!(
+        raw.iter()
+            .all(|(_, data)| data.len() + session_id.len() <= 4096),
+        "a record over the limit"
+    );
+    let chunks = raw
+        .iter()
+        .filter(|(_, d)| serde_json::from_slice::<Value>(d).unwrap()["chunk_of"].is_string())
+        .count();
+    assert!(
+        chunks > 50,
+        "the 16 KiB data records were split: {chunks} chunks"
+    );
+}
