@@ -75,3 +75,45 @@ fn only_root_may_wrap() {
     assert_eq!(gw.metric("interlock_control_rejections_total"), Some(1.0));
     assert_eq!(gw.metric("interlock_cgroups_registered_total"), Some(0.0));
 }
+
+#[test]
+fn a_killed_wrap_takes_its_leftover_processes_and_cgroup_with_it() {
+    let gw = Gateway::start(&[], "");
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("pid");
+    // The command leaves a background process behind, then the wrap itself is SIGKILLed.
+    let script = format!("sleep 60 & echo $! > {}; wait", pidfile.display());
+    let mut wrap = gw.wrap_cmd(None, &["sh", "-c", &script]).spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::fs::read_to_string(&pidfile).map_or(true, |p| p.trim().is_empty()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the command never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let pid = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .to_string();
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let own = cgroups
+        .lines()
+        .find_map(|l| l.strip_prefix("0::/"))
+        .unwrap();
+    let cgroup = cgroup2_mount().unwrap().join(own);
+    assert!(cgroup.exists());
+    wrap.kill().unwrap();
+    wrap.wait().unwrap();
+
+    // Once unregistered it would connect unintercepted, so it is killed, and the cgroup goes.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::path::Path::new(&format!("/proc/{pid}")).exists() || cgroup.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "left behind: pid {pid}, {}",
+            cgroup.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

@@ -201,7 +201,11 @@ impl<C: UpstreamConnector> ControlServer<C> {
             }
         };
         let parent = cgroup::wrap_parent(self.dataplane.cgroup_root())?;
-        let path = parent.join(format!("interlock-wrap-{}", uuid::Uuid::now_v7().simple()));
+        let path = parent.join(format!(
+            "{}{}",
+            cgroup::WRAP_PREFIX,
+            uuid::Uuid::now_v7().simple()
+        ));
         std::fs::create_dir(&path)
             .with_context(|| format!("creating cgroup {}", path.display()))?;
         let id = cgroup::cgroup_id(&path)?;
@@ -218,22 +222,33 @@ impl<C: UpstreamConnector> ControlServer<C> {
         Ok((id, path))
     }
 
+    /// Ends a registration. Whatever still runs in the cgroup (daemonised children, or the
+    /// command of a wrap that died) is killed first: once unregistered, it would connect
+    /// unintercepted.
     async fn unregister(&self, id: u64, path: &Path) {
+        if let Err(e) = cgroup::kill_all(path)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            warn!(path = %path.display(), error = %e, "could not kill what is left in the wrap cgroup");
+        }
+        // Killed processes take a moment to leave the cgroup.
+        for _ in 0..40 {
+            if cgroup::is_empty(path) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         self.dataplane.unregister_cgroup(id);
         CgroupUnregistered { cgroup_id: id }.emit();
-        // Exited processes can take a moment to leave the cgroup.
-        for _ in 0..20 {
-            match std::fs::remove_dir(path) {
-                Ok(()) => return,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
+        match std::fs::remove_dir(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => warn!(
+                path = %path.display(),
+                error = %e,
+                "wrap cgroup could not be removed; the sweeper retries every 30 s"
+            ),
         }
-        warn!(
-            path = %path.display(),
-            "wrap cgroup still has processes; left in place and no longer intercepted. \
-             Kill them and remove the directory"
-        );
     }
 }
 

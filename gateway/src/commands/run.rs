@@ -70,10 +70,11 @@ pub async fn run(config_path: &Path) -> Result<()> {
         None => None,
     };
     let dataplane = Arc::new(Dataplane::start(&config)?);
-    if config.fail_mode == FailMode::Closed {
-        let forgotten = dataplane.forget_vanished_cgroups()?;
-        info!(forgotten, "registrations of vanished cgroups forgotten");
-    }
+    let forgotten = dataplane.forget_vanished_cgroups()?;
+    info!(
+        forgotten,
+        "stale registrations and orphaned wrap cgroups removed"
+    );
 
     let proxy = Proxy::new(
         config.clone(),
@@ -220,7 +221,10 @@ async fn sweep_vanished_cgroups(
         mcp_sessions.expire_idle();
         match dataplane.forget_vanished_cgroups() {
             Ok(0) => {}
-            Ok(n) => info!(forgotten = n, "registrations of vanished cgroups forgotten"),
+            Ok(n) => info!(
+                forgotten = n,
+                "stale registrations and orphaned wrap cgroups removed"
+            ),
             Err(e) => warn!(error = %e, "sweeping vanished cgroups failed"),
         }
     }

@@ -95,6 +95,32 @@ pub fn all_cgroup_ids(root: &Path) -> Result<std::collections::HashSet<u64>> {
     Ok(ids)
 }
 
+/// Kills every process in the cgroup (cgroup v2 `cgroup.kill`, Linux 5.14).
+pub fn kill_all(path: &Path) -> io::Result<()> {
+    fs::write(path.join("cgroup.kill"), "1")
+}
+
+pub fn is_empty(path: &Path) -> bool {
+    fs::read_to_string(path.join("cgroup.procs")).is_ok_and(|procs| procs.trim().is_empty())
+}
+
+/// Name prefix of the cgroups `interlock wrap` runs commands in.
+pub const WRAP_PREFIX: &str = "interlock-wrap-";
+
+/// Removes empty wrap cgroups under `parent` that no registration owns: left by a wrap or
+/// a gateway that was killed. Cgroups that still hold processes are left until they exit.
+pub fn remove_orphaned_wraps(parent: &Path, owned: &std::collections::HashSet<u64>) -> usize {
+    let Ok(entries) = fs::read_dir(parent) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(WRAP_PREFIX))
+        .filter(|e| e.metadata().is_ok_and(|m| !owned.contains(&m.ino())))
+        .filter(|e| fs::remove_dir(e.path()).is_ok())
+        .count()
+}
+
 /// Moves the calling process into the cgroup whose `cgroup.procs` path is given. Only
 /// async-signal-safe calls: it runs between fork and exec.
 pub fn join_cgroup_in_child(procs_path: &std::ffi::CStr) -> io::Result<()> {

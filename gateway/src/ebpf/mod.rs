@@ -220,7 +220,8 @@ impl Dataplane {
     }
 
     /// Removes registrations whose cgroup no longer exists (after a crash in closed mode, the
-    /// pinned map still holds the old gateway's registrations).
+    /// pinned map still holds the old gateway's registrations), and empty wrap cgroups that
+    /// no registration owns (left by a wrap or a gateway that was killed).
     pub fn forget_vanished_cgroups(&self) -> Result<usize> {
         let live = cgroup::all_cgroup_ids(&self.cgroup_root)?;
         let stale: Vec<u64> = self
@@ -231,7 +232,9 @@ impl Dataplane {
         for id in &stale {
             self.unregister_cgroup(*id);
         }
-        Ok(stale.len())
+        let owned = self.intercepted_cgroups().into_iter().collect();
+        let parent = cgroup::wrap_parent(&self.cgroup_root)?;
+        Ok(stale.len() + cgroup::remove_orphaned_wraps(&parent, &owned))
     }
 
     /// The origin of an accepted connection, found by its peer (the client's source tuple).
