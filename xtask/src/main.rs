@@ -133,6 +133,10 @@ fn setup() -> Result<()> {
     let npm_peers = [
         "node_modules/kinesalite",
         "node_modules/.bin/mcp-server-everything",
+        "node_modules/.bin/mcp-inspector",
+        "node_modules/.bin/conformance",
+        // Node 22 for the Inspector and the conformance suite (the machine's Node is older).
+        "node_modules/.bin/node",
     ];
     if !npm_peers.iter().all(|p| support.join(p).exists()) {
         if !succeeds(Command::new("npm").arg("--version")) {
@@ -142,7 +146,7 @@ fn setup() -> Result<()> {
                 .env("DEBIAN_FRONTEND", "noninteractive"))?;
         }
         step(
-            "installing test peers from npm (kinesalite, server-everything; pinned in tests/support)",
+            "installing test peers from npm (kinesalite, MCP server-everything, Inspector, conformance, Node 22; pinned in tests/support)",
         );
         run(Command::new("npm")
             .args(["ci", "--no-audit", "--no-fund"])
