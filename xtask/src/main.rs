@@ -356,6 +356,12 @@ fn demo() -> Result<()> {
     run(Command::new(&bin)
         .args(["replay", id, "--config"])
         .arg(&config))?;
+    step(&format!(
+        "verifying its hash chain and seal (interlock verify {id})"
+    ));
+    run(Command::new(&bin)
+        .args(["verify", id, "--config"])
+        .arg(&config))?;
     eprintln!("\nrecords and config are in {}", work.display());
     Ok(())
 }
