@@ -163,13 +163,13 @@ pub fn verify(
         }
         let bad = verdicts.iter().filter(|v| !v.problems.is_empty()).count();
         println!(
-            "{} sessions: {} intact, {bad} with problems{}",
+            "sessions verified: {}, intact: {}, with problems: {bad}{}",
             verdicts.len(),
             verdicts.len() - bad,
             if store.damage.is_empty() {
                 String::new()
             } else {
-                format!(", {} damaged frames", store.damage.len())
+                format!(", damaged frames: {}", store.damage.len())
             }
         );
     }
