@@ -117,10 +117,6 @@ impl McpSessions {
             .get(uri)
             .is_some_and(|tx| tx.send(message).is_ok())
     }
-
-    pub fn active(&self) -> usize {
-        self.sessions.lock().expect("sessions lock").len()
-    }
 }
 
 /// The messages of a JSON-RPC body (a single object or a batch array).
@@ -230,10 +226,10 @@ mod tests {
         sessions.touch("a", "t");
         sessions.touch("b", "t");
         sessions.close("a");
-        assert_eq!(sessions.active(), 1);
+        assert_eq!(sessions.sessions.lock().unwrap().len(), 1);
         std::thread::sleep(Duration::from_millis(50));
         assert_eq!(sessions.expire_idle(), 1);
-        assert_eq!(sessions.active(), 0);
+        assert_eq!(sessions.sessions.lock().unwrap().len(), 0);
     }
 
     #[test]

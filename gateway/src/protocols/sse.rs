@@ -31,11 +31,6 @@ impl SseParser {
         self.pending.is_empty() && !self.overflowed
     }
 
-    /// True once an event grew past the bound; parsing has stopped.
-    pub fn overflowed(&self) -> bool {
-        self.overflowed
-    }
-
     /// Feeds bytes; returns the events they complete.
     pub fn feed(&mut self, bytes: &[u8]) -> Vec<SseEvent> {
         if self.overflowed {
@@ -140,7 +135,7 @@ mod tests {
     fn an_endless_event_stops_parsing_but_not_the_stream() {
         let mut p = SseParser::new(16);
         assert!(p.feed(b"data: 0123456789012345678901234567890").is_empty());
-        assert!(p.overflowed());
+        assert!(p.overflowed);
         assert!(p.feed(b"\n\n").is_empty());
     }
 }
