@@ -39,8 +39,11 @@ enum Mode {
     },
     /// The MCP load generator, against URL (host:port); prints JSON.
     McpClient { addr: SocketAddr },
+    /// Masking throughput per core: one-pass engine vs a naive per-pattern loop.
+    Masking,
 }
 
+mod masking;
 mod mcp;
 mod stream;
 
@@ -70,6 +73,7 @@ fn main() -> Result<()> {
         Some(Mode::Stream) => stream::run(),
         Some(Mode::Mcp { interlock }) => mcp::orchestrate(&interlock),
         Some(Mode::McpClient { addr }) => mcp::client(addr),
+        Some(Mode::Masking) => masking::run(),
         None => orchestrate(&cli.interlock.context("--interlock BIN is required")?),
     }
 }

@@ -51,6 +51,9 @@ pub struct Config {
     /// What MCP operations are allowed; reloaded on SIGHUP or when this file changes.
     #[serde(default)]
     pub policy: crate::policy::Policy,
+    /// Secret detectors and replacement; applies to `http` and `mcp` targets.
+    #[serde(default)]
+    pub masking: crate::masking::MaskingConfig,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -75,6 +78,12 @@ pub struct Target {
     /// Largest HTTP request or JSON response body read for inspection (`http`, `mcp`).
     #[serde(default = "defaults::max_body_bytes", deserialize_with = "byte_size")]
     pub max_body_bytes: u64,
+    /// `http`/`mcp`: where secrets are masked. Records are masked in every mode.
+    #[serde(default)]
+    pub mask: crate::masking::MaskApply,
+    /// Keep clear text in the records of this target. Off unless said explicitly.
+    #[serde(default)]
+    pub record_raw: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -288,11 +297,19 @@ impl Config {
         for dir in [&mut recording.dir, &mut config.control_socket]
             .into_iter()
             .chain(recording.signing_key.as_mut())
+            .chain(config.masking.hmac_key_file.as_mut())
         {
             if dir.is_relative() {
                 *dir = base.join(&*dir);
             }
         }
+        // Built once here so that check-config reports what the gateway would refuse.
+        crate::masking::Masker::new(&config.masking).map_err(|message| ConfigError::Invalid {
+            file: Some(path.to_path_buf()),
+            location: None,
+            key: Some("masking".into()),
+            message,
+        })?;
         Ok(config)
     }
 
@@ -483,7 +500,7 @@ fn target_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> 
 }
 
 /// A size as bytes, or with a unit: `10GiB`, `512MB`.
-fn byte_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+pub(crate) fn byte_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Size {

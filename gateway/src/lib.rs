@@ -4,6 +4,7 @@ pub mod commands;
 pub mod config;
 pub mod ebpf;
 pub mod identity;
+pub mod masking;
 pub mod policy;
 pub mod protocols;
 pub mod proxy;

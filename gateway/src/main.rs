@@ -39,6 +39,8 @@ enum Cmd {
     },
     /// Validate a config file.
     CheckConfig { file: PathBuf },
+    /// List the built-in secret detectors (names for `masking.disable`).
+    Detectors,
     /// Recorded sessions.
     Sessions {
         #[command(subcommand)]
@@ -126,6 +128,13 @@ fn dispatch(command: Cmd) -> anyhow::Result<i32> {
         } => {
             let config = Config::load(&config)?;
             return commands::wrap::wrap(&config.control_socket, pod_proxy, &command);
+        }
+        Cmd::Detectors => {
+            let masker =
+                interlock::masking::Masker::new(&Default::default()).map_err(anyhow::Error::msg)?;
+            for name in masker.detector_names() {
+                println!("{name}");
+            }
         }
         Cmd::CheckConfig { file } => {
             let config = Config::load(&file)?;

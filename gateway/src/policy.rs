@@ -39,6 +39,12 @@ pub struct Rule {
     /// How long a hold waits for a decision.
     #[serde(default, deserialize_with = "optional_duration")]
     pub timeout: Option<Duration>,
+    /// Overrides the target's masking for the calls this rule matches (and their answers).
+    #[serde(default)]
+    pub mask: Option<crate::masking::MaskApply>,
+    /// Keep clear text in the records of the calls this rule matches.
+    #[serde(default)]
+    pub record_raw: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -67,6 +73,8 @@ pub struct Match {
 #[derive(Clone)]
 pub struct Pattern {
     source: String,
+    /// The regex, before anchoring, so it can be embedded in a larger one.
+    body: String,
     regex: Regex,
 }
 
@@ -86,8 +94,13 @@ impl Pattern {
             .map_err(|e| format!("`{source}` is not a valid pattern: {e}"))?;
         Ok(Pattern {
             source: source.to_string(),
+            body,
             regex,
         })
+    }
+
+    pub fn regex_body(&self) -> &str {
+        &self.body
     }
 
     pub fn is_match(&self, value: &str) -> bool {
@@ -140,6 +153,11 @@ pub struct Decision {
     /// The rule that matched; None when the default applied.
     pub rule: Option<String>,
     pub reason: Option<String>,
+    /// The rule's masking override, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mask: Option<crate::masking::MaskApply>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record_raw: Option<bool>,
 }
 
 impl Policy {
@@ -151,6 +169,8 @@ impl Policy {
                     action: rule.action,
                     rule: Some(rule.name.clone()),
                     reason: rule.reason.clone(),
+                    mask: rule.mask,
+                    record_raw: rule.record_raw,
                 };
             }
         }
@@ -158,6 +178,8 @@ impl Policy {
             action: self.default,
             rule: None,
             reason: None,
+            mask: None,
+            record_raw: None,
         }
     }
 }
@@ -228,7 +250,9 @@ mod tests {
             Decision {
                 action: Action::Allow,
                 rule: None,
-                reason: None
+                reason: None,
+                mask: None,
+                record_raw: None,
             }
         );
     }

@@ -498,6 +498,33 @@ impl McpServer {
         }
     }
 
+    /// server-everything under `env -i`: its environment is exactly `env` (plus PATH and
+    /// PORT), which its `get-env` tool returns.
+    pub fn everything_with_env(mode: &str, env: &[(&str, &str)]) -> McpServer {
+        let port = free_port();
+        let child = Command::new("env")
+            .arg("-i")
+            .arg(format!(
+                "PATH={}",
+                std::env::var("PATH").unwrap_or_default()
+            ))
+            .arg(format!("PORT={port}"))
+            .args(env.iter().map(|(k, v)| format!("{k}={v}")))
+            .arg("node")
+            .arg(support_dir().join("node_modules/.bin/mcp-server-everything"))
+            .arg(mode)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("node and tests/support/node_modules (cargo xtask setup)");
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        wait_listening(addr);
+        McpServer {
+            addr,
+            _proc: Proc(child),
+        }
+    }
+
     /// tests/support/mcp_server.py: stateless, journals every tool call to `journal`.
     pub fn python_journal(journal: &Path) -> McpServer {
         let port = free_port();

@@ -4,6 +4,7 @@ usage: python3 mcp_client.py URL SCENARIO
   full   list tools, echo, get-sum, a long-running operation with progress, a sampling request
   deny   echo (allowed), then get-sum (a test policy denies it); reports the error text
   long   a 6-second operation with progress; reports the progress seen and the error, if any
+  env    get-env, then echo a card number
   journal  against mcp_server.py: echo, delete_file, read_file /etc/shadow, read_file /tmp/ok;
            reports each result or error
 """
@@ -47,6 +48,11 @@ async def main(url, scenario):
                     out["calls"].append({"tool": name, "result": text_of(await client.call_tool(name, args))})
                 except Exception as e:
                     out["calls"].append({"tool": name, "error": str(e)})
+            print(json.dumps(out))
+            return
+        if scenario == "env":
+            out["env"] = text_of(await client.call_tool("get-env", {}))
+            out["echo"] = text_of(await client.call_tool("echo", {"message": "card 4111 1111 1111 1111"}))
             print(json.dumps(out))
             return
         if scenario == "long":

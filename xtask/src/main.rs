@@ -406,6 +406,8 @@ fn bench() -> Result<()> {
     run(Command::new(&bench).arg("--interlock").arg(&bin))?;
     step("running benchmarks: spool append and Kinesis shipping");
     run(Command::new(&bench).arg("stream"))?;
+    step("running benchmarks: masking throughput per core (one pass vs naive per-pattern loop)");
+    run(Command::new(&bench).arg("masking"))?;
     step("running benchmarks: MCP direct vs nginx (reverse proxy) vs Interlock (mcp mode)");
     run(Command::new(&bench).arg("mcp").arg("--interlock").arg(&bin))
 }

@@ -76,10 +76,17 @@ pub async fn run(config_path: &Path) -> Result<()> {
         "stale registrations and orphaned wrap cgroups removed"
     );
 
+    let masker =
+        Arc::new(crate::masking::Masker::new(&config.masking).map_err(anyhow::Error::msg)?);
+    info!(
+        detectors = masker.detector_names().len(),
+        "masking engine ready"
+    );
     let proxy = Proxy::new(
         config.clone(),
         dataplane.clone(),
         recorder.clone(),
+        masker,
         TcpConnector {
             timeout: config.upstream_connect_timeout,
         },

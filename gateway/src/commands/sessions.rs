@@ -260,6 +260,27 @@ pub fn render(records: &[&Record]) -> String {
                 }
             }
             RecordBody::McpMessage(m) => out.push_str(&render_mcp(record.seq, &ts, m)),
+            RecordBody::Masked(masked) => {
+                let counts: Vec<String> = masked
+                    .detectors
+                    .0
+                    .iter()
+                    .map(|(name, n)| format!("{name} ×{n}"))
+                    .collect();
+                let who = if masked.peer_saw_masked {
+                    "peer and record"
+                } else {
+                    "record only"
+                };
+                let _ = writeln!(
+                    out,
+                    "
+#{} {ts}  masked ({who}, {:?}): {}",
+                    record.seq,
+                    masked.direction,
+                    counts.join(", ")
+                );
+            }
             RecordBody::SpoolGap(gap) => {
                 let _ = writeln!(
                     out,

@@ -28,12 +28,17 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use super::{mcp, sse::SseParser};
 use crate::{
     config::{Protocol, Target},
+    masking::{
+        MaskApply, MaskReport, Masker,
+        stream::{BodyKind, BodyMasker, Piece},
+    },
     policy::{Action, Decision, Policy},
     proxy::relay::RelayResult,
     recording::{
         SessionRecorder,
-        record::{Direction, HttpRequestHead, HttpResponseHead, McpMessage, Outcome},
+        record::{Direction, HttpRequestHead, HttpResponseHead, MaskedBody, McpMessage, Outcome},
     },
+    telemetry::events::{InternalEvent, SecretsMasked},
 };
 
 type ProxyBody = Either<Full<Bytes>, Channel<Bytes, std::io::Error>>;
@@ -53,6 +58,14 @@ pub struct HttpSession {
     client_gone: CancellationToken,
     /// MCP sessions across all connections, by `Mcp-Session-Id`.
     mcp_sessions: Arc<mcp::McpSessions>,
+    masker: Arc<Masker>,
+}
+
+/// Where masking applies to one exchange: the target's setting, or a matching rule's.
+#[derive(Debug, Clone, Copy)]
+struct Masking {
+    apply: MaskApply,
+    record_raw: bool,
 }
 
 impl HttpSession {
@@ -63,6 +76,7 @@ impl HttpSession {
         cgroup: String,
         policy: Arc<Policy>,
         mcp_sessions: Arc<mcp::McpSessions>,
+        masker: Arc<Masker>,
     ) -> Self {
         HttpSession {
             session,
@@ -75,6 +89,7 @@ impl HttpSession {
             pumps: TaskTracker::new(),
             client_gone: CancellationToken::new(),
             mcp_sessions,
+            masker,
         }
     }
 }
@@ -138,13 +153,17 @@ async fn handle(
     sender: &tokio::sync::Mutex<SendRequest<Full<Bytes>>>,
 ) -> Response<ProxyBody> {
     let (mut parts, body) = req.into_parts();
+    let mut uri = parts.uri.to_string();
+    if !ctx.target.record_raw {
+        ctx.masker.mask_string(&mut uri, &mut MaskReport::default());
+    }
     record(
         ctx,
         crate::recording::record::RecordBody::HttpRequest(HttpRequestHead {
             method: parts.method.to_string(),
-            uri: parts.uri.to_string(),
+            uri,
             version: format!("{:?}", parts.version),
-            headers: recordable_headers(&parts.headers),
+            headers: recordable_headers(ctx, &parts.headers),
         }),
     )
     .await;
@@ -179,16 +198,17 @@ async fn handle(
             return generated(ctx, status, "text/plain", message.into_bytes().into()).await;
         }
     };
-    if !body.is_empty() {
-        record_data(ctx, Direction::Up, body.clone()).await;
-    }
-
-    if ctx.target.protocol == Protocol::Mcp
-        && parts.method == hyper::Method::POST
-        && let Some(refusal) = check_mcp_request(
+    let evaluation = (ctx.target.protocol == Protocol::Mcp && parts.method == hyper::Method::POST)
+        .then(|| evaluate_mcp(ctx, &parts.headers, &body, request_session.as_deref()));
+    let masking = evaluation
+        .as_ref()
+        .map_or_else(|| target_masking(ctx), |e| e.masking);
+    let body = mask_request_body(ctx, body, masking).await;
+    if let Some(evaluation) = evaluation
+        && let Some(refusal) = refuse(
             ctx,
-            &parts.headers,
-            &body,
+            evaluation,
+            masking,
             request_session.as_deref(),
             parts.uri.path_and_query().map(|p| p.as_str()),
         )
@@ -233,7 +253,7 @@ async fn handle(
         ctx,
         crate::recording::record::RecordBody::HttpResponse(HttpResponseHead {
             status: parts.status.as_u16(),
-            headers: recordable_headers(&parts.headers),
+            headers: recordable_headers(ctx, &parts.headers),
             generated_by_gateway: false,
         }),
     )
@@ -243,20 +263,103 @@ async fn handle(
         ctx.mcp_sessions.touch(id, &ctx.target.name);
     }
     parts.headers.remove(header::TRANSFER_ENCODING);
-    let is_sse = header_str(&parts.headers, "content-type")
-        .is_some_and(|c| c.starts_with("text/event-stream"));
-    let is_json = header_str(&parts.headers, "content-type")
-        .is_some_and(|c| c.starts_with("application/json"));
+    let content_type = header_str(&parts.headers, "content-type");
+    let is_sse = content_type.is_some_and(|c| c.starts_with("text/event-stream"));
+    let is_json = content_type.is_some_and(|c| c.starts_with("application/json"));
+    let kind = BodyKind::of(content_type);
     let (tx, channel) = Channel::new(4);
     let parse = match (ctx.target.protocol, is_sse, is_json) {
         (Protocol::Mcp, true, _) => ResponseParse::Sse(SseParser::new(limit)),
         (Protocol::Mcp, _, true) => ResponseParse::Json(Vec::new()),
         _ => ResponseParse::None,
     };
+    // Masking runs unless neither the client nor the record gets masked text, or the
+    // body is binary.
+    let masks =
+        (masking.apply.responses() || !masking.record_raw) && !matches!(kind, BodyKind::Binary);
+    if masks && masking.apply.responses() {
+        // The masked body's length is only known at its end: it goes out chunked.
+        parts.headers.remove(header::CONTENT_LENGTH);
+    }
     let session = response_session.or(request_session);
-    ctx.pumps
-        .spawn(pump(ctx.clone(), body, tx, parse, session, limit));
+    let stream = ResponseStream {
+        parse,
+        mcp_session: session,
+        limit,
+        masking,
+        kind: masks.then_some(kind),
+    };
+    ctx.pumps.spawn(pump(ctx.clone(), body, tx, stream));
     Response::from_parts(parts, Either::Right(channel))
+}
+
+fn target_masking(ctx: &HttpSession) -> Masking {
+    Masking {
+        apply: ctx.target.mask,
+        record_raw: ctx.target.record_raw,
+    }
+}
+
+/// Records the request body (masked unless `record_raw`) and returns what to forward.
+async fn mask_request_body(ctx: &HttpSession, body: Bytes, masking: Masking) -> Bytes {
+    if body.is_empty() {
+        return body;
+    }
+    let mut report = MaskReport::default();
+    let masked = if masking.apply.requests() || !masking.record_raw {
+        ctx.masker.mask_body(&body, &mut report).map(Bytes::from)
+    } else {
+        None
+    };
+    let recorded = match (&masked, masking.record_raw) {
+        (Some(masked), false) => masked.clone(),
+        _ => body.clone(),
+    };
+    record_data(ctx, Direction::Up, recorded).await;
+    record_masked(ctx, Direction::Up, report, masking.apply.requests()).await;
+    match masked {
+        Some(masked) if masking.apply.requests() => masked,
+        _ => body,
+    }
+}
+
+async fn record_masked(
+    ctx: &HttpSession,
+    direction: Direction,
+    report: MaskReport,
+    peer_saw_masked: bool,
+) {
+    if report.is_empty() {
+        return;
+    }
+    for (detector, count) in &report.0 {
+        SecretsMasked {
+            target: &ctx.target.name,
+            direction,
+            detector,
+            count: *count,
+        }
+        .emit();
+    }
+    record(
+        ctx,
+        crate::recording::record::RecordBody::Masked(MaskedBody {
+            direction,
+            detectors: report,
+            peer_saw_masked,
+        }),
+    )
+    .await;
+}
+
+/// How one response body is read, masked and recorded as it streams.
+struct ResponseStream {
+    parse: ResponseParse,
+    mcp_session: Option<String>,
+    limit: usize,
+    masking: Masking,
+    /// The body's kind when it is masked; None when it passes through untouched.
+    kind: Option<BodyKind>,
 }
 
 /// How a response body is read for MCP messages as it streams.
@@ -267,21 +370,26 @@ enum ResponseParse {
     Json(Vec<u8>),
 }
 
-/// Streams one response body to the client, recording each frame (and each MCP message in
-/// it) before forwarding it.
+/// Streams one response body to the client: each frame is masked (per SSE event, whole JSON
+/// body, or text window), recorded, read for MCP messages, and forwarded.
 async fn pump(
     ctx: Arc<HttpSession>,
     mut body: Incoming,
     mut tx: http_body_util::channel::Sender<Bytes, std::io::Error>,
-    mut parse: ResponseParse,
-    mcp_session: Option<String>,
-    limit: usize,
+    mut stream: ResponseStream,
 ) {
+    let mcp_session = stream.mcp_session.take();
     let session = mcp_session.as_deref();
+    let mut masker = stream
+        .kind
+        .take()
+        .map(|kind| BodyMasker::new(&ctx.masker, kind));
     // Set once a legacy HTTP+SSE stream announces its POST endpoint.
     let mut legacy: Option<(String, tokio::sync::mpsc::UnboundedReceiver<Value>)> = None;
     let mut injected: Vec<Value> = Vec::new();
-    loop {
+    let mut complete = false;
+    let mut upstream_error = None;
+    'frames: loop {
         let frame = tokio::select! {
             frame = body.frame() => frame,
             Some(message) = async {
@@ -291,64 +399,82 @@ async fn pump(
                 }
             } => {
                 injected.push(message);
-                if inject(&ctx, &mut tx, &parse, &mut injected, session).await.is_err() {
+                let between_events = !masker.as_ref().is_some_and(BodyMasker::holding);
+                if between_events && inject(&ctx, &mut tx, &stream.parse, &mut injected, session).await.is_err() {
                     break;
                 }
                 continue;
             }
             _ = ctx.client_gone.cancelled() => break,
         };
-        let Some(frame) = frame else { break };
+        let Some(frame) = frame else {
+            complete = true;
+            break;
+        };
         let frame = match frame {
             Ok(frame) => frame,
             Err(e) => {
-                tracing::warn!(target_name = %ctx.target.name, error = %e, "upstream died mid-response; the client's response is cut");
-                tx.abort(std::io::Error::other(format!(
-                    "upstream died mid-response: {e}"
-                )));
+                upstream_error = Some(e);
                 break;
             }
         };
         let Ok(data) = frame.into_data() else {
             continue;
         };
-        record_data(&ctx, Direction::Down, data.clone()).await;
-        match &mut parse {
-            ResponseParse::Sse(parser) => {
-                for event in parser.feed(&data) {
-                    if event.event.as_deref() == Some("endpoint") && legacy.is_none() {
-                        let rx = ctx.mcp_sessions.register_legacy_stream(&event.data);
-                        legacy = Some((event.data.clone(), rx));
-                    }
-                    for message in mcp::parse_messages(event.data.as_bytes()).unwrap_or_default() {
-                        record_mcp(
-                            &ctx,
-                            mcp::summarize(&message, Direction::Down, session, "sse"),
-                        )
-                        .await;
-                    }
-                }
+        let pieces = match &mut masker {
+            Some(masker) => masker.feed(&data),
+            None => vec![Piece {
+                raw: data,
+                masked: None,
+            }],
+        };
+        for piece in pieces {
+            if deliver(&ctx, &mut tx, &mut stream, &mut legacy, piece, session)
+                .await
+                .is_err()
+            {
+                break 'frames; // the client went away
             }
-            ResponseParse::Json(buf) if buf.len() + data.len() <= limit => {
-                buf.extend_from_slice(&data)
-            }
-            ResponseParse::Json(_) => parse = ResponseParse::None,
-            ResponseParse::None => {}
         }
-        if tx.send_data(data).await.is_err() {
-            break; // the client went away
-        }
-        if inject(&ctx, &mut tx, &parse, &mut injected, session)
-            .await
-            .is_err()
+        let between_events = !masker.as_ref().is_some_and(BodyMasker::holding);
+        if between_events
+            && inject(&ctx, &mut tx, &stream.parse, &mut injected, session)
+                .await
+                .is_err()
         {
             break;
         }
     }
+    if let Some(masker) = &mut masker {
+        if complete {
+            for piece in masker.finish() {
+                if deliver(&ctx, &mut tx, &mut stream, &mut legacy, piece, session)
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        }
+        let report = std::mem::take(&mut masker.report);
+        record_masked(
+            &ctx,
+            Direction::Down,
+            report,
+            stream.masking.apply.responses(),
+        )
+        .await;
+    }
+    if let Some(e) = upstream_error {
+        tracing::warn!(target_name = %ctx.target.name, error = %e, "upstream died mid-response; the client's response is cut");
+        tx.abort(std::io::Error::other(format!(
+            "upstream died mid-response: {e}"
+        )));
+    }
     if let Some((endpoint, _)) = legacy {
         ctx.mcp_sessions.unregister_legacy_stream(&endpoint);
     }
-    if let ResponseParse::Json(buf) = parse {
+    if let ResponseParse::Json(buf) = stream.parse {
         for message in mcp::parse_messages(&buf).unwrap_or_default() {
             record_mcp(
                 &ctx,
@@ -357,6 +483,52 @@ async fn pump(
             .await;
         }
     }
+}
+
+/// Records one piece of a response (masked unless `record_raw`), reads MCP messages from
+/// what was recorded, and forwards it (masked when responses are).
+async fn deliver(
+    ctx: &HttpSession,
+    tx: &mut http_body_util::channel::Sender<Bytes, std::io::Error>,
+    stream: &mut ResponseStream,
+    legacy: &mut Option<(String, tokio::sync::mpsc::UnboundedReceiver<Value>)>,
+    piece: Piece,
+    session: Option<&str>,
+) -> Result<(), ()> {
+    let recorded = if stream.masking.record_raw {
+        piece.raw.clone()
+    } else {
+        piece.masked_or_raw().clone()
+    };
+    let forwarded = if stream.masking.apply.responses() {
+        piece.masked_or_raw().clone()
+    } else {
+        piece.raw
+    };
+    record_data(ctx, Direction::Down, recorded.clone()).await;
+    match &mut stream.parse {
+        ResponseParse::Sse(parser) => {
+            for event in parser.feed(&recorded) {
+                if event.event.as_deref() == Some("endpoint") && legacy.is_none() {
+                    let rx = ctx.mcp_sessions.register_legacy_stream(&event.data);
+                    *legacy = Some((event.data.clone(), rx));
+                }
+                for message in mcp::parse_messages(event.data.as_bytes()).unwrap_or_default() {
+                    record_mcp(
+                        ctx,
+                        mcp::summarize(&message, Direction::Down, session, "sse"),
+                    )
+                    .await;
+                }
+            }
+        }
+        ResponseParse::Json(buf) if buf.len() + recorded.len() <= stream.limit => {
+            buf.extend_from_slice(&recorded)
+        }
+        ResponseParse::Json(_) => stream.parse = ResponseParse::None,
+        ResponseParse::None => {}
+    }
+    tx.send_data(forwarded).await.map_err(|_| ())
 }
 
 /// Writes queued gateway messages into an SSE stream, only between events.
@@ -383,28 +555,42 @@ async fn inject(
     Ok(())
 }
 
-/// Checks an MCP POST body; returns the response to send instead of forwarding, if any.
-async fn check_mcp_request(
+/// An MCP POST body read and decided, before anything is recorded or forwarded.
+struct McpEvaluation {
+    /// Parse error text when the body is not JSON-RPC.
+    parse_error: Option<String>,
+    summaries: Vec<McpMessage>,
+    /// (JSON-RPC id, refusal text) of every message that must not go through.
+    refusals: Vec<(Option<Value>, String)>,
+    message_count: usize,
+    /// The target's masking, or the first matching rule's override.
+    masking: Masking,
+}
+
+fn evaluate_mcp(
     ctx: &HttpSession,
     headers: &HeaderMap,
     body: &Bytes,
     session: Option<&str>,
-    legacy_endpoint: Option<&str>,
-) -> Option<Response<ProxyBody>> {
+) -> McpEvaluation {
+    let mut evaluation = McpEvaluation {
+        parse_error: None,
+        summaries: Vec::new(),
+        refusals: Vec::new(),
+        message_count: 0,
+        masking: target_masking(ctx),
+    };
     let messages = match mcp::parse_messages(body) {
         Ok(messages) => messages,
         Err(e) => {
-            let reply = mcp::error_response(
-                &Value::Null,
-                -32700,
-                &format!("Parse error: {e} (rejected by Interlock)"),
-            );
-            return Some(generated_json(ctx, StatusCode::BAD_REQUEST, &reply, session).await);
+            evaluation.parse_error = Some(e.to_string());
+            return evaluation;
         }
     };
+    evaluation.message_count = messages.len();
     let header_method = header_str(headers, "mcp-method");
     let header_name = header_str(headers, "mcp-name");
-    let mut refusals = Vec::new();
+    let mut overridden = false;
     for message in &messages {
         let mut summary = mcp::summarize(message, Direction::Up, session, "json");
         if let Some(method) = summary.method.clone() {
@@ -424,6 +610,8 @@ async fn check_mcp_request(
                     action: Action::Deny,
                     rule: Some("header-body-mismatch".into()),
                     reason: Some(reason),
+                    mask: None,
+                    record_raw: None,
                 },
                 None => ctx.policy.decide(&crate::policy::Request {
                     target: &ctx.target.name,
@@ -434,13 +622,49 @@ async fn check_mcp_request(
                     arguments: summary.arguments.as_ref(),
                 }),
             };
+            if !overridden && (decision.mask.is_some() || decision.record_raw.is_some()) {
+                overridden = true;
+                evaluation.masking = Masking {
+                    apply: decision.mask.unwrap_or(evaluation.masking.apply),
+                    record_raw: decision.record_raw.unwrap_or(evaluation.masking.record_raw),
+                };
+            }
             if decision.action != Action::Allow {
-                refusals.push((message.get("id").cloned(), refusal_text(&decision)));
+                evaluation
+                    .refusals
+                    .push((message.get("id").cloned(), refusal_text(&decision)));
             }
             summary.policy = Some(decision);
         }
+        evaluation.summaries.push(summary);
+    }
+    evaluation
+}
+
+/// Records the request's MCP messages (masked unless `record_raw`); returns the response to
+/// send instead of forwarding, if any.
+async fn refuse(
+    ctx: &HttpSession,
+    evaluation: McpEvaluation,
+    masking: Masking,
+    session: Option<&str>,
+    legacy_endpoint: Option<&str>,
+) -> Option<Response<ProxyBody>> {
+    if let Some(error) = evaluation.parse_error {
+        let reply = mcp::error_response(
+            &Value::Null,
+            -32700,
+            &format!("Parse error: {error} (rejected by Interlock)"),
+        );
+        return Some(generated_json(ctx, StatusCode::BAD_REQUEST, &reply, session).await);
+    }
+    for mut summary in evaluation.summaries {
+        if !masking.record_raw {
+            mask_summary(&ctx.masker, &mut summary);
+        }
         record_mcp(ctx, summary).await;
     }
+    let refusals = evaluation.refusals;
     if refusals.is_empty() {
         return None;
     }
@@ -467,7 +691,7 @@ async fn check_mcp_request(
             .await,
         );
     }
-    let reply = match (errors.len(), messages.len()) {
+    let reply = match (errors.len(), evaluation.message_count) {
         (_, 1) => errors.into_iter().next().unwrap_or(Value::Null),
         _ => Value::Array(errors),
     };
@@ -476,6 +700,27 @@ async fn check_mcp_request(
         return Some(generated(ctx, StatusCode::ACCEPTED, "application/json", Bytes::new()).await);
     }
     Some(generated_json(ctx, StatusCode::OK, &reply, session).await)
+}
+
+/// A request's summary, masked for the record: it was made from the clear-text body.
+fn mask_summary(masker: &Masker, summary: &mut McpMessage) {
+    let mut report = MaskReport::default();
+    for value in [
+        &mut summary.arguments,
+        &mut summary.result,
+        &mut summary.error,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        masker.mask_value(value, &mut report);
+    }
+    for text in [&mut summary.resource_uri, &mut summary.prompt]
+        .into_iter()
+        .flatten()
+    {
+        masker.mask_string(text, &mut report);
+    }
 }
 
 /// Stateless MCP puts the method and name in headers too; they must agree with the body.
@@ -551,7 +796,7 @@ async fn generated(
         ctx,
         crate::recording::record::RecordBody::HttpResponse(HttpResponseHead {
             status: status.as_u16(),
-            headers: recordable_headers(&headers),
+            headers: recordable_headers(ctx, &headers),
             generated_by_gateway: true,
         }),
     )
@@ -569,8 +814,8 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-/// Headers as recorded: credentials are redacted (secret masking proper comes later).
-fn recordable_headers(headers: &HeaderMap) -> Vec<(String, String)> {
+/// Headers as recorded: credentials are redacted whole, other values masked.
+fn recordable_headers(ctx: &HttpSession, headers: &HeaderMap) -> Vec<(String, String)> {
     headers
         .iter()
         .map(|(name, value)| {
@@ -578,7 +823,14 @@ fn recordable_headers(headers: &HeaderMap) -> Vec<(String, String)> {
                 "authorization" | "proxy-authorization" | "cookie" | "set-cookie" => {
                     "[REDACTED]".to_string()
                 }
-                _ => String::from_utf8_lossy(value.as_bytes()).into_owned(),
+                _ => {
+                    let mut text = String::from_utf8_lossy(value.as_bytes()).into_owned();
+                    if !ctx.target.record_raw {
+                        ctx.masker
+                            .mask_string(&mut text, &mut MaskReport::default());
+                    }
+                    text
+                }
             };
             (name.to_string(), value)
         })

@@ -21,6 +21,7 @@ use crate::{
     config::{Config, Protocol, WhenFull},
     ebpf::{Dataplane, key_addr},
     identity::Workload,
+    masking::Masker,
     policy::Policy,
     protocols::{self, http::HttpSession, mcp::McpSessions},
     recording::{
@@ -49,6 +50,7 @@ pub struct Proxy<C> {
     /// The policy in force; replaced whole on reload, so a request sees one version.
     policy: RwLock<Arc<Policy>>,
     pub mcp_sessions: Arc<McpSessions>,
+    masker: Arc<Masker>,
 }
 
 impl<C: UpstreamConnector> Proxy<C> {
@@ -56,9 +58,11 @@ impl<C: UpstreamConnector> Proxy<C> {
         config: Arc<Config>,
         dataplane: Arc<Dataplane>,
         recorder: Recorder,
+        masker: Arc<Masker>,
         connector: C,
     ) -> Arc<Self> {
         Arc::new(Proxy {
+            masker,
             node: config.node_name(),
             dataplane,
             recorder,
@@ -226,6 +230,7 @@ impl<C: UpstreamConnector> Proxy<C> {
                             cgroup,
                             policy,
                             self.mcp_sessions.clone(),
+                            self.masker.clone(),
                         );
                         protocols::http::serve(client, upstream, Arc::new(http), &self.hard_stop)
                             .await

@@ -92,6 +92,8 @@ pub enum RecordBody {
     HttpResponse(HttpResponseHead),
     /// One JSON-RPC message of an MCP exchange, single or out of a batch or SSE stream.
     McpMessage(McpMessage),
+    /// Secrets were masked in a body: which detectors fired and how often, never the values.
+    Masked(MaskedBody),
     /// Sessions that were let through unrecorded (`when_full: fail_open`), written as soon as
     /// the spool has room again. Its session id is `spool-gap-<uuid>`.
     SpoolGap(UnrecordedGap),
@@ -198,6 +200,15 @@ pub struct HttpResponseHead {
     pub headers: Vec<(String, String)>,
     /// Set when the gateway answered itself (policy denial, oversized body, dead upstream).
     pub generated_by_gateway: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MaskedBody {
+    pub direction: Direction,
+    /// Detector name → secrets masked.
+    pub detectors: crate::masking::MaskReport,
+    /// Whether the receiving peer got the masked body too, or only the record did.
+    pub peer_saw_masked: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -93,7 +93,8 @@ impl Store {
                 RecordBody::SpoolGap(_) => {}
                 RecordBody::HttpRequest(_)
                 | RecordBody::HttpResponse(_)
-                | RecordBody::McpMessage(_) => {
+                | RecordBody::McpMessage(_)
+                | RecordBody::Masked(_) => {
                     if let Some(summary) = by_id.get_mut(record.session_id.as_str()) {
                         summary.records += 1;
                     }

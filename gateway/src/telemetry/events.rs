@@ -269,3 +269,34 @@ impl InternalEvent for McpSessionEnded<'_> {
             .inc();
     }
 }
+
+pub struct SecretsMasked<'a> {
+    pub target: &'a str,
+    pub direction: crate::recording::record::Direction,
+    pub detector: &'a str,
+    pub count: u64,
+}
+
+impl InternalEvent for SecretsMasked<'_> {
+    fn emit(self) {
+        let direction = match self.direction {
+            crate::recording::record::Direction::Up => "request",
+            crate::recording::record::Direction::Down => "response",
+        };
+        debug!(
+            target_name = self.target,
+            direction,
+            detector = self.detector,
+            count = self.count,
+            "secrets masked"
+        );
+        metrics()
+            .secrets_masked
+            .get_or_create(&super::MaskLabels {
+                target: self.target.into(),
+                direction: direction.into(),
+                detector: self.detector.into(),
+            })
+            .inc_by(self.count);
+    }
+}

@@ -27,6 +27,13 @@ pub struct HowLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MaskLabels {
+    pub target: String,
+    pub direction: String,
+    pub detector: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MapLabels {
     pub map: String,
 }
@@ -57,6 +64,7 @@ pub struct Metrics {
     pub cgroups_registered: Counter,
     pub cgroups_unregistered: Counter,
     pub bpf_map_entries: Family<MapLabels, Gauge>,
+    pub secrets_masked: Family<MaskLabels, Counter>,
 }
 
 impl Metrics {
@@ -87,6 +95,7 @@ impl Metrics {
             cgroups_registered: Counter::default(),
             cgroups_unregistered: Counter::default(),
             bpf_map_entries: Family::default(),
+            secrets_masked: Family::default(),
         };
         let registry = &mut m.registry;
         registry.register(
@@ -198,6 +207,21 @@ impl Metrics {
             "bpf_map_entries",
             "Entries in the eBPF tracking maps; SOCK_ORIGINS and FLOWS return to 0 when idle",
             m.bpf_map_entries.clone(),
+        );
+        registry.register(
+            "mcp_sessions_active",
+            "MCP sessions (by Mcp-Session-Id) seen and not yet ended or expired",
+            m.mcp_sessions_active.clone(),
+        );
+        registry.register(
+            "mcp_sessions_ended",
+            "MCP sessions ended, by how (deleted or idle)",
+            m.mcp_sessions_ended.clone(),
+        );
+        registry.register(
+            "secrets_masked",
+            "Secrets masked, by target, direction and detector",
+            m.secrets_masked.clone(),
         );
         m
     }
