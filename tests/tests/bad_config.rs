@@ -86,3 +86,24 @@ fn valid_config_passes_and_run_rejects_bad_config_before_touching_the_kernel() {
     assert!(err.contains("key `fail_mode`"), "{err}");
     assert!(err.contains("unknown variant `sometimes`"), "{err}");
 }
+
+#[test]
+fn invalid_masking_is_refused_with_the_fix() {
+    let cases = [
+        ("masking:\n  disable: [emails]\n", "interlock detectors"),
+        (
+            "masking:\n  custom:\n    - { name: emp, regex: 'EMP-(' }\n",
+            "masking.custom `emp`",
+        ),
+        ("masking:\n  replacement: hmac\n", "hmac_key_file"),
+        (
+            "masking:\n  replacement: rot13\n",
+            "unknown variant `rot13`",
+        ),
+    ];
+    for (yaml, expected) in cases {
+        let (ok, err, _) = check(yaml);
+        assert!(!ok, "{yaml}");
+        assert!(err.contains(expected), "{yaml}: {err}");
+    }
+}
