@@ -481,21 +481,7 @@ impl McpServer {
 
     /// server-everything, `mode` = `streamableHttp` or `sse`.
     pub fn everything(mode: &str) -> McpServer {
-        let port = free_port();
-        let child = Command::new("node")
-            .arg(support_dir().join("node_modules/.bin/mcp-server-everything"))
-            .arg(mode)
-            .env("PORT", port.to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("node and tests/support/node_modules (cargo xtask setup)");
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        wait_listening(addr);
-        McpServer {
-            addr,
-            _proc: Proc(child),
-        }
+        McpServer::everything_with_env(mode, &[])
     }
 
     /// server-everything under `env -i`: its environment is exactly `env` (plus PATH and

@@ -250,7 +250,16 @@ fn oversized_and_truncated_bodies_and_a_dying_upstream_are_handled() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(2500));
+    // Cut the upstream once the first progress notification has passed through.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while !gw2
+        .all_records()
+        .iter()
+        .any(|r| r["method"] == "notifications/progress")
+    {
+        assert!(std::time::Instant::now() < deadline, "no progress recorded");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
     everything.kill();
     let out = client.wait_with_output().unwrap();
     let seen: Value = serde_json::from_str(
