@@ -189,19 +189,7 @@ impl<'m> BodyMasker<'m> {
 
 /// The end (separator included) of the first complete event at or after `from`.
 fn event_end(buf: &[u8], from: usize) -> Option<usize> {
-    let mut i = from;
-    while let Some(offset) = memchr::memchr2(b'\n', b'\r', buf.get(i..)?) {
-        i += offset;
-        let rest = &buf[i..];
-        if rest.starts_with(b"\r\n\r\n") {
-            return Some(i + 4);
-        }
-        if rest.starts_with(b"\n\n") || rest.starts_with(b"\r\r") {
-            return Some(i + 2);
-        }
-        i += 1;
-    }
-    None
+    crate::protocols::sse::find_event_end(buf, from).map(|(end, separator)| end + separator)
 }
 
 /// Masks one event's `data` (joined, as JSON when it is JSON) and writes the event again,

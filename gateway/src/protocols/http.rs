@@ -263,14 +263,11 @@ async fn handle(
         ctx.mcp_sessions.touch(id, &ctx.target.name);
     }
     parts.headers.remove(header::TRANSFER_ENCODING);
-    let content_type = header_str(&parts.headers, "content-type");
-    let is_sse = content_type.is_some_and(|c| c.starts_with("text/event-stream"));
-    let is_json = content_type.is_some_and(|c| c.starts_with("application/json"));
-    let kind = BodyKind::of(content_type);
+    let kind = BodyKind::of(header_str(&parts.headers, "content-type"));
     let (tx, channel) = Channel::new(4);
-    let parse = match (ctx.target.protocol, is_sse, is_json) {
-        (Protocol::Mcp, true, _) => ResponseParse::Sse(SseParser::new(limit)),
-        (Protocol::Mcp, _, true) => ResponseParse::Json(Vec::new()),
+    let parse = match (ctx.target.protocol, &kind) {
+        (Protocol::Mcp, BodyKind::Sse) => ResponseParse::Sse(SseParser::new(limit)),
+        (Protocol::Mcp, BodyKind::Json) => ResponseParse::Json(Vec::new()),
         _ => ResponseParse::None,
     };
     // Masking runs unless neither the client nor the record gets masked text, or the

@@ -59,7 +59,7 @@ impl SseParser {
 }
 
 /// Position and length of the first blank-line separator at or after `from`.
-fn find_event_end(buf: &[u8], from: usize) -> Option<(usize, usize)> {
+pub(crate) fn find_event_end(buf: &[u8], from: usize) -> Option<(usize, usize)> {
     let mut i = from;
     while let Some(offset) = buf.get(i..)?.iter().position(|&b| b == b'\n' || b == b'\r') {
         i += offset;
