@@ -5,6 +5,8 @@
 //! way, so progress notifications reach the client as they are sent.
 use std::{
     convert::Infallible,
+    future::Future,
+    pin::{Pin, pin},
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -12,6 +14,7 @@ use std::{
 };
 
 use bytes::Bytes;
+use futures_util::{FutureExt, StreamExt, stream::FuturesUnordered};
 use http_body_util::{BodyExt, Either, Full, Limited, channel::Channel};
 use hyper::{
     HeaderMap, Request, Response, StatusCode,
@@ -23,7 +26,8 @@ use hyper::{
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use tokio::net::TcpStream;
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use super::{mcp, sse::SseParser};
 use crate::{
@@ -42,6 +46,10 @@ use crate::{
 };
 
 type ProxyBody = Either<Full<Bytes>, Channel<Bytes, std::io::Error>>;
+type Pump = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// The receiving end of `HttpSession::pumps`, for `serve`.
+pub struct PumpQueue(mpsc::UnboundedReceiver<Pump>);
 
 /// Everything one client connection's requests share.
 pub struct HttpSession {
@@ -52,8 +60,8 @@ pub struct HttpSession {
     pub policy: Arc<Policy>,
     bytes_up: AtomicU64,
     bytes_down: AtomicU64,
-    /// Response bodies still streaming; the session ends after them.
-    pumps: TaskTracker,
+    /// Response-body pumps, handed to the connection's own task (see `serve`).
+    pumps: mpsc::UnboundedSender<Pump>,
     /// Cancelled when the client connection is gone, so long-lived streams stop at once.
     client_gone: CancellationToken,
     /// MCP sessions across all connections, by `Mcp-Session-Id`.
@@ -77,8 +85,9 @@ impl HttpSession {
         policy: Arc<Policy>,
         mcp_sessions: Arc<mcp::McpSessions>,
         masker: Arc<Masker>,
-    ) -> Self {
-        HttpSession {
+    ) -> (Self, PumpQueue) {
+        let (pumps, pump_queue) = mpsc::unbounded_channel();
+        let session = HttpSession {
             session,
             target,
             process,
@@ -86,11 +95,12 @@ impl HttpSession {
             policy,
             bytes_up: AtomicU64::new(0),
             bytes_down: AtomicU64::new(0),
-            pumps: TaskTracker::new(),
+            pumps,
             client_gone: CancellationToken::new(),
             mcp_sessions,
             masker,
-        }
+        };
+        (session, PumpQueue(pump_queue))
     }
 }
 
@@ -98,6 +108,7 @@ pub async fn serve(
     client: TcpStream,
     upstream: TcpStream,
     ctx: Arc<HttpSession>,
+    pump_queue: PumpQueue,
     hard_stop: &CancellationToken,
 ) -> RelayResult {
     let finish = |ctx: &HttpSession, outcome, error| RelayResult {
@@ -117,33 +128,50 @@ pub async fn serve(
                 );
             }
         };
-    let upstream_conn = tokio::spawn(upstream_conn);
+    let PumpQueue(mut pump_queue) = pump_queue;
     let sender = Arc::new(tokio::sync::Mutex::new(sender));
     let service_ctx = ctx.clone();
     let service = service_fn(move |req| {
         let (ctx, sender) = (service_ctx.clone(), sender.clone());
         async move { Ok::<_, Infallible>(handle(req, &ctx, &sender).await) }
     });
-    let conn =
-        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(client), service);
-    let (outcome, error) = tokio::select! {
-        result = conn => match result {
-            Ok(()) => (Outcome::Closed, None),
-            Err(e) if e.is_parse() || e.is_parse_too_large() => {
-                (Outcome::Error, Some(format!("malformed HTTP from the client: {e}")))
-            }
-            Err(e) => (Outcome::Reset, Some(e.to_string())),
-        },
-        _ = hard_stop.cancelled() => (Outcome::Shutdown, Some("gateway shut down".into())),
+    let mut conn = pin!(
+        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(client), service)
+    );
+    // The client side, the upstream side and every response pump run in this one task, so
+    // a request and its answer cross no task or thread: each such hop costs a wake-up and
+    // often a context switch.
+    let mut upstream_conn = pin!(upstream_conn);
+    let mut upstream_open = true;
+    let mut pumps = FuturesUnordered::new();
+    let (outcome, error) = loop {
+        tokio::select! {
+            result = &mut conn => break match result {
+                Ok(()) => (Outcome::Closed, None),
+                Err(e) if e.is_parse() || e.is_parse_too_large() => {
+                    (Outcome::Error, Some(format!("malformed HTTP from the client: {e}")))
+                }
+                Err(e) => (Outcome::Reset, Some(e.to_string())),
+            },
+            Some(pump) = pump_queue.recv() => pumps.push(pump),
+            Some(()) = pumps.next(), if !pumps.is_empty() => {}
+            _ = &mut upstream_conn, if upstream_open => upstream_open = false,
+            _ = hard_stop.cancelled() => break (Outcome::Shutdown, Some("gateway shut down".into())),
+        }
     };
-    // A response still streaming (a long-lived SSE GET) has nobody to go to any more.
+    // A response still streaming (a long-lived SSE GET) has nobody to go to any more; its
+    // pump records what it had and ends.
     ctx.client_gone.cancel();
-    ctx.pumps.close();
-    tokio::select! {
-        _ = ctx.pumps.wait() => {}
-        _ = hard_stop.cancelled() => {}
+    while let Ok(pump) = pump_queue.try_recv() {
+        pumps.push(pump);
     }
-    upstream_conn.abort();
+    while !pumps.is_empty() {
+        tokio::select! {
+            _ = pumps.next() => {}
+            _ = &mut upstream_conn, if upstream_open => upstream_open = false,
+            _ = hard_stop.cancelled() => break,
+        }
+    }
     finish(&ctx, outcome, error)
 }
 
@@ -286,7 +314,10 @@ async fn handle(
         masking,
         kind: masks.then_some(kind),
     };
-    ctx.pumps.spawn(pump(ctx.clone(), body, tx, stream));
+    // The connection's task is gone only once the client is, and then nobody reads this.
+    let _ = ctx
+        .pumps
+        .send(Box::pin(pump(ctx.clone(), body, tx, stream)));
     Response::from_parts(parts, Either::Right(channel))
 }
 
@@ -418,6 +449,7 @@ async fn pump(
         let Ok(data) = frame.into_data() else {
             continue;
         };
+        let (data, end) = gather_ready(&mut body, data);
         let pieces = match &mut masker {
             Some(masker) => masker.feed(&data),
             None => vec![Piece {
@@ -432,6 +464,17 @@ async fn pump(
             {
                 break 'frames; // the client went away
             }
+        }
+        match end {
+            Some(Ok(())) => {
+                complete = true;
+                break;
+            }
+            Some(Err(e)) => {
+                upstream_error = Some(e);
+                break;
+            }
+            None => {}
         }
         let between_events = !masker.as_ref().is_some_and(BodyMasker::holding);
         if between_events
@@ -480,6 +523,38 @@ async fn pump(
             .await;
         }
     }
+}
+
+/// Most a response pump gathers before it masks, records and forwards.
+const GATHER_BYTES: usize = 64 << 10;
+
+/// Appends the frames the upstream has already delivered, so that a burst of small SSE
+/// events is masked, recorded and written to the client once rather than event by event.
+/// Also returns how the body ended, if it did.
+fn gather_ready(body: &mut Incoming, first: Bytes) -> (Bytes, Option<Result<(), hyper::Error>>) {
+    let mut gathered: Option<bytes::BytesMut> = None;
+    let mut end = None;
+    while gathered.as_ref().map_or(first.len(), |g| g.len()) < GATHER_BYTES {
+        match body.frame().now_or_never() {
+            Some(Some(Ok(frame))) => {
+                if let Ok(data) = frame.into_data() {
+                    gathered
+                        .get_or_insert_with(|| bytes::BytesMut::from(&first[..]))
+                        .extend_from_slice(&data);
+                }
+            }
+            Some(Some(Err(e))) => {
+                end = Some(Err(e));
+                break;
+            }
+            Some(None) => {
+                end = Some(Ok(()));
+                break;
+            }
+            None => break,
+        }
+    }
+    (gathered.map_or(first, bytes::BytesMut::freeze), end)
 }
 
 /// Records one piece of a response (masked unless `record_raw`), reads MCP messages from

@@ -223,7 +223,7 @@ impl<C: UpstreamConnector> Proxy<C> {
                     }
                     Protocol::Http | Protocol::Mcp => {
                         let policy = self.policy.read().expect("policy lock").clone();
-                        let http = HttpSession::new(
+                        let (http, pumps) = HttpSession::new(
                             session.clone(),
                             target.clone(),
                             process,
@@ -232,8 +232,14 @@ impl<C: UpstreamConnector> Proxy<C> {
                             self.mcp_sessions.clone(),
                             self.masker.clone(),
                         );
-                        protocols::http::serve(client, upstream, Arc::new(http), &self.hard_stop)
-                            .await
+                        protocols::http::serve(
+                            client,
+                            upstream,
+                            Arc::new(http),
+                            pumps,
+                            &self.hard_stop,
+                        )
+                        .await
                     }
                 };
                 end(r.outcome, r.bytes_up, r.bytes_down, r.error)
