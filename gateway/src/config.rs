@@ -54,6 +54,9 @@ pub struct Config {
     /// Secret detectors and replacement; applies to `http` and `mcp` targets.
     #[serde(default)]
     pub masking: crate::masking::MaskingConfig,
+    /// Who decides held requests, and how holds wait.
+    #[serde(default)]
+    pub approvals: crate::approvals::ApprovalsConfig,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -310,6 +313,15 @@ impl Config {
             key: Some("masking".into()),
             message,
         })?;
+        config
+            .approvals
+            .validate(config.policy.can_hold())
+            .map_err(|message| ConfigError::Invalid {
+                file: Some(path.to_path_buf()),
+                location: None,
+                key: Some("approvals".into()),
+                message,
+            })?;
         Ok(config)
     }
 
@@ -520,7 +532,7 @@ pub(crate) fn byte_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error
     }
 }
 
-fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+pub(crate) fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(d)?;
     humantime::parse_duration(&text).map_err(|e| {
         de::Error::custom(format!(

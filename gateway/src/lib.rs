@@ -1,5 +1,6 @@
 //! Interlock's node gateway: one module per concern.
 pub mod admin;
+pub mod approvals;
 pub mod commands;
 pub mod config;
 pub mod ebpf;

@@ -1,6 +1,7 @@
 //! The `interlock` CLI.
 use std::{net::IpAddr, path::PathBuf, process::ExitCode};
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use interlock::{
     commands::{self, sessions::Source},
@@ -82,10 +83,49 @@ enum Cmd {
         #[arg(long)]
         latest: bool,
     },
+    /// Pending approval holds: list them, approve or deny one (needs an approver's ID token).
+    Approvals {
+        #[command(subcommand)]
+        command: ApprovalsCmd,
+        /// The gateway's admin address (host:port or URL); by default the config's `admin`.
+        #[arg(long, global = true)]
+        admin: Option<String>,
+        #[arg(
+            long,
+            global = true,
+            env = "INTERLOCK_CONFIG",
+            default_value = "interlock.yaml"
+        )]
+        config: PathBuf,
+        /// File holding your OIDC ID token; otherwise INTERLOCK_APPROVER_TOKEN.
+        #[arg(long, global = true)]
+        token_file: Option<PathBuf>,
+    },
     /// Remove programs and maps that a `fail_mode: closed` gateway left pinned.
     Detach {
         #[arg(long, env = "INTERLOCK_CONFIG")]
         config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum ApprovalsCmd {
+    /// Pending holds: who, what (masked arguments), when, and the rule.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Let a held request through, unchanged.
+    Approve {
+        id: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Refuse a held request; the client gets a JSON-RPC error with the reason.
+    Deny {
+        id: String,
+        #[arg(long)]
+        reason: String,
     },
 }
 
@@ -180,6 +220,45 @@ fn dispatch(command: Cmd) -> anyhow::Result<i32> {
                 anyhow::bail!("tail reads the stream: use --from kinesis");
             }
             commands::sessions::tail(&Config::load(&config)?, latest)?;
+        }
+        Cmd::Approvals {
+            command,
+            admin,
+            config,
+            token_file,
+        } => {
+            let admin = match admin {
+                Some(admin) => admin,
+                None => Config::load(&config)
+                    .context("pass --admin HOST:PORT, or --config with the gateway's config")?
+                    .admin
+                    .to_string(),
+            };
+            let client = commands::approvals::ApiClient::new(&admin, token_file.as_deref())?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async {
+                match command {
+                    ApprovalsCmd::List { json } => {
+                        let holds = client.list().await?;
+                        if json {
+                            println!("{}", serde_json::to_string_pretty(&holds)?);
+                        } else {
+                            commands::approvals::print_holds(&holds);
+                        }
+                    }
+                    ApprovalsCmd::Approve { id, reason } => {
+                        client.decide(&id, true, &reason).await?;
+                        println!("approved {id}");
+                    }
+                    ApprovalsCmd::Deny { id, reason } => {
+                        client.decide(&id, false, &reason).await?;
+                        println!("denied {id}");
+                    }
+                }
+                anyhow::Ok(())
+            })?;
         }
         Cmd::Detach { config } => ebpf::detach_pinned(&Config::load(&config)?.bpffs_dir)?,
     }

@@ -23,7 +23,7 @@ pub enum Action {
     #[default]
     Allow,
     Deny,
-    /// Wait for a human decision. Until approvals exist, treated as deny with a clear reason.
+    /// Wait for a human decision (see `approvals:`); denied on timeout.
     Hold,
 }
 
@@ -153,6 +153,9 @@ pub struct Decision {
     /// The rule that matched; None when the default applied.
     pub rule: Option<String>,
     pub reason: Option<String>,
+    /// How long a hold waits (the rule's `timeout`).
+    #[serde(skip)]
+    pub timeout: Option<Duration>,
     /// The rule's masking override, if it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mask: Option<crate::masking::MaskApply>,
@@ -161,6 +164,11 @@ pub struct Decision {
 }
 
 impl Policy {
+    /// Whether any request could be held (so approvers must be configured).
+    pub fn can_hold(&self) -> bool {
+        self.default == Action::Hold || self.rules.iter().any(|r| r.action == Action::Hold)
+    }
+
     /// The first matching rule decides; otherwise the default.
     pub fn decide(&self, request: &Request) -> Decision {
         for rule in &self.rules {
@@ -169,6 +177,7 @@ impl Policy {
                     action: rule.action,
                     rule: Some(rule.name.clone()),
                     reason: rule.reason.clone(),
+                    timeout: rule.timeout,
                     mask: rule.mask,
                     record_raw: rule.record_raw,
                 };
@@ -178,6 +187,7 @@ impl Policy {
             action: self.default,
             rule: None,
             reason: None,
+            timeout: None,
             mask: None,
             record_raw: None,
         }
@@ -251,6 +261,7 @@ mod tests {
                 action: Action::Allow,
                 rule: None,
                 reason: None,
+                timeout: None,
                 mask: None,
                 record_raw: None,
             }

@@ -571,3 +571,125 @@ pub fn node22_path() -> String {
         std::env::var("PATH").unwrap_or_default()
     )
 }
+
+/// tests/support/oidc_issuer.py: discovery, JWKS, RS256 ID tokens on demand, and a webhook
+/// receiver, on loopback.
+pub struct OidcIssuer {
+    pub port: u16,
+    _proc: Proc,
+}
+
+impl OidcIssuer {
+    pub fn start() -> OidcIssuer {
+        let port = free_port();
+        let child = Command::new("python3")
+            .arg(support_dir().join("oidc_issuer.py"))
+            .arg(port.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 with pyjwt[crypto] (cargo xtask setup)");
+        wait_listening(SocketAddr::from(([127, 0, 0, 1], port)));
+        OidcIssuer {
+            port,
+            _proc: Proc(child),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// An ID token with these claims over the defaults (`{"exp_in": -60}`: expired).
+    pub fn mint(&self, claims: Value) -> String {
+        let out = Command::new("curl")
+            .args(["-sf", "-X", "POST", "--data"])
+            .arg(claims.to_string())
+            .arg(format!("{}/mint", self.url()))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "minting a token failed");
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// The JSON bodies POSTed to `<url>/webhook` so far.
+    pub fn webhooks(&self) -> Vec<Value> {
+        let out = Command::new("curl")
+            .args(["-sf"])
+            .arg(format!("{}/webhooks", self.url()))
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
+impl Gateway {
+    /// `interlock approvals ARGS` as the holder of `token`.
+    pub fn approvals_cli(&self, token: &str, args: &[&str]) -> Output {
+        let mut cmd = Command::new(interlock_bin());
+        cmd.arg("approvals")
+            .args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .env("INTERLOCK_APPROVER_TOKEN", token);
+        cmd.output().unwrap()
+    }
+
+    /// Pending holds, as an approver lists them.
+    pub fn pending_holds(&self, token: &str) -> Vec<Value> {
+        let out = self.approvals_cli(token, &["list", "--json"]);
+        assert!(
+            out.status.success(),
+            "approvals list failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// Waits until `count` holds are pending; returns them.
+    pub fn wait_holds(&self, token: &str, count: usize) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let holds = self.pending_holds(token);
+            if holds.len() >= count {
+                return holds;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} of {count} holds after 60 s:\n{}",
+                holds.len(),
+                self.log()
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// tests/support/hold_client.py (the official Python SDK), wrapped, in the background.
+    pub fn spawn_hold_client(&self, url: &str, calls: &Value, token: Option<&str>) -> Child {
+        let script = support_dir().join("hold_client.py");
+        let calls = calls.to_string();
+        let mut args = vec!["python3", script.to_str().unwrap(), url, calls.as_str()];
+        args.extend(token);
+        self.wrap_cmd(None, &args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+}
+
+/// Waits for a hold client and returns its per-call outcomes.
+pub fn hold_client_outcomes(child: Child) -> Vec<Value> {
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "hold client failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "hold client printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}

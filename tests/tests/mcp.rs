@@ -385,7 +385,7 @@ fn mcp_inspector_cli_is_a_second_independent_client() {
 }
 
 #[test]
-fn policy_reloads_on_sighup_and_hold_is_denied_until_approvals_exist() {
+fn policy_reloads_on_sighup_and_an_invalid_edit_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let journal = dir.path().join("journal.jsonl");
     let server = McpServer::python_journal(&journal);
@@ -404,7 +404,7 @@ fn policy_reloads_on_sighup_and_hold_is_denied_until_approvals_exist() {
     // Tighten the policy in place and signal the gateway.
     let config = fs::read_to_string(&gw.config).unwrap().replace(
         "policy:\n  default: allow\n",
-        "policy:\n  default: allow\n  rules:\n    - name: risky\n      match: { tool: \"delete_*\" }\n      action: hold\n      reason: deletes need a human\n      timeout: 30s\n",
+        "policy:\n  default: allow\n  rules:\n    - name: risky\n      match: { tool: \"delete_*\" }\n      action: deny\n      reason: deletes need a human\n",
     );
     fs::write(&gw.config, config).unwrap();
     let _ = Command::new("kill")
@@ -421,7 +421,7 @@ fn policy_reloads_on_sighup_and_hold_is_denied_until_approvals_exist() {
         delete["error"]
             .as_str()
             .unwrap()
-            .contains("held by Interlock policy rule `risky` (deletes need a human)"),
+            .contains("denied by Interlock policy rule `risky`: deletes need a human"),
         "{second}"
     );
     let executed = fs::read_to_string(&journal).unwrap();
@@ -431,16 +431,35 @@ fn policy_reloads_on_sighup_and_hold_is_denied_until_approvals_exist() {
         "only the call made before the reload: {executed}"
     );
 
-    // A broken edit is refused and the policy in force stays.
-    fs::write(&gw.config, "policy: [not, a, policy]\n").unwrap();
-    let _ = Command::new("kill")
-        .args(["-HUP", &gw.pid().to_string()])
-        .status();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !gw.log().contains("policy not reloaded") {
-        assert!(std::time::Instant::now() < deadline, "{}", gw.log());
-        std::thread::sleep(std::time::Duration::from_millis(50));
+    // Invalid edits are refused and the policy in force stays: a syntax error, and a hold
+    // rule with nobody configured to approve it.
+    let valid = fs::read_to_string(&gw.config).unwrap();
+    let no_approvers = valid.replace("action: deny", "action: hold");
+    for (edit, expected) in [
+        ("policy: [not, a, policy]\n", "policy not reloaded"),
+        (
+            no_approvers.as_str(),
+            "approvals.oidc is not configured, so nobody could approve them",
+        ),
+    ] {
+        fs::write(&gw.config, edit).unwrap();
+        let _ = Command::new("kill")
+            .args(["-HUP", &gw.pid().to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !gw.log().contains(expected) {
+            assert!(std::time::Instant::now() < deadline, "{}", gw.log());
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
     }
+    let third = gw.mcp_client(&server.url(), "journal");
+    assert!(
+        third["calls"][1]["error"]
+            .as_str()
+            .unwrap()
+            .contains("denied by Interlock policy rule `risky`"),
+        "{third}"
+    );
 }
 
 #[test]

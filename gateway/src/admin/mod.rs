@@ -1,5 +1,5 @@
-//! The admin listener: `/healthz`, `/readyz` and `/metrics` (Prometheus text). The approval API
-//! will live here too.
+//! The admin listener: `/healthz`, `/readyz`, `/metrics` (Prometheus text) and the approval
+//! API under `/approvals` (see `approvals::api`).
 pub mod control;
 
 use std::{
@@ -23,12 +23,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use crate::{
+    approvals::Approvals,
     ebpf::Dataplane,
     telemetry::{MapLabels, metrics},
 };
 
 pub struct Admin {
     pub dataplane: Arc<Dataplane>,
+    pub approvals: Arc<Approvals>,
     /// True once programs are attached and listeners bound; false again while draining.
     pub ready: AtomicBool,
 }
@@ -57,7 +59,7 @@ impl Admin {
             tokio::spawn(async move {
                 let service = service_fn(move |req| {
                     let admin = admin.clone();
-                    async move { Ok::<_, Infallible>(admin.route(req)) }
+                    async move { Ok::<_, Infallible>(admin.route(req).await) }
                 });
                 if let Err(e) = http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service)
@@ -69,7 +71,10 @@ impl Admin {
         }
     }
 
-    fn route(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    async fn route(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        if req.uri().path().starts_with("/approvals") {
+            return crate::approvals::api::handle(&self.approvals, req).await;
+        }
         match req.uri().path() {
             "/healthz" => text(StatusCode::OK, "ok\n".into()),
             "/readyz" if self.ready.load(Ordering::Relaxed) => {
@@ -87,7 +92,7 @@ impl Admin {
             }
             _ => text(
                 StatusCode::NOT_FOUND,
-                "not found; try /healthz, /readyz or /metrics\n".into(),
+                "not found; try /healthz, /readyz, /metrics or /approvals\n".into(),
             ),
         }
     }

@@ -1,4 +1,5 @@
 //! The CLI's subcommands, one module each.
+pub mod approvals;
 pub mod run;
 pub mod sessions;
 pub mod wrap;

@@ -82,11 +82,15 @@ pub async fn run(config_path: &Path) -> Result<()> {
         detectors = masker.detector_names().len(),
         "masking engine ready"
     );
+    let approvals = Arc::new(
+        crate::approvals::Approvals::new(config.approvals.clone()).map_err(anyhow::Error::msg)?,
+    );
     let proxy = Proxy::new(
         config.clone(),
         dataplane.clone(),
         recorder.clone(),
         masker,
+        approvals.clone(),
         TcpConnector {
             timeout: config.upstream_connect_timeout,
         },
@@ -108,6 +112,7 @@ pub async fn run(config_path: &Path) -> Result<()> {
 
     let admin = Arc::new(Admin {
         dataplane: dataplane.clone(),
+        approvals: approvals.clone(),
         ready: false.into(),
     });
     let admin_listener = Admin::bind(config.admin).await?;
@@ -134,6 +139,9 @@ pub async fn run(config_path: &Path) -> Result<()> {
 
     wait_for_shutdown_signal().await?;
     admin.ready.store(false, Ordering::Relaxed);
+    // Nobody is left to decide: held requests are denied now, answered and recorded as
+    // interrupted while their sessions drain.
+    approvals.shutdown();
     proxy.stop_accepting.cancel();
     proxy.sessions.close();
     info!(open_sessions = proxy.sessions.len(), "draining");

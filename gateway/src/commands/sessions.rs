@@ -281,6 +281,34 @@ pub fn render(records: &[&Record]) -> String {
                     counts.join(", ")
                 );
             }
+            RecordBody::HoldCreated(hold) => {
+                let _ = writeln!(
+                    out,
+                    "\n#{} {ts}  HELD {} by rule {} for approval (hold {}, until {})",
+                    record.seq,
+                    hold.tool.as_deref().unwrap_or(&hold.method),
+                    hold.rule.as_deref().unwrap_or("default"),
+                    hold.hold_id,
+                    hold.expires_at.format(&Rfc3339).unwrap_or_default()
+                );
+            }
+            RecordBody::HoldDecided(decision) => {
+                let by = decision
+                    .approver
+                    .as_ref()
+                    .and_then(|a| a.email.clone().or(a.subject.clone()))
+                    .map(|who| format!(" by {who}"))
+                    .unwrap_or_default();
+                let _ = writeln!(
+                    out,
+                    "\n#{} {ts}  hold {} {:?}{by} after {} ms: {}",
+                    record.seq,
+                    decision.hold_id,
+                    decision.outcome,
+                    decision.waited_ms,
+                    decision.reason.as_deref().unwrap_or("-")
+                );
+            }
             RecordBody::SpoolGap(gap) => {
                 let _ = writeln!(
                     out,

@@ -11,6 +11,7 @@ use std::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
+    time::Duration,
 };
 
 use bytes::Bytes;
@@ -31,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{mcp, sse::SseParser};
 use crate::{
+    approvals::{self, Approvals, HoldWait, Verdict},
     config::{Protocol, Target},
     masking::{
         MaskApply, MaskReport, Masker,
@@ -40,7 +42,10 @@ use crate::{
     proxy::relay::RelayResult,
     recording::{
         SessionRecorder,
-        record::{Direction, HttpRequestHead, HttpResponseHead, MaskedBody, McpMessage, Outcome},
+        record::{
+            Direction, Hold, HoldDecision, HoldOutcome, HttpRequestHead, HttpResponseHead,
+            MaskedBody, McpMessage, Outcome, RecordBody,
+        },
     },
     telemetry::events::{InternalEvent, SecretsMasked},
 };
@@ -55,8 +60,7 @@ pub struct PumpQueue(mpsc::UnboundedReceiver<Pump>);
 pub struct HttpSession {
     pub session: SessionRecorder,
     pub target: Target,
-    pub process: String,
-    pub cgroup: String,
+    pub workload: ClientWorkload,
     pub policy: Arc<Policy>,
     bytes_up: AtomicU64,
     bytes_down: AtomicU64,
@@ -67,6 +71,14 @@ pub struct HttpSession {
     /// MCP sessions across all connections, by `Mcp-Session-Id`.
     mcp_sessions: Arc<mcp::McpSessions>,
     masker: Arc<Masker>,
+    approvals: Arc<Approvals>,
+}
+
+/// The kernel-attested workload behind the connection, as policy and holds see it.
+pub struct ClientWorkload {
+    pub pid: u32,
+    pub process: String,
+    pub cgroup: String,
 }
 
 /// Where masking applies to one exchange: the target's setting, or a matching rule's.
@@ -80,18 +92,17 @@ impl HttpSession {
     pub fn new(
         session: SessionRecorder,
         target: Target,
-        process: String,
-        cgroup: String,
+        workload: ClientWorkload,
         policy: Arc<Policy>,
         mcp_sessions: Arc<mcp::McpSessions>,
         masker: Arc<Masker>,
+        approvals: Arc<Approvals>,
     ) -> (Self, PumpQueue) {
         let (pumps, pump_queue) = mpsc::unbounded_channel();
         let session = HttpSession {
             session,
             target,
-            process,
-            cgroup,
+            workload,
             policy,
             bytes_up: AtomicU64::new(0),
             bytes_down: AtomicU64::new(0),
@@ -99,6 +110,7 @@ impl HttpSession {
             client_gone: CancellationToken::new(),
             mcp_sessions,
             masker,
+            approvals,
         };
         (session, PumpQueue(pump_queue))
     }
@@ -178,7 +190,7 @@ pub async fn serve(
 async fn handle(
     req: Request<Incoming>,
     ctx: &Arc<HttpSession>,
-    sender: &tokio::sync::Mutex<SendRequest<Full<Bytes>>>,
+    sender: &Arc<tokio::sync::Mutex<SendRequest<Full<Bytes>>>>,
 ) -> Response<ProxyBody> {
     let (mut parts, body) = req.into_parts();
     let mut uri = parts.uri.to_string();
@@ -226,12 +238,14 @@ async fn handle(
             return generated(ctx, status, "text/plain", message.into_bytes().into()).await;
         }
     };
-    let evaluation = (ctx.target.protocol == Protocol::Mcp && parts.method == hyper::Method::POST)
+    let mut evaluation = (ctx.target.protocol == Protocol::Mcp
+        && parts.method == hyper::Method::POST)
         .then(|| evaluate_mcp(ctx, &parts.headers, &body, request_session.as_deref()));
     let masking = evaluation
         .as_ref()
         .map_or_else(|| target_masking(ctx), |e| e.masking);
     let body = mask_request_body(ctx, body, masking).await;
+    let held = evaluation.as_mut().and_then(|e| e.held.take());
     if let Some(evaluation) = evaluation
         && let Some(refusal) = refuse(
             ctx,
@@ -245,17 +259,79 @@ async fn handle(
         return refusal;
     }
 
-    // The proxy reads bodies, so it must get them uncompressed; the body is complete, so the
-    // client's Expect was already answered.
+    if let Some(held) = held {
+        let wait = open_hold(ctx, &held, masking, &parts.headers).await;
+        strip_forwarding_headers(&mut parts.headers);
+        let request = Request::from_parts(parts, Full::new(body));
+        let stream = HeldStream {
+            request_id: held.id,
+            decision: held.decision,
+            masking,
+            limit,
+            session: request_session,
+        };
+        if accepts_sse(request.headers()) {
+            // Answer at once and keep the stream alive: clients' read timeouts restart with
+            // each keep-alive, while a plain POST would hit them after a long wait.
+            let (tx, channel) = Channel::new(4);
+            let _ = ctx.pumps.send(Box::pin(held_sse(
+                ctx.clone(),
+                wait,
+                stream,
+                request,
+                sender.clone(),
+                tx,
+            )));
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/event-stream"),
+            );
+            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            record_gateway_head(ctx, StatusCode::OK, &headers).await;
+            let mut response = Response::new(Either::Right(channel));
+            *response.headers_mut() = headers;
+            return response;
+        }
+        let (hold, verdict, waited) = wait.verdict(&ctx.approvals).await;
+        record_verdict(ctx, &hold, &verdict, waited).await;
+        if verdict.outcome != HoldOutcome::Approved {
+            let error = mcp::error_response(
+                &stream.request_id,
+                mcp::POLICY_DENIED,
+                &held_refusal_text(&stream.decision, &verdict, waited),
+            );
+            return generated_json(ctx, StatusCode::OK, &error, stream.session.as_deref()).await;
+        }
+        return forward(ctx, sender, request, masking, limit, stream.session).await;
+    }
+    strip_forwarding_headers(&mut parts.headers);
+    let upstream_req = Request::from_parts(parts, Full::new(body));
+    forward(ctx, sender, upstream_req, masking, limit, request_session).await
+}
+
+/// The proxy reads bodies, so it must get them uncompressed; the body is complete, so the
+/// client's Expect was already answered.
+fn strip_forwarding_headers(headers: &mut HeaderMap) {
     for name in [
         header::ACCEPT_ENCODING,
         header::EXPECT,
         header::CONTENT_LENGTH,
         header::TRANSFER_ENCODING,
     ] {
-        parts.headers.remove(name);
+        headers.remove(name);
     }
-    let upstream_req = Request::from_parts(parts, Full::new(body));
+}
+
+/// Sends a request upstream and streams its answer back through a pump.
+async fn forward(
+    ctx: &Arc<HttpSession>,
+    sender: &tokio::sync::Mutex<SendRequest<Full<Bytes>>>,
+    upstream_req: Request<Full<Bytes>>,
+    masking: Masking,
+    limit: usize,
+    request_session: Option<String>,
+) -> Response<ProxyBody> {
     let response = {
         let mut sender = sender.lock().await;
         match sender.ready().await {
@@ -293,6 +369,32 @@ async fn handle(
     parts.headers.remove(header::TRANSFER_ENCODING);
     let kind = BodyKind::of(header_str(&parts.headers, "content-type"));
     let (tx, channel) = Channel::new(4);
+    let stream = response_stream(
+        ctx,
+        kind,
+        masking,
+        limit,
+        response_session.or(request_session),
+    );
+    if stream.kind.is_some() && masking.apply.responses() {
+        // The masked body's length is only known at its end: it goes out chunked.
+        parts.headers.remove(header::CONTENT_LENGTH);
+    }
+    // The connection's task is gone only once the client is, and then nobody reads this.
+    let _ = ctx
+        .pumps
+        .send(Box::pin(pump(ctx.clone(), body, tx, stream)));
+    Response::from_parts(parts, Either::Right(channel))
+}
+
+/// How a response body of this kind is masked and read for MCP messages.
+fn response_stream(
+    ctx: &HttpSession,
+    kind: BodyKind,
+    masking: Masking,
+    limit: usize,
+    mcp_session: Option<String>,
+) -> ResponseStream {
     let parse = match (ctx.target.protocol, &kind) {
         (Protocol::Mcp, BodyKind::Sse) => ResponseParse::Sse(SseParser::new(limit)),
         (Protocol::Mcp, BodyKind::Json) => ResponseParse::Json(Vec::new()),
@@ -302,23 +404,280 @@ async fn handle(
     // body is binary.
     let masks =
         (masking.apply.responses() || !masking.record_raw) && !matches!(kind, BodyKind::Binary);
-    if masks && masking.apply.responses() {
-        // The masked body's length is only known at its end: it goes out chunked.
-        parts.headers.remove(header::CONTENT_LENGTH);
-    }
-    let session = response_session.or(request_session);
-    let stream = ResponseStream {
+    ResponseStream {
         parse,
-        mcp_session: session,
+        mcp_session,
         limit,
         masking,
         kind: masks.then_some(kind),
+    }
+}
+
+/// A held request's context while it waits.
+struct HeldStream {
+    request_id: Value,
+    decision: Decision,
+    masking: Masking,
+    limit: usize,
+    session: Option<String>,
+}
+
+fn accepts_sse(headers: &HeaderMap) -> bool {
+    header_str(headers, "accept").is_some_and(|a| a.contains("text/event-stream"))
+}
+
+/// Registers and records a hold (arguments masked unless the rule keeps raw records).
+async fn open_hold(
+    ctx: &HttpSession,
+    held: &HeldCall,
+    masking: Masking,
+    headers: &HeaderMap,
+) -> HoldWait {
+    let mut arguments = held.arguments.clone();
+    if !masking.record_raw
+        && let Some(arguments) = &mut arguments
+    {
+        ctx.masker.mask_value(arguments, &mut MaskReport::default());
+    }
+    let created_at = time::OffsetDateTime::now_utc();
+    let timeout = held
+        .decision
+        .timeout
+        .unwrap_or(ctx.approvals.config.default_timeout);
+    let hold = Hold {
+        hold_id: uuid::Uuid::now_v7().to_string(),
+        in_session: ctx.session.id().to_string(),
+        created_at,
+        expires_at: created_at + timeout,
+        target: ctx.target.name.clone(),
+        process: ctx.workload.process.clone(),
+        pid: ctx.workload.pid,
+        cgroup: ctx.workload.cgroup.clone(),
+        requester: approvals::requester_of(header_str(headers, "authorization")),
+        method: held.method.clone(),
+        tool: held.tool.clone(),
+        arguments,
+        rule: held.decision.rule.clone(),
+        reason: held.decision.reason.clone(),
     };
-    // The connection's task is gone only once the client is, and then nobody reads this.
-    let _ = ctx
-        .pumps
-        .send(Box::pin(pump(ctx.clone(), body, tx, stream)));
-    Response::from_parts(parts, Either::Right(channel))
+    record(ctx, RecordBody::HoldCreated(hold.clone())).await;
+    ctx.approvals.open(hold, Some(timeout))
+}
+
+async fn record_verdict(ctx: &HttpSession, hold: &Hold, verdict: &Verdict, waited: Duration) {
+    record(
+        ctx,
+        RecordBody::HoldDecided(HoldDecision {
+            hold_id: hold.hold_id.clone(),
+            outcome: verdict.outcome,
+            approver: verdict.approver.clone(),
+            reason: verdict.reason.clone(),
+            waited_ms: waited.as_millis() as u64,
+        }),
+    )
+    .await;
+}
+
+/// The JSON-RPC error text for a hold that was not approved.
+fn held_refusal_text(decision: &Decision, verdict: &Verdict, waited: Duration) -> String {
+    let rule = decision.rule.as_deref().unwrap_or("default");
+    let reason = verdict.reason.as_deref().unwrap_or("no reason given");
+    match verdict.outcome {
+        HoldOutcome::Denied => {
+            let who = verdict
+                .approver
+                .as_ref()
+                .and_then(|a| a.email.clone().or(a.subject.clone()))
+                .unwrap_or_else(|| "an approver".into());
+            format!("held by Interlock policy rule `{rule}` and denied by {who}: {reason}")
+        }
+        HoldOutcome::TimedOut => format!(
+            "held by Interlock policy rule `{rule}` for approval; nobody decided within {}s, so it is denied",
+            waited.as_secs()
+        ),
+        HoldOutcome::Interrupted | HoldOutcome::Approved => format!(
+            "held by Interlock policy rule `{rule}` for approval, and the wait was cut short ({reason}); denied"
+        ),
+    }
+}
+
+async fn record_gateway_head(ctx: &HttpSession, status: StatusCode, headers: &HeaderMap) {
+    record(
+        ctx,
+        RecordBody::HttpResponse(HttpResponseHead {
+            status: status.as_u16(),
+            headers: recordable_headers(ctx, headers),
+            generated_by_gateway: true,
+        }),
+    )
+    .await;
+}
+
+/// A held request whose client takes SSE: the stream is already open. Keep-alive comments
+/// flow until the verdict; then the upstream's answer, or the refusal, follows as events.
+async fn held_sse(
+    ctx: Arc<HttpSession>,
+    wait: HoldWait,
+    held: HeldStream,
+    request: Request<Full<Bytes>>,
+    sender: Arc<tokio::sync::Mutex<SendRequest<Full<Bytes>>>>,
+    mut tx: http_body_util::channel::Sender<Bytes, std::io::Error>,
+) {
+    let hold_id = wait.hold.hold_id.clone();
+    let keepalive = ctx.approvals.config.keepalive;
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + keepalive, keepalive);
+    let mut verdict = pin!(wait.verdict(&ctx.approvals));
+    let (hold, verdict, waited) = loop {
+        tokio::select! {
+            v = &mut verdict => break v,
+            _ = ticks.tick() => {
+                let comment = Bytes::from_static(b": held for approval\n\n");
+                record_data(&ctx, Direction::Down, comment.clone()).await;
+                if tx.send_data(comment).await.is_ok() {
+                    continue;
+                }
+            }
+            _ = ctx.client_gone.cancelled() => {}
+        }
+        // The client went away: nobody is left to answer.
+        ctx.approvals.abandon(&hold_id);
+        break verdict.await;
+    };
+    record_verdict(&ctx, &hold, &verdict, waited).await;
+    if verdict.outcome != HoldOutcome::Approved {
+        let error = mcp::error_response(
+            &held.request_id,
+            mcp::POLICY_DENIED,
+            &held_refusal_text(&held.decision, &verdict, waited),
+        );
+        send_events(&ctx, &mut tx, &held, &[error], EventSource::Gateway).await;
+        return;
+    }
+    let response = {
+        let mut sender = sender.lock().await;
+        match sender.ready().await {
+            Ok(()) => sender.send_request(request).await,
+            Err(e) => Err(e),
+        }
+    };
+    let response = match response {
+        Ok(response) => response,
+        Err(e) => {
+            let error = mcp::error_response(
+                &held.request_id,
+                -32603,
+                &format!(
+                    "approved, but upstream {} failed: {e} (Interlock)",
+                    ctx.target.address
+                ),
+            );
+            send_events(&ctx, &mut tx, &held, &[error], EventSource::Gateway).await;
+            return;
+        }
+    };
+    let (parts, body) = response.into_parts();
+    record(
+        &ctx,
+        RecordBody::HttpResponse(HttpResponseHead {
+            status: parts.status.as_u16(),
+            headers: recordable_headers(&ctx, &parts.headers),
+            generated_by_gateway: false,
+        }),
+    )
+    .await;
+    let kind = BodyKind::of(header_str(&parts.headers, "content-type"));
+    if matches!(kind, BodyKind::Sse) {
+        let stream = response_stream(&ctx, kind, held.masking, held.limit, held.session.clone());
+        pump(ctx.clone(), body, tx, stream).await;
+        return;
+    }
+    // A JSON answer becomes events on the stream the client already reads.
+    let messages = match Limited::new(body, held.limit).collect().await {
+        Ok(body) => {
+            let body = body.to_bytes();
+            record_data(&ctx, Direction::Down, body.clone()).await;
+            mcp::parse_messages(&body).map_err(|e| e.to_string())
+        }
+        Err(e) => Err(e.to_string()),
+    };
+    let events = messages.unwrap_or_else(|e| {
+        vec![mcp::error_response(
+            &held.request_id,
+            -32603,
+            &format!(
+                "approved, but upstream answered HTTP {} with no JSON-RPC message ({e}) (Interlock)",
+                parts.status
+            ),
+        )]
+    });
+    send_events(&ctx, &mut tx, &held, &events, EventSource::Upstream).await;
+}
+
+/// Where events written into a held request's stream come from.
+#[derive(PartialEq)]
+enum EventSource {
+    /// The upstream's answer: masked like any response.
+    Upstream,
+    /// The gateway's own refusal: nothing in it to mask.
+    Gateway,
+}
+
+/// Writes JSON-RPC messages as SSE events, recorded like any response.
+async fn send_events(
+    ctx: &HttpSession,
+    tx: &mut http_body_util::channel::Sender<Bytes, std::io::Error>,
+    held: &HeldStream,
+    messages: &[Value],
+    source: EventSource,
+) {
+    let mut stream = response_stream(
+        ctx,
+        BodyKind::Sse,
+        held.masking,
+        held.limit,
+        held.session.clone(),
+    );
+    let mut text = String::new();
+    for message in messages {
+        text.push_str(&format!("event: message\ndata: {message}\n\n"));
+    }
+    let mut masker = BodyMasker::new(&ctx.masker, BodyKind::Sse);
+    let pieces = match source {
+        EventSource::Upstream => {
+            let mut pieces = masker.feed(text.as_bytes());
+            pieces.extend(masker.finish());
+            pieces
+        }
+        EventSource::Gateway => vec![Piece {
+            raw: Bytes::from(text),
+            masked: None,
+        }],
+    };
+    let mut legacy = None;
+    for piece in pieces {
+        if deliver(
+            ctx,
+            tx,
+            &mut stream,
+            &mut legacy,
+            piece,
+            held.session.as_deref(),
+        )
+        .await
+        .is_err()
+        {
+            break;
+        }
+    }
+    if source == EventSource::Upstream {
+        record_masked(
+            ctx,
+            Direction::Down,
+            std::mem::take(&mut masker.report),
+            held.masking.apply.responses(),
+        )
+        .await;
+    }
 }
 
 fn target_masking(ctx: &HttpSession) -> Masking {
@@ -637,6 +996,17 @@ struct McpEvaluation {
     message_count: usize,
     /// The target's masking, or the first matching rule's override.
     masking: Masking,
+    /// The message a `hold` rule matched; the whole request waits on it.
+    held: Option<HeldCall>,
+}
+
+/// A request message that waits for approval.
+struct HeldCall {
+    id: Value,
+    method: String,
+    tool: Option<String>,
+    arguments: Option<Value>,
+    decision: Decision,
 }
 
 fn evaluate_mcp(
@@ -651,6 +1021,7 @@ fn evaluate_mcp(
         refusals: Vec::new(),
         message_count: 0,
         masking: target_masking(ctx),
+        held: None,
     };
     let messages = match mcp::parse_messages(body) {
         Ok(messages) => messages,
@@ -682,13 +1053,14 @@ fn evaluate_mcp(
                     action: Action::Deny,
                     rule: Some("header-body-mismatch".into()),
                     reason: Some(reason),
+                    timeout: None,
                     mask: None,
                     record_raw: None,
                 },
                 None => ctx.policy.decide(&crate::policy::Request {
                     target: &ctx.target.name,
-                    process: &ctx.process,
-                    cgroup: &ctx.cgroup,
+                    process: &ctx.workload.process,
+                    cgroup: &ctx.workload.cgroup,
                     method: &method,
                     tool: summary.tool.as_deref(),
                     arguments: summary.arguments.as_ref(),
@@ -701,14 +1073,38 @@ fn evaluate_mcp(
                     record_raw: decision.record_raw.unwrap_or(evaluation.masking.record_raw),
                 };
             }
-            if decision.action != Action::Allow {
-                evaluation
+            match decision.action {
+                Action::Allow => {}
+                Action::Deny => evaluation
                     .refusals
-                    .push((message.get("id").cloned(), refusal_text(&decision)));
+                    .push((message.get("id").cloned(), refusal_text(&decision))),
+                // One hold per request: a second held message in a batch waits with the first.
+                Action::Hold if evaluation.held.is_none() => {
+                    evaluation.held = Some(HeldCall {
+                        id: message.get("id").cloned().unwrap_or(Value::Null),
+                        method: method.clone(),
+                        tool: summary.tool.clone(),
+                        arguments: summary.arguments.clone(),
+                        decision: decision.clone(),
+                    })
+                }
+                Action::Hold => {}
             }
             summary.policy = Some(decision);
         }
         evaluation.summaries.push(summary);
+    }
+    // A batch with a denied message is refused whole; its held message is not worth a wait.
+    if !evaluation.refusals.is_empty()
+        && let Some(held) = evaluation.held.take()
+    {
+        evaluation.refusals.push((
+            Some(held.id),
+            format!(
+                "{} (and another message in the same batch was denied)",
+                refusal_text(&held.decision)
+            ),
+        ));
     }
     evaluation
 }
@@ -827,9 +1223,7 @@ fn refusal_text(decision: &Decision) -> String {
     let rule = decision.rule.as_deref().unwrap_or("default");
     let reason = decision.reason.as_deref().unwrap_or("no reason given");
     match decision.action {
-        Action::Hold => format!(
-            "held by Interlock policy rule `{rule}` ({reason}); approvals are not available yet, so the call is denied"
-        ),
+        Action::Hold => format!("held by Interlock policy rule `{rule}` ({reason})"),
         _ => format!("denied by Interlock policy rule `{rule}`: {reason}"),
     }
 }

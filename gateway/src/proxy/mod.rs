@@ -18,12 +18,17 @@ use tracing::{error, warn};
 
 use self::upstream::{UpstreamConnector, connect_failure_outcome};
 use crate::{
+    approvals::Approvals,
     config::{Config, Protocol, WhenFull},
     ebpf::{Dataplane, key_addr},
     identity::Workload,
     masking::Masker,
     policy::Policy,
-    protocols::{self, http::HttpSession, mcp::McpSessions},
+    protocols::{
+        self,
+        http::{ClientWorkload, HttpSession},
+        mcp::McpSessions,
+    },
     recording::{
         Recorder,
         record::{Outcome, SessionEnd, SessionStart},
@@ -51,6 +56,7 @@ pub struct Proxy<C> {
     policy: RwLock<Arc<Policy>>,
     pub mcp_sessions: Arc<McpSessions>,
     masker: Arc<Masker>,
+    pub approvals: Arc<Approvals>,
 }
 
 impl<C: UpstreamConnector> Proxy<C> {
@@ -59,10 +65,12 @@ impl<C: UpstreamConnector> Proxy<C> {
         dataplane: Arc<Dataplane>,
         recorder: Recorder,
         masker: Arc<Masker>,
+        approvals: Arc<Approvals>,
         connector: C,
     ) -> Arc<Self> {
         Arc::new(Proxy {
             masker,
+            approvals,
             node: config.node_name(),
             dataplane,
             recorder,
@@ -226,11 +234,15 @@ impl<C: UpstreamConnector> Proxy<C> {
                         let (http, pumps) = HttpSession::new(
                             session.clone(),
                             target.clone(),
-                            process,
-                            cgroup,
+                            ClientWorkload {
+                                pid,
+                                process,
+                                cgroup,
+                            },
                             policy,
                             self.mcp_sessions.clone(),
                             self.masker.clone(),
+                            self.approvals.clone(),
                         );
                         protocols::http::serve(
                             client,

@@ -168,6 +168,10 @@ pub struct SessionRecorder {
 }
 
 impl SessionRecorder {
+    pub fn id(&self) -> &str {
+        &self.session_id
+    }
+
     fn entry(&self, body: RecordBody) -> Entry {
         let body = match body {
             RecordBody::SessionEnd(end) => EntryBody::End(end),

@@ -97,6 +97,10 @@ pub enum RecordBody {
     /// Sessions that were let through unrecorded (`when_full: fail_open`), written as soon as
     /// the spool has room again. Its session id is `spool-gap-<uuid>`.
     SpoolGap(UnrecordedGap),
+    /// A request held for a human decision: what waits, for whom, and until when.
+    HoldCreated(Hold),
+    /// How a hold ended: approved or denied (by whom, why), timed out, or interrupted.
+    HoldDecided(HoldDecision),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -202,6 +206,63 @@ pub struct HttpResponseHead {
     pub generated_by_gateway: bool,
 }
 
+/// A held request, as recorded and as the approval API lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hold {
+    pub hold_id: String,
+    /// The held request's session (`interlock replay` it). Not `session_id`: as a record,
+    /// the hold's fields share one object with the record header's.
+    pub in_session: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+    pub target: String,
+    /// The kernel-attested workload: process name, pid and cgroup.
+    pub process: String,
+    pub pid: u32,
+    pub cgroup: String,
+    /// Who the workload's own bearer token names, if it sent one (not verified here; used
+    /// to refuse self-approval).
+    pub requester: Option<Principal>,
+    pub method: String,
+    pub tool: Option<String>,
+    /// Masked unless the rule keeps raw records.
+    pub arguments: Option<serde_json::Value>,
+    pub rule: Option<String>,
+    pub reason: Option<String>,
+}
+
+/// A person or workload as an OIDC token names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Principal {
+    pub issuer: Option<String>,
+    pub subject: Option<String>,
+    pub email: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HoldOutcome {
+    Approved,
+    Denied,
+    TimedOut,
+    /// The gateway stopped first: the request was denied.
+    Interrupted,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HoldDecision {
+    pub hold_id: String,
+    pub outcome: HoldOutcome,
+    /// The verified approver, for approve and deny.
+    pub approver: Option<Principal>,
+    pub reason: Option<String>,
+    pub waited_ms: u64,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MaskedBody {
     pub direction: Direction,
@@ -268,6 +329,35 @@ mod tests {
                 version: "HTTP/1.1".into(),
                 headers: vec![("host".into(), "a".into())],
             }),
+            // Body fields share the object with the header's: none may repeat a header key.
+            RecordBody::HoldCreated(Hold {
+                hold_id: "h".into(),
+                in_session: "sess".into(),
+                created_at: ts,
+                expires_at: ts,
+                target: "t".into(),
+                process: "p".into(),
+                pid: 1,
+                cgroup: "/c".into(),
+                requester: None,
+                method: "tools/call".into(),
+                tool: Some("x".into()),
+                arguments: Some(serde_json::json!({"a": 1})),
+                rule: Some("r".into()),
+                reason: None,
+            }),
+            RecordBody::HoldDecided(HoldDecision {
+                hold_id: "h".into(),
+                outcome: HoldOutcome::Approved,
+                approver: Some(Principal {
+                    issuer: Some("https://idp".into()),
+                    subject: Some("bob".into()),
+                    email: None,
+                    groups: vec!["sre".into()],
+                }),
+                reason: Some("ok".into()),
+                waited_ms: 5,
+            }),
         ];
         for (i, body) in bodies.into_iter().enumerate() {
             for prev in [None, Some("ab".to_string())] {
@@ -283,9 +373,11 @@ mod tests {
                     &body_json,
                 );
                 assert_eq!(
-                    String::from_utf8(out).unwrap(),
+                    String::from_utf8(out.clone()).unwrap(),
                     serde_json::to_string(&record).unwrap()
                 );
+                let read_back: Record = serde_json::from_slice(&out).unwrap();
+                assert_eq!(read_back, record);
             }
         }
     }

@@ -94,7 +94,9 @@ impl Store {
                 RecordBody::HttpRequest(_)
                 | RecordBody::HttpResponse(_)
                 | RecordBody::McpMessage(_)
-                | RecordBody::Masked(_) => {
+                | RecordBody::Masked(_)
+                | RecordBody::HoldCreated(_)
+                | RecordBody::HoldDecided(_) => {
                     if let Some(summary) = by_id.get_mut(record.session_id.as_str()) {
                         summary.records += 1;
                     }

@@ -300,3 +300,92 @@ impl InternalEvent for SecretsMasked<'_> {
             .inc_by(self.count);
     }
 }
+
+pub struct HoldOpened<'a> {
+    pub target: &'a str,
+    pub hold_id: &'a str,
+    pub rule: Option<&'a str>,
+    pub timeout: Duration,
+}
+
+impl InternalEvent for HoldOpened<'_> {
+    fn emit(self) {
+        info!(
+            target_name = self.target,
+            hold_id = self.hold_id,
+            rule = self.rule.unwrap_or("default"),
+            timeout = ?self.timeout,
+            "request held for approval; decide with `interlock approvals approve|deny`"
+        );
+        metrics().holds_pending.inc();
+    }
+}
+
+pub struct HoldDecided<'a> {
+    pub target: &'a str,
+    pub hold_id: &'a str,
+    pub outcome: crate::recording::record::HoldOutcome,
+    pub waited: Duration,
+}
+
+impl InternalEvent for HoldDecided<'_> {
+    fn emit(self) {
+        let outcome = serde_json::to_value(self.outcome)
+            .ok()
+            .and_then(|v| v.as_str().map(String::from))
+            .unwrap_or_default();
+        info!(
+            target_name = self.target,
+            hold_id = self.hold_id,
+            outcome,
+            waited = ?self.waited,
+            "hold ended"
+        );
+        metrics().holds_pending.dec();
+        metrics()
+            .holds_decided
+            .get_or_create(&OutcomeLabels {
+                target: self.target.into(),
+                outcome,
+            })
+            .inc();
+    }
+}
+
+pub struct ApprovalRejected<'a> {
+    /// missing_token, invalid_token, not_allowed, self_approval or not_found.
+    pub why: &'static str,
+    pub error: &'a str,
+}
+
+impl InternalEvent for ApprovalRejected<'_> {
+    fn emit(self) {
+        warn!(
+            why = self.why,
+            error = self.error,
+            "approval API call refused"
+        );
+        metrics()
+            .approval_rejections
+            .get_or_create(&super::HowLabels {
+                how: self.why.into(),
+            })
+            .inc();
+    }
+}
+
+pub struct WebhookFailed<'a> {
+    pub hold_id: &'a str,
+    pub error: &'a str,
+}
+
+impl InternalEvent for WebhookFailed<'_> {
+    fn emit(self) {
+        warn!(
+            hold_id = self.hold_id,
+            error = self.error,
+            "approvals webhook failed; the hold stays pending (list it with `interlock approvals list`)"
+        );
+        metrics().webhook_failures.inc();
+    }
+}

@@ -65,6 +65,10 @@ pub struct Metrics {
     pub cgroups_unregistered: Counter,
     pub bpf_map_entries: Family<MapLabels, Gauge>,
     pub secrets_masked: Family<MaskLabels, Counter>,
+    pub holds_pending: Gauge,
+    pub holds_decided: Family<OutcomeLabels, Counter>,
+    pub approval_rejections: Family<HowLabels, Counter>,
+    pub webhook_failures: Counter,
 }
 
 impl Metrics {
@@ -96,6 +100,10 @@ impl Metrics {
             cgroups_unregistered: Counter::default(),
             bpf_map_entries: Family::default(),
             secrets_masked: Family::default(),
+            holds_pending: Gauge::default(),
+            holds_decided: Family::default(),
+            approval_rejections: Family::default(),
+            webhook_failures: Counter::default(),
         };
         let registry = &mut m.registry;
         registry.register(
@@ -222,6 +230,26 @@ impl Metrics {
             "secrets_masked",
             "Secrets masked, by target, direction and detector",
             m.secrets_masked.clone(),
+        );
+        registry.register(
+            "holds_pending",
+            "Requests held and waiting for an approval decision",
+            m.holds_pending.clone(),
+        );
+        registry.register(
+            "holds_decided",
+            "Holds ended, by target and outcome (approved, denied, timed_out, interrupted)",
+            m.holds_decided.clone(),
+        );
+        registry.register(
+            "approval_rejections",
+            "Approval API calls refused, by why (missing_token, invalid_token, not_allowed, self_approval, not_found)",
+            m.approval_rejections.clone(),
+        );
+        registry.register(
+            "approval_webhook_failures",
+            "Hold announcements the webhook did not accept (holds stay pending)",
+            m.webhook_failures.clone(),
         );
         m
     }

@@ -1,0 +1,121 @@
+//! `approvals:` in the gateway config: who may decide holds, how long holds wait, and where
+//! new holds are announced.
+use std::time::Duration;
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalsConfig {
+    /// How long a hold waits when its rule sets no `timeout`; then it is denied.
+    #[serde(
+        default = "default_timeout",
+        deserialize_with = "crate::config::duration"
+    )]
+    pub default_timeout: Duration,
+    /// Interval of SSE comment keep-alives on a held request, so that clients' read
+    /// timeouts do not fire while a human decides.
+    #[serde(
+        default = "default_keepalive",
+        deserialize_with = "crate::config::duration"
+    )]
+    pub keepalive: Duration,
+    /// Approvers sign in with an OIDC ID token from this issuer.
+    pub oidc: Option<OidcConfig>,
+    /// Announces each new hold with a POST of JSON (Slack-compatible `text`).
+    pub webhook: Option<WebhookConfig>,
+}
+
+impl Default for ApprovalsConfig {
+    fn default() -> Self {
+        ApprovalsConfig {
+            default_timeout: default_timeout(),
+            keepalive: default_keepalive(),
+            oidc: None,
+            webhook: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcConfig {
+    /// Issuer URL; discovery reads `<issuer>/.well-known/openid-configuration`.
+    pub issuer: String,
+    /// The `aud` approvers' ID tokens must carry (the client id they were issued for).
+    pub audience: String,
+    /// The claim that lists an approver's groups.
+    #[serde(default = "default_groups_claim")]
+    pub groups_claim: String,
+    /// Members of any of these groups may decide holds.
+    #[serde(default)]
+    pub allowed_groups: Vec<String>,
+    /// These e-mail addresses (the `email` claim) may decide holds.
+    #[serde(default)]
+    pub allowed_emails: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    pub url: String,
+    #[serde(
+        default = "default_webhook_timeout",
+        deserialize_with = "crate::config::duration"
+    )]
+    pub timeout: Duration,
+}
+
+impl ApprovalsConfig {
+    /// Errors that say what to fix. `holds` tells whether any policy rule can hold.
+    pub fn validate(&self, holds: bool) -> Result<(), String> {
+        match &self.oidc {
+            None if holds => {
+                return Err("the policy holds requests for approval but approvals.oidc is not configured, so nobody could approve them; set approvals.oidc (issuer, audience, allowed_groups or allowed_emails) or change the rule's action".into());
+            }
+            None => {}
+            Some(oidc) => {
+                let loopback = ["http://127.0.0.1", "http://[::1]", "http://localhost"]
+                    .iter()
+                    .any(|prefix| oidc.issuer.starts_with(prefix));
+                if !oidc.issuer.starts_with("https://") && !loopback {
+                    return Err(format!(
+                        "approvals.oidc.issuer `{}` must be an https URL (plain http only on loopback, for testing)",
+                        oidc.issuer
+                    ));
+                }
+                if oidc.audience.is_empty() {
+                    return Err("approvals.oidc.audience is empty; set it to the client id approvers' ID tokens are issued for".into());
+                }
+                if oidc.allowed_groups.is_empty() && oidc.allowed_emails.is_empty() {
+                    return Err(
+                        "approvals.oidc names no approvers; list allowed_groups or allowed_emails"
+                            .into(),
+                    );
+                }
+            }
+        }
+        if self.default_timeout.is_zero() || self.keepalive.is_zero() {
+            return Err(
+                "approvals.default_timeout and approvals.keepalive must be above zero".into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+fn default_timeout() -> Duration {
+    Duration::from_secs(300)
+}
+
+fn default_keepalive() -> Duration {
+    Duration::from_secs(15)
+}
+
+fn default_webhook_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn default_groups_claim() -> String {
+    "groups".into()
+}
