@@ -420,3 +420,30 @@ fn stopping_the_gateway_denies_held_requests_and_records_them() {
         String::from_utf8_lossy(&verify.stdout)
     );
 }
+
+#[test]
+fn a_held_call_on_the_legacy_sse_transport_is_answered_on_its_get_stream() {
+    require_root();
+    let issuer = OidcIssuer::start();
+    let server = McpServer::everything("sse");
+    let config = format!(
+        "approvals:\n  oidc:\n    issuer: {}\n    audience: interlock\n    allowed_groups: [sre]\n\
+         policy:\n  rules:\n    - name: sums-wait\n      match: {{ tool: get-sum }}\n      action: hold\n      timeout: 1s\n",
+        issuer.url()
+    );
+    let gw = Gateway::start_with_protocol(
+        &[Target {
+            name: "everything",
+            address: server.addr,
+        }],
+        "mcp",
+        &config,
+    );
+    let seen = gw.mcp_client(&format!("http://{}/sse", server.addr), "deny");
+    assert!(
+        seen["echo"].as_str().unwrap().contains("hello interlock"),
+        "{seen}"
+    );
+    let error = seen["denied"].as_str().unwrap_or_default();
+    assert!(error.contains("nobody decided within 1s"), "{seen}");
+}

@@ -452,6 +452,8 @@ fn policy_reloads_on_sighup_and_an_invalid_edit_is_refused() {
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
     }
+    // `wrap` reads the config too: put the valid one back.
+    fs::write(&gw.config, &valid).unwrap();
     let third = gw.mcp_client(&server.url(), "journal");
     assert!(
         third["calls"][1]["error"]

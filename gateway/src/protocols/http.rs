@@ -263,6 +263,12 @@ async fn handle(
         let wait = open_hold(ctx, &held, masking, &parts.headers).await;
         strip_forwarding_headers(&mut parts.headers);
         let request = Request::from_parts(parts, Full::new(body));
+        // Legacy HTTP+SSE: the answer goes on the client's GET stream, never on this POST.
+        let legacy_endpoint = request
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .filter(|uri| ctx.mcp_sessions.is_legacy_endpoint(uri));
         let stream = HeldStream {
             request_id: held.id,
             decision: held.decision,
@@ -270,7 +276,7 @@ async fn handle(
             limit,
             session: request_session,
         };
-        if accepts_sse(request.headers()) {
+        if accepts_sse(request.headers()) && legacy_endpoint.is_none() {
             // Answer at once and keep the stream alive: clients' read timeouts restart with
             // each keep-alive, while a plain POST would hit them after a long wait.
             let (tx, channel) = Channel::new(4);
@@ -301,6 +307,17 @@ async fn handle(
                 mcp::POLICY_DENIED,
                 &held_refusal_text(&stream.decision, &verdict, waited),
             );
+            if let Some(uri) = &legacy_endpoint
+                && ctx.mcp_sessions.inject_legacy(uri, error.clone())
+            {
+                return generated(
+                    ctx,
+                    StatusCode::ACCEPTED,
+                    "text/plain",
+                    Bytes::from_static(b"Accepted"),
+                )
+                .await;
+            }
             return generated_json(ctx, StatusCode::OK, &error, stream.session.as_deref()).await;
         }
         return forward(ctx, sender, request, masking, limit, stream.session).await;

@@ -109,6 +109,14 @@ impl McpSessions {
             .remove(endpoint);
     }
 
+    /// Whether `uri` is the POST endpoint of an open legacy stream.
+    pub fn is_legacy_endpoint(&self, uri: &str) -> bool {
+        self.legacy_streams
+            .lock()
+            .expect("streams lock")
+            .contains_key(uri)
+    }
+
     /// Sends `message` down the legacy stream whose endpoint is `uri`; false if there is none.
     pub fn inject_legacy(&self, uri: &str, message: Value) -> bool {
         self.legacy_streams
