@@ -69,6 +69,16 @@ fn call(tool: &str, path: &str) -> Value {
     json!([{ "tool": tool, "args": { "path": path } }])
 }
 
+/// `interlock approvals approve|deny ID --reason REASON`, which must succeed.
+fn decide(gw: &Gateway, token: &str, verb: &str, id: &str, reason: &str) {
+    let out = gw.approvals_cli(token, &[verb, id, "--reason", reason]);
+    assert!(
+        out.status.success(),
+        "{verb} {id}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn records_of_type(gw: &Gateway, kind: &str) -> Vec<Value> {
     gw.all_records()
         .into_iter()
@@ -101,13 +111,7 @@ fn approve_deny_and_timeout_as_the_python_client_sees_them() {
     let id = hold["hold_id"].as_str().unwrap();
     let listed = s.gw.approvals_cli(&bob, &["list"]);
     assert!(String::from_utf8_lossy(&listed.stdout).contains(id));
-    let out =
-        s.gw.approvals_cli(&bob, &["approve", id, "--reason", "cleanup ticket 42"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    decide(&s.gw, &bob, "approve", id, "cleanup ticket 42");
     let outcomes = hold_client_outcomes(client);
     assert_eq!(
         outcomes[0]["result"], "deleted /tmp/approve-me",
@@ -122,13 +126,7 @@ fn approve_deny_and_timeout_as_the_python_client_sees_them() {
         .as_str()
         .unwrap()
         .to_string();
-    let out =
-        s.gw.approvals_cli(&bob, &["deny", &id, "--reason", "not on a Friday"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    decide(&s.gw, &bob, "deny", &id, "not on a Friday");
     let outcomes = hold_client_outcomes(client);
     let error = outcomes[0]["error"].as_str().unwrap_or_default();
     assert!(
@@ -277,13 +275,7 @@ fn every_kind_of_bad_approver_token_is_refused_and_the_hold_stays() {
         s.gw.metric("interlock_approval_rejections_total{how=\"self_approval\"}"),
         Some(1.0)
     );
-    let out =
-        s.gw.approvals_cli(&bob, &["deny", &id, "--reason", "tokens were bad"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    decide(&s.gw, &bob, "deny", &id, "tokens were bad");
     let outcomes = hold_client_outcomes(client);
     assert!(
         outcomes[0]["error"]
@@ -320,20 +312,8 @@ fn a_hundred_concurrent_holds_decided_in_random_order() {
         } else {
             "deny"
         };
-        let out = s.gw.approvals_cli(
-            &bob,
-            &[
-                verb,
-                hold["hold_id"].as_str().unwrap(),
-                "--reason",
-                &format!("{verb} {n}"),
-            ],
-        );
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let id = hold["hold_id"].as_str().unwrap();
+        decide(&s.gw, &bob, verb, id, &format!("{verb} {n}"));
     }
     let outcomes = hold_client_outcomes(client);
     assert_eq!(outcomes.len(), 100);

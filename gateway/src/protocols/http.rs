@@ -199,7 +199,7 @@ async fn handle(
     }
     record(
         ctx,
-        crate::recording::record::RecordBody::HttpRequest(HttpRequestHead {
+        RecordBody::HttpRequest(HttpRequestHead {
             method: parts.method.to_string(),
             uri,
             version: format!("{:?}", parts.version),
@@ -294,7 +294,7 @@ async fn handle(
                 HeaderValue::from_static("text/event-stream"),
             );
             headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-            record_gateway_head(ctx, StatusCode::OK, &headers).await;
+            record_head(ctx, StatusCode::OK, &headers, true).await;
             let mut response = Response::new(Either::Right(channel));
             *response.headers_mut() = headers;
             return response;
@@ -340,6 +340,15 @@ fn strip_forwarding_headers(headers: &mut HeaderMap) {
     }
 }
 
+async fn send_upstream(
+    sender: &tokio::sync::Mutex<SendRequest<Full<Bytes>>>,
+    request: Request<Full<Bytes>>,
+) -> Result<Response<Incoming>, hyper::Error> {
+    let mut sender = sender.lock().await;
+    sender.ready().await?;
+    sender.send_request(request).await
+}
+
 /// Sends a request upstream and streams its answer back through a pump.
 async fn forward(
     ctx: &Arc<HttpSession>,
@@ -349,14 +358,7 @@ async fn forward(
     limit: usize,
     request_session: Option<String>,
 ) -> Response<ProxyBody> {
-    let response = {
-        let mut sender = sender.lock().await;
-        match sender.ready().await {
-            Ok(()) => sender.send_request(upstream_req).await,
-            Err(e) => Err(e),
-        }
-    };
-    let response = match response {
+    let response = match send_upstream(sender, upstream_req).await {
         Ok(response) => response,
         Err(e) => {
             let message = format!("upstream {} failed: {e}", ctx.target.address);
@@ -370,15 +372,7 @@ async fn forward(
         }
     };
     let (mut parts, body) = response.into_parts();
-    record(
-        ctx,
-        crate::recording::record::RecordBody::HttpResponse(HttpResponseHead {
-            status: parts.status.as_u16(),
-            headers: recordable_headers(ctx, &parts.headers),
-            generated_by_gateway: false,
-        }),
-    )
-    .await;
+    record_head(ctx, parts.status, &parts.headers, false).await;
     let response_session = header_str(&parts.headers, "mcp-session-id").map(str::to_string);
     if let Some(id) = &response_session {
         ctx.mcp_sessions.touch(id, &ctx.target.name);
@@ -518,13 +512,19 @@ fn held_refusal_text(decision: &Decision, verdict: &Verdict, waited: Duration) -
     }
 }
 
-async fn record_gateway_head(ctx: &HttpSession, status: StatusCode, headers: &HeaderMap) {
+/// Records a response head, the upstream's or one the gateway made.
+async fn record_head(
+    ctx: &HttpSession,
+    status: StatusCode,
+    headers: &HeaderMap,
+    generated_by_gateway: bool,
+) {
     record(
         ctx,
         RecordBody::HttpResponse(HttpResponseHead {
             status: status.as_u16(),
             headers: recordable_headers(ctx, headers),
-            generated_by_gateway: true,
+            generated_by_gateway,
         }),
     )
     .await;
@@ -570,14 +570,7 @@ async fn held_sse(
         send_events(&ctx, &mut tx, &held, &[error], EventSource::Gateway).await;
         return;
     }
-    let response = {
-        let mut sender = sender.lock().await;
-        match sender.ready().await {
-            Ok(()) => sender.send_request(request).await,
-            Err(e) => Err(e),
-        }
-    };
-    let response = match response {
+    let response = match send_upstream(&sender, request).await {
         Ok(response) => response,
         Err(e) => {
             let error = mcp::error_response(
@@ -593,15 +586,7 @@ async fn held_sse(
         }
     };
     let (parts, body) = response.into_parts();
-    record(
-        &ctx,
-        RecordBody::HttpResponse(HttpResponseHead {
-            status: parts.status.as_u16(),
-            headers: recordable_headers(&ctx, &parts.headers),
-            generated_by_gateway: false,
-        }),
-    )
-    .await;
+    record_head(&ctx, parts.status, &parts.headers, false).await;
     let kind = BodyKind::of(header_str(&parts.headers, "content-type"));
     if matches!(kind, BodyKind::Sse) {
         let stream = response_stream(&ctx, kind, held.masking, held.limit, held.session.clone());
@@ -747,7 +732,7 @@ async fn record_masked(
     }
     record(
         ctx,
-        crate::recording::record::RecordBody::Masked(MaskedBody {
+        RecordBody::Masked(MaskedBody {
             direction,
             detectors: report,
             peer_saw_masked,
@@ -1275,15 +1260,7 @@ async fn generated(
 ) -> Response<ProxyBody> {
     let mut headers = HeaderMap::new();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    record(
-        ctx,
-        crate::recording::record::RecordBody::HttpResponse(HttpResponseHead {
-            status: status.as_u16(),
-            headers: recordable_headers(ctx, &headers),
-            generated_by_gateway: true,
-        }),
-    )
-    .await;
+    record_head(ctx, status, &headers, true).await;
     if !body.is_empty() {
         record_data(ctx, Direction::Down, body.clone()).await;
     }
@@ -1335,9 +1312,5 @@ async fn record_data(ctx: &HttpSession, direction: Direction, data: Bytes) {
 }
 
 async fn record_mcp(ctx: &HttpSession, message: McpMessage) {
-    record(
-        ctx,
-        crate::recording::record::RecordBody::McpMessage(message),
-    )
-    .await;
+    record(ctx, RecordBody::McpMessage(message)).await;
 }
