@@ -100,9 +100,8 @@ impl Approvals {
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Registers a hold; the caller records it and then waits on it.
-    pub fn open(&self, hold: Hold, timeout: Option<Duration>) -> HoldWait {
-        let timeout = timeout.unwrap_or(self.config.default_timeout);
+    /// Registers a hold that ends in a denial after `timeout`; the caller waits on it.
+    pub fn open(&self, hold: Hold, timeout: Duration) -> HoldWait {
         let (decide, verdict) = oneshot::channel();
         HoldOpened {
             target: &hold.target,

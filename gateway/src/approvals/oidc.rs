@@ -22,6 +22,20 @@ const KEYS_TTL: Duration = Duration::from_secs(300);
 const KEYS_MIN_REFRESH: Duration = Duration::from_secs(10);
 const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// What identity providers sign ID tokens with. Never HMAC (a gateway holds no client secret)
+/// and never `none`.
+const ASYMMETRIC_ALGORITHMS: [CoreJwsSigningAlgorithm; 9] = [
+    CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha256,
+    CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha384,
+    CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha512,
+    CoreJwsSigningAlgorithm::RsaSsaPssSha256,
+    CoreJwsSigningAlgorithm::RsaSsaPssSha384,
+    CoreJwsSigningAlgorithm::RsaSsaPssSha512,
+    CoreJwsSigningAlgorithm::EcdsaP256Sha256,
+    CoreJwsSigningAlgorithm::EcdsaP384Sha384,
+    CoreJwsSigningAlgorithm::EdDsa,
+];
+
 /// Claims outside the standard set, so the groups claim can have any configured name.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct OtherClaims(HashMap<String, serde_json::Value>);
@@ -129,7 +143,8 @@ impl ApproverVerifier {
             ClientId::new(self.config.audience.clone()),
             self.issuer.clone(),
             keys.metadata.jwks().clone(),
-        );
+        )
+        .set_allowed_algs(ASYMMETRIC_ALGORITHMS);
         // Approver tokens come from a sign-in elsewhere: there is no nonce to compare.
         let claims = token.claims(&verifier, |_: Option<&Nonce>| Ok(()))?;
         let groups = match claims.additional_claims().0.get(&self.config.groups_claim) {

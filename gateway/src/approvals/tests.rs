@@ -5,6 +5,8 @@ use base64::Engine;
 use super::*;
 use crate::approvals::config::OidcConfig;
 
+const LONG: Duration = Duration::from_secs(300);
+
 fn approvals() -> Approvals {
     Approvals::new(ApprovalsConfig::default()).unwrap()
 }
@@ -41,7 +43,7 @@ fn person(issuer: &str, subject: &str, email: &str) -> Principal {
 #[tokio::test]
 async fn an_approval_reaches_the_waiting_request_once() {
     let approvals = approvals();
-    let wait = approvals.open(hold("h1", None), Some(Duration::from_secs(30)));
+    let wait = approvals.open(hold("h1", None), Duration::from_secs(30));
     assert_eq!(approvals.list().len(), 1);
     let bob = person("https://idp", "bob", "bob@example.com");
     approvals
@@ -61,7 +63,7 @@ async fn an_approval_reaches_the_waiting_request_once() {
 #[tokio::test]
 async fn a_hold_nobody_decides_times_out_and_leaves_the_list() {
     let approvals = approvals();
-    let wait = approvals.open(hold("h1", None), Some(Duration::from_millis(50)));
+    let wait = approvals.open(hold("h1", None), Duration::from_millis(50));
     let (_, verdict, waited) = wait.verdict(&approvals).await;
     assert_eq!(verdict.outcome, HoldOutcome::TimedOut);
     assert!(waited >= Duration::from_millis(50));
@@ -72,7 +74,7 @@ async fn a_hold_nobody_decides_times_out_and_leaves_the_list() {
 async fn the_requester_cannot_approve_their_own_request() {
     let approvals = approvals();
     let alice = person("https://idp", "alice", "Alice@Example.com");
-    let _wait = approvals.open(hold("h1", Some(alice.clone())), None);
+    let _wait = approvals.open(hold("h1", Some(alice.clone())), LONG);
     assert_eq!(
         approvals.decide("h1", alice.clone(), true, "mine".into()),
         Err(DecideError::SelfApproval)
@@ -95,9 +97,9 @@ async fn the_requester_cannot_approve_their_own_request() {
 #[tokio::test]
 async fn shutdown_interrupts_pending_and_later_holds() {
     let approvals = approvals();
-    let pending = approvals.open(hold("h1", None), None);
+    let pending = approvals.open(hold("h1", None), LONG);
     approvals.shutdown();
-    let later = approvals.open(hold("h2", None), None);
+    let later = approvals.open(hold("h2", None), LONG);
     for wait in [pending, later] {
         let (_, verdict, _) = wait.verdict(&approvals).await;
         assert_eq!(verdict.outcome, HoldOutcome::Interrupted);
@@ -109,7 +111,7 @@ async fn shutdown_interrupts_pending_and_later_holds() {
 #[tokio::test]
 async fn an_abandoned_hold_is_withdrawn() {
     let approvals = approvals();
-    let wait = approvals.open(hold("h1", None), None);
+    let wait = approvals.open(hold("h1", None), LONG);
     approvals.abandon("h1");
     assert!(approvals.list().is_empty());
     let (_, verdict, _) = wait.verdict(&approvals).await;

@@ -209,6 +209,13 @@ async fn reload_policy<C: crate::proxy::upstream::UpstreamConnector>(
             }
         };
         match Config::load(&path) {
+            // Approvers are set up at start; a reload changes only the policy.
+            Ok(config) if config.policy.can_hold() && proxy.approvals.verifier.is_none() => {
+                warn!(
+                    why,
+                    "policy not reloaded: it holds requests, but this gateway started without approvals.oidc, so nobody could decide them; restart it with approvals configured"
+                )
+            }
             Ok(config) => {
                 let rules = config.policy.rules.len();
                 proxy.set_policy(config.policy);

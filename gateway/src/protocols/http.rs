@@ -472,7 +472,7 @@ async fn open_hold(
         reason: held.decision.reason.clone(),
     };
     record(ctx, RecordBody::HoldCreated(hold.clone())).await;
-    ctx.approvals.open(hold, Some(timeout))
+    ctx.approvals.open(hold, timeout)
 }
 
 async fn record_verdict(ctx: &HttpSession, hold: &Hold, verdict: &Verdict, waited: Duration) {
