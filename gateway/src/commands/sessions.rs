@@ -301,10 +301,10 @@ pub fn render(records: &[&Record]) -> String {
                     .unwrap_or_default();
                 let _ = writeln!(
                     out,
-                    "\n#{} {ts}  hold {} {:?}{by} after {} ms: {}",
+                    "\n#{} {ts}  hold {} {}{by} after {} ms: {}",
                     record.seq,
                     decision.hold_id,
-                    decision.outcome,
+                    decision.outcome.as_str(),
                     decision.waited_ms,
                     decision.reason.as_deref().unwrap_or("-")
                 );

@@ -307,16 +307,10 @@ async fn handle(
                 mcp::POLICY_DENIED,
                 &held_refusal_text(&stream.decision, &verdict, waited),
             );
-            if let Some(uri) = &legacy_endpoint
-                && ctx.mcp_sessions.inject_legacy(uri, error.clone())
-            {
-                return generated(
-                    ctx,
-                    StatusCode::ACCEPTED,
-                    "text/plain",
-                    Bytes::from_static(b"Accepted"),
-                )
-                .await;
+            let legacy_endpoint = legacy_endpoint.as_deref();
+            let answers = std::slice::from_ref(&error);
+            if let Some(accepted) = answer_on_legacy_stream(ctx, legacy_endpoint, answers).await {
+                return accepted;
             }
             return generated_json(ctx, StatusCode::OK, &error, stream.session.as_deref()).await;
         }
@@ -597,7 +591,19 @@ async fn held_sse(
     let messages = match Limited::new(body, held.limit).collect().await {
         Ok(body) => {
             let body = body.to_bytes();
-            record_data(&ctx, Direction::Down, body.clone()).await;
+            // What the upstream sent, masked like every record (the events that carry it
+            // to the client are recorded, and counted, as they go out).
+            let recorded = if held.masking.record_raw {
+                None
+            } else {
+                ctx.masker.mask_body(&body, &mut MaskReport::default())
+            };
+            record_data(
+                &ctx,
+                Direction::Down,
+                recorded.map_or(body.clone(), Bytes::from),
+            )
+            .await;
             mcp::parse_messages(&body).map_err(|e| e.to_string())
         }
         Err(e) => Err(e.to_string()),
@@ -1145,21 +1151,8 @@ async fn refuse(
                 .map(|id| mcp::error_response(id, mcp::POLICY_DENIED, text))
         })
         .collect();
-    // Legacy HTTP+SSE: answers travel on the client's GET stream, and the POST gets 202.
-    if let Some(uri) = legacy_endpoint
-        && errors
-            .iter()
-            .all(|e| ctx.mcp_sessions.inject_legacy(uri, e.clone()))
-    {
-        return Some(
-            generated(
-                ctx,
-                StatusCode::ACCEPTED,
-                "text/plain",
-                Bytes::from_static(b"Accepted"),
-            )
-            .await,
-        );
+    if let Some(accepted) = answer_on_legacy_stream(ctx, legacy_endpoint, &errors).await {
+        return Some(accepted);
     }
     let reply = match (errors.len(), evaluation.message_count) {
         (_, 1) => errors.into_iter().next().unwrap_or(Value::Null),
@@ -1170,6 +1163,31 @@ async fn refuse(
         return Some(generated(ctx, StatusCode::ACCEPTED, "application/json", Bytes::new()).await);
     }
     Some(generated_json(ctx, StatusCode::OK, &reply, session).await)
+}
+
+/// Legacy HTTP+SSE: answers travel on the client's GET stream, and the POST gets 202. None
+/// when `uri` is not a legacy endpoint (or its stream is gone).
+async fn answer_on_legacy_stream(
+    ctx: &HttpSession,
+    uri: Option<&str>,
+    answers: &[Value],
+) -> Option<Response<ProxyBody>> {
+    let uri = uri?;
+    if !answers
+        .iter()
+        .all(|a| ctx.mcp_sessions.inject_legacy(uri, a.clone()))
+    {
+        return None;
+    }
+    Some(
+        generated(
+            ctx,
+            StatusCode::ACCEPTED,
+            "text/plain",
+            Bytes::from_static(b"Accepted"),
+        )
+        .await,
+    )
 }
 
 /// A request's summary, masked for the record: it was made from the clear-text body.

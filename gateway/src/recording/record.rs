@@ -253,6 +253,17 @@ pub enum HoldOutcome {
     Interrupted,
 }
 
+impl HoldOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HoldOutcome::Approved => "approved",
+            HoldOutcome::Denied => "denied",
+            HoldOutcome::TimedOut => "timed_out",
+            HoldOutcome::Interrupted => "interrupted",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HoldDecision {
     pub hold_id: String,

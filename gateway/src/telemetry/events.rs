@@ -330,10 +330,7 @@ pub struct HoldDecided<'a> {
 
 impl InternalEvent for HoldDecided<'_> {
     fn emit(self) {
-        let outcome = serde_json::to_value(self.outcome)
-            .ok()
-            .and_then(|v| v.as_str().map(String::from))
-            .unwrap_or_default();
+        let outcome = self.outcome.as_str();
         info!(
             target_name = self.target,
             hold_id = self.hold_id,
@@ -346,7 +343,7 @@ impl InternalEvent for HoldDecided<'_> {
             .holds_decided
             .get_or_create(&OutcomeLabels {
                 target: self.target.into(),
-                outcome,
+                outcome: outcome.into(),
             })
             .inc();
     }
