@@ -37,8 +37,13 @@ enum Mode {
         #[arg(long)]
         interlock: PathBuf,
     },
-    /// The MCP load generator, against URL (host:port); prints JSON.
-    McpClient { addr: SocketAddr },
+    /// The MCP load generator: the same upstream directly, through nginx and through
+    /// Interlock, interleaved; prints JSON.
+    McpClient {
+        direct: SocketAddr,
+        nginx: SocketAddr,
+        interlock: SocketAddr,
+    },
     /// Masking throughput per core: one-pass engine vs a naive per-pattern loop.
     Masking,
 }
@@ -72,7 +77,11 @@ fn main() -> Result<()> {
         }
         Some(Mode::Stream) => stream::run(),
         Some(Mode::Mcp { interlock }) => mcp::orchestrate(&interlock),
-        Some(Mode::McpClient { addr }) => mcp::client(addr),
+        Some(Mode::McpClient {
+            direct,
+            nginx,
+            interlock,
+        }) => mcp::client(direct, nginx, interlock),
         Some(Mode::Masking) => masking::run(),
         None => orchestrate(&cli.interlock.context("--interlock BIN is required")?),
     }

@@ -1,13 +1,23 @@
 //! MCP benchmark: a 1 KiB `tools/call` answered as an SSE event (as MCP servers answer), and
 //! a GET SSE stream of 1 KiB notifications. The upstream is an in-process hyper server, so
 //! only what sits in between differs: nothing, nginx as a plain reverse proxy (no
-//! inspection), or Interlock in mcp mode (parsing, policy and recording on).
-use std::{convert::Infallible, fs, net::SocketAddr, path::Path, process::Command, time::Instant};
+//! inspection), or Interlock in mcp mode (parsing, policy, masking and recording on). One
+//! client process, wrapped by Interlock, measures all three in turn.
+use std::{
+    convert::Infallible,
+    fs,
+    net::SocketAddr,
+    path::Path,
+    process::Command,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Either, Full, StreamBody};
-use hyper::{Request, Response, body::Frame, service::service_fn};
+use hyper::{
+    Request, Response, body::Frame, client::conn::http1::SendRequest, service::service_fn,
+};
 use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
 
@@ -16,8 +26,12 @@ use crate::{
     wait_listening,
 };
 
-const CALLS: usize = 5000;
+const WARMUP_CALLS: usize = 200;
+const CALLS: usize = 10_000;
+/// Calls in a row on one route; about 20 ms.
+const BLOCK: usize = 100;
 const STREAM_EVENTS: usize = 50_000;
+const STREAM_ROUNDS: usize = 3;
 
 #[derive(Serialize, Deserialize)]
 struct McpResults {
@@ -25,6 +39,13 @@ struct McpResults {
     call_p99_us: f64,
     sse_events_per_s: f64,
     sse_mib_per_s: f64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct McpRun {
+    direct: McpResults,
+    nginx: McpResults,
+    interlock: McpResults,
 }
 
 fn sse_event(json: &str) -> Bytes {
@@ -74,41 +95,55 @@ async fn upstream(listener: tokio::net::TcpListener) {
     }
 }
 
-/// The load generator: sequential tools/call round trips on one keep-alive connection, then
-/// one SSE stream read to its end.
-pub fn client(addr: SocketAddr) -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let results = runtime.block_on(async {
+/// One route to the upstream, with its keep-alive connection and what it measured.
+struct Route {
+    addr: SocketAddr,
+    sender: SendRequest<Full<Bytes>>,
+    latencies: Vec<Duration>,
+    stream_rates: Vec<(f64, f64)>,
+}
+
+impl Route {
+    async fn connect(addr: SocketAddr) -> Result<Route> {
         let stream = tokio::net::TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(conn);
-        let mut latencies = Vec::with_capacity(CALLS);
-        for id in 0..CALLS {
-            let call = serde_json::json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
-                "params": {"name": "echo", "arguments": {"message": "m".repeat(1024)}}});
-            let request = Request::post("/mcp")
-                .header("host", addr.to_string())
-                .header("content-type", "application/json")
-                .header("accept", "application/json, text/event-stream")
-                .body(Full::new(Bytes::from(call.to_string())))?;
-            let started = Instant::now();
-            sender.ready().await?;
-            let response = sender.send_request(request).await?;
-            let body = response.into_body().collect().await?.to_bytes();
-            latencies.push(started.elapsed());
-            anyhow::ensure!(body.len() > 1024, "short answer: {body:?}");
-        }
+        Ok(Route {
+            addr,
+            sender,
+            latencies: Vec::with_capacity(CALLS),
+            stream_rates: Vec::new(),
+        })
+    }
+
+    /// One tools/call round trip, to the end of its answer.
+    async fn call(&mut self, id: usize) -> Result<Duration> {
+        let call = serde_json::json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+            "params": {"name": "echo", "arguments": {"message": "m".repeat(1024)}}});
+        let request = Request::post("/mcp")
+            .header("host", self.addr.to_string())
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .body(Full::new(Bytes::from(call.to_string())))?;
+        let started = Instant::now();
+        self.sender.ready().await?;
+        let response = self.sender.send_request(request).await?;
+        let body = response.into_body().collect().await?.to_bytes();
+        let took = started.elapsed();
+        anyhow::ensure!(body.len() > 1024, "short answer: {body:?}");
+        Ok(took)
+    }
+
+    /// One GET SSE stream read to its end: (events/s, MiB/s).
+    async fn stream(&mut self) -> Result<(f64, f64)> {
         let request = Request::get("/mcp")
-            .header("host", addr.to_string())
+            .header("host", self.addr.to_string())
             .header("accept", "text/event-stream")
             .body(Full::new(Bytes::new()))?;
-        sender.ready().await?;
+        self.sender.ready().await?;
         let started = Instant::now();
-        let mut body = sender.send_request(request).await?.into_body();
+        let mut body = self.sender.send_request(request).await?.into_body();
         let mut bytes = 0usize;
         while let Some(frame) = body.frame().await {
             if let Ok(data) = frame?.into_data() {
@@ -116,11 +151,64 @@ pub fn client(addr: SocketAddr) -> Result<()> {
             }
         }
         let secs = started.elapsed().as_secs_f64();
-        anyhow::Ok(McpResults {
-            call_p50_us: percentile(&mut latencies, 0.50),
-            call_p99_us: percentile(&mut latencies, 0.99),
-            sse_events_per_s: STREAM_EVENTS as f64 / secs,
-            sse_mib_per_s: bytes as f64 / (1 << 20) as f64 / secs,
+        Ok((
+            STREAM_EVENTS as f64 / secs,
+            bytes as f64 / (1 << 20) as f64 / secs,
+        ))
+    }
+
+    fn results(mut self) -> McpResults {
+        self.stream_rates.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let (events, mib) = self.stream_rates[self.stream_rates.len() / 2];
+        McpResults {
+            call_p50_us: percentile(&mut self.latencies, 0.50),
+            call_p99_us: percentile(&mut self.latencies, 0.99),
+            sse_events_per_s: events,
+            sse_mib_per_s: mib,
+        }
+    }
+}
+
+/// The load generator. Calls go to the three routes in turn, in blocks (direct, nginx,
+/// Interlock, rotating which goes first), so a noisy moment on this machine lands on all
+/// three alike instead of on whichever ran then. Blocks, not single calls, so that the work
+/// Interlock's recorder does just after a call lands on Interlock's own calls, not on the
+/// next route's. SSE streams alternate the same way; the median counts.
+pub fn client(direct: SocketAddr, nginx: SocketAddr, interlock: SocketAddr) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let results = runtime.block_on(async {
+        let mut routes = [
+            Route::connect(direct).await?,
+            Route::connect(nginx).await?,
+            Route::connect(interlock).await?,
+        ];
+        for id in 0..WARMUP_CALLS {
+            for route in &mut routes {
+                route.call(id).await?;
+            }
+        }
+        for block in 0..CALLS / BLOCK {
+            for turn in 0..routes.len() {
+                let route = &mut routes[(block + turn) % 3];
+                for id in block * BLOCK..(block + 1) * BLOCK {
+                    let took = route.call(id).await?;
+                    route.latencies.push(took);
+                }
+            }
+        }
+        for _ in 0..STREAM_ROUNDS {
+            for route in &mut routes {
+                let rate = route.stream().await?;
+                route.stream_rates.push(rate);
+            }
+        }
+        let [direct, nginx, interlock] = routes.map(Route::results);
+        anyhow::Ok(McpRun {
+            direct,
+            nginx,
+            interlock,
         })
     })?;
     println!("{}", serde_json::to_string(&results)?);
@@ -153,44 +241,50 @@ fn start_nginx(dir: &Path, listen: SocketAddr, upstream: SocketAddr) -> Result<K
 pub fn orchestrate(interlock: &Path) -> Result<()> {
     let me = std::env::current_exe()?;
     let dir = tempfile::tempdir()?;
-    let upstream_addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
-    let listener = std::net::TcpListener::bind(upstream_addr)?;
-    listener.set_nonblocking(true)?;
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        runtime.block_on(async {
-            upstream(tokio::net::TcpListener::from_std(listener).expect("listener")).await
+    // The same upstream on two ports: Interlock intercepts the first (its target), while
+    // the second is reached directly and through nginx from inside the same wrapped client.
+    let target_addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    let plain_addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    for addr in [target_addr, plain_addr] {
+        let listener = std::net::TcpListener::bind(addr)?;
+        listener.set_nonblocking(true)?;
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async {
+                upstream(tokio::net::TcpListener::from_std(listener).expect("listener")).await
+            });
         });
-    });
-    let client_for = |addr: SocketAddr| {
-        let mut cmd = Command::new(&me);
-        cmd.args(["mcp-client", &addr.to_string()]);
-        cmd
-    };
+    }
 
-    eprintln!("[1/3] MCP direct");
-    let direct = run_client(client_for(upstream_addr))?;
-
-    eprintln!("[2/3] MCP through nginx (plain reverse proxy, no inspection)");
+    eprintln!(
+        "starting nginx (plain reverse proxy, no inspection) and Interlock (mcp mode: parsing, policy, masking, recording)"
+    );
     let nginx_addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
-    let nginx = start_nginx(dir.path(), nginx_addr, upstream_addr)?;
-    let via_nginx = run_client(client_for(nginx_addr))?;
-    drop(nginx);
-
-    eprintln!("[3/3] MCP through Interlock (mcp mode: parsing, policy, recording)");
+    let nginx = start_nginx(dir.path(), nginx_addr, plain_addr)?;
     let policy = "policy:\n  rules:\n    - name: no-deletes\n      match: { tool: \"delete_*\" }\n      action: deny\n";
-    let target = format!("name: mcp\n    address: {upstream_addr}\n    protocol: mcp");
+    let target = format!("name: mcp\n    address: {target_addr}\n    protocol: mcp");
     let gateway = BenchGateway::start(interlock, dir.path(), &target, policy)?;
-    let wrapped = gateway.wrap(interlock, &me, &["mcp-client", &upstream_addr.to_string()]);
-    let via_interlock = run_client(wrapped)?;
+    eprintln!("{CALLS} calls per route, interleaved, then {STREAM_ROUNDS} SSE streams per route");
+    let (direct, nginx_route, interlock_route) = (
+        plain_addr.to_string(),
+        nginx_addr.to_string(),
+        target_addr.to_string(),
+    );
+    let wrapped = gateway.wrap(
+        interlock,
+        &me,
+        &["mcp-client", &direct, &nginx_route, &interlock_route],
+    );
+    let run: McpRun = run_client(wrapped)?;
     let rss = peak_rss_mib(gateway.process.0.id());
     drop(gateway);
+    drop(nginx);
 
     println!(
-        "\nMCP benchmark: 1 KiB tools/call answered over SSE ({CALLS} calls), and {STREAM_EVENTS} 1 KiB SSE events"
+        "\nMCP benchmark: 1 KiB tools/call answered over SSE ({CALLS} calls per route, interleaved), and {STREAM_EVENTS} 1 KiB SSE events (median of {STREAM_ROUNDS})"
     );
     let rows: [(&str, Metric<McpResults>); 4] = [
         ("tools/call p50 (us)", |r| r.call_p50_us),
@@ -198,13 +292,13 @@ pub fn orchestrate(interlock: &Path) -> Result<()> {
         ("SSE events/s", |r| r.sse_events_per_s),
         ("SSE MiB/s", |r| r.sse_mib_per_s),
     ];
-    print_ratios(&rows, &direct, &via_nginx, &via_interlock);
+    print_ratios(&rows, &run.direct, &run.nginx, &run.interlock);
     println!(
         "added p50: nginx {:.1} us, Interlock {:.1} us; added p99: nginx {:.1} us, Interlock {:.1} us",
-        via_nginx.call_p50_us - direct.call_p50_us,
-        via_interlock.call_p50_us - direct.call_p50_us,
-        via_nginx.call_p99_us - direct.call_p99_us,
-        via_interlock.call_p99_us - direct.call_p99_us
+        run.nginx.call_p50_us - run.direct.call_p50_us,
+        run.interlock.call_p50_us - run.direct.call_p50_us,
+        run.nginx.call_p99_us - run.direct.call_p99_us,
+        run.interlock.call_p99_us - run.direct.call_p99_us
     );
     println!("gateway peak RSS: {rss:.1} MiB");
     Ok(())

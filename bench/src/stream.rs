@@ -69,10 +69,8 @@ async fn fill_spool(dir: &Path) -> Result<(u64, Duration, watch::Receiver<Positi
         let payload = payload.clone();
         tasks.push(tokio::spawn(async move {
             session.start(start_record()).await?;
-            for n in 0..CHUNKS_PER_SESSION {
-                session
-                    .data(Direction::Up, (n * CHUNK) as u64, payload.clone())
-                    .await?;
+            for _ in 0..CHUNKS_PER_SESSION {
+                session.data(Direction::Up, payload.clone()).await?;
             }
             session
                 .end(SessionEnd {

@@ -38,6 +38,10 @@ pub struct Config {
     pub node_name: Option<String>,
     #[serde(default = "defaults::connect_timeout", deserialize_with = "duration")]
     pub upstream_connect_timeout: Duration,
+    /// Threads that sessions run on, each session on one from start to end; by default one
+    /// per CPU the gateway may use.
+    #[serde(default)]
+    pub workers: Option<std::num::NonZeroUsize>,
     /// How long SIGTERM waits for open sessions before cutting them.
     #[serde(default = "defaults::drain_timeout", deserialize_with = "duration")]
     pub drain_timeout: Duration,

@@ -12,6 +12,9 @@ use crate::{
 pub struct Webhook {
     config: WebhookConfig,
     http: reqwest::Client,
+    /// The gateway's main runtime: holds open on session workers, and an announcement must
+    /// not be dropped with a worker that stops.
+    runtime: tokio::runtime::Handle,
 }
 
 impl Webhook {
@@ -22,7 +25,13 @@ impl Webhook {
             .timeout(config.timeout)
             .build()
             .map_err(|e| format!("HTTP client for the approvals webhook: {e}"))?;
-        Ok(Webhook { config, http })
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|e| format!("the approvals webhook needs the gateway's runtime: {e}"))?;
+        Ok(Webhook {
+            config,
+            http,
+            runtime,
+        })
     }
 
     /// Sends in the background: a hold never waits for its announcement.
@@ -45,7 +54,7 @@ impl Webhook {
             self.config.url.clone(),
             hold.hold_id.clone(),
         );
-        tokio::spawn(async move {
+        self.runtime.spawn(async move {
             let result = http.post(&url).json(&body).send().await;
             let error = match result {
                 Ok(response) if response.status().is_success() => return,

@@ -15,7 +15,7 @@ use crate::{
     config::{Config, FailMode},
     ebpf::Dataplane,
     protocols::mcp::McpSessions,
-    proxy::{Proxy, upstream::TcpConnector},
+    proxy::{Proxy, upstream::TcpConnector, workers::Workers},
     recording::{
         Recorder, WriterOptions,
         chain::Sealer,
@@ -91,6 +91,7 @@ pub async fn run(config_path: &Path) -> Result<()> {
         recorder.clone(),
         masker,
         approvals.clone(),
+        Workers::start(config.workers)?,
         TcpConnector {
             timeout: config.upstream_connect_timeout,
         },
@@ -133,6 +134,7 @@ pub async fn run(config_path: &Path) -> Result<()> {
         listen = %config.listen,
         admin = %config.admin,
         targets = config.targets.len(),
+        workers = proxy.workers.count(),
         records = %config.recording.dir.display(),
         "gateway ready"
     );
@@ -156,6 +158,8 @@ pub async fn run(config_path: &Path) -> Result<()> {
         proxy.hard_stop.cancel();
         proxy.sessions.wait().await;
     }
+    let stopping = proxy.clone();
+    let _ = tokio::task::spawn_blocking(move || stopping.workers.stop()).await;
     stop_services.cancel();
     let _ = std::fs::remove_file(&config.control_socket);
     recorder_thread.stop(&recorder).await;

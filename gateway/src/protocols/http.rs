@@ -15,6 +15,7 @@ use std::{
 };
 
 use bytes::Bytes;
+use bytes::BytesMut;
 use futures_util::{FutureExt, StreamExt, stream::FuturesUnordered};
 use http_body_util::{BodyExt, Either, Full, Limited, channel::Channel};
 use hyper::{
@@ -43,8 +44,8 @@ use crate::{
     recording::{
         SessionRecorder,
         record::{
-            Direction, Hold, HoldDecision, HoldOutcome, HttpRequestHead, HttpResponseHead,
-            MaskedBody, McpMessage, Outcome, RecordBody,
+            DataChunk, Direction, Hold, HoldDecision, HoldOutcome, HttpRequestHead,
+            HttpResponseHead, MaskedBody, McpMessage, Outcome, RecordBody,
         },
     },
     telemetry::events::{InternalEvent, SecretsMasked},
@@ -193,19 +194,21 @@ async fn handle(
     sender: &Arc<tokio::sync::Mutex<SendRequest<Full<Bytes>>>>,
 ) -> Response<ProxyBody> {
     let (mut parts, body) = req.into_parts();
-    let mut uri = parts.uri.to_string();
-    if !ctx.target.record_raw {
-        ctx.masker.mask_string(&mut uri, &mut MaskReport::default());
-    }
-    record(
-        ctx,
-        RecordBody::HttpRequest(HttpRequestHead {
-            method: parts.method.to_string(),
+    let (method, mut uri) = (parts.method.to_string(), parts.uri.to_string());
+    let (version, headers) = (format!("{:?}", parts.version), parts.headers.clone());
+    let (masker, record_raw) = (ctx.masker.clone(), ctx.target.record_raw);
+    record_later(ctx, move || {
+        if !record_raw {
+            masker.mask_string(&mut uri, &mut MaskReport::default());
+        }
+        let headers = recordable_headers(&masker, record_raw, &headers);
+        vec![RecordBody::HttpRequest(HttpRequestHead {
+            method,
             uri,
-            version: format!("{:?}", parts.version),
-            headers: recordable_headers(ctx, &parts.headers),
-        }),
-    )
+            version,
+            headers,
+        })]
+    })
     .await;
     // MCP sessions are known by header, not by connection: one session spans many.
     let request_session = header_str(&parts.headers, "mcp-session-id").map(str::to_string);
@@ -335,12 +338,18 @@ fn strip_forwarding_headers(headers: &mut HeaderMap) {
 }
 
 async fn send_upstream(
+    ctx: &HttpSession,
     sender: &tokio::sync::Mutex<SendRequest<Full<Bytes>>>,
     request: Request<Full<Bytes>>,
 ) -> Result<Response<Incoming>, hyper::Error> {
+    let body_len = hyper::body::Body::size_hint(request.body())
+        .exact()
+        .unwrap_or(0);
     let mut sender = sender.lock().await;
     sender.ready().await?;
-    sender.send_request(request).await
+    let response = sender.send_request(request).await?;
+    ctx.bytes_up.fetch_add(body_len, Ordering::Relaxed);
+    Ok(response)
 }
 
 /// Sends a request upstream and streams its answer back through a pump.
@@ -352,7 +361,7 @@ async fn forward(
     limit: usize,
     request_session: Option<String>,
 ) -> Response<ProxyBody> {
-    let response = match send_upstream(sender, upstream_req).await {
+    let response = match send_upstream(ctx, sender, upstream_req).await {
         Ok(response) => response,
         Err(e) => {
             let message = format!("upstream {} failed: {e}", ctx.target.address);
@@ -373,7 +382,6 @@ async fn forward(
     }
     parts.headers.remove(header::TRANSFER_ENCODING);
     let kind = BodyKind::of(header_str(&parts.headers, "content-type"));
-    let (tx, channel) = Channel::new(4);
     let stream = response_stream(
         ctx,
         kind,
@@ -381,15 +389,59 @@ async fn forward(
         limit,
         response_session.or(request_session),
     );
-    if stream.kind.is_some() && masking.apply.responses() {
+    let body_changes = stream.kind.is_some() && masking.apply.responses();
+    let mut body = body;
+    let ready = gather_ready(&mut body, Bytes::new());
+    if matches!(ready.1, Some(Ok(()))) && !ready.0.is_empty() {
+        // The whole body came with the head (most answers to a call do): it goes out with
+        // the head in one write, so the client wakes once, not again for the last chunk.
+        let mut whole = BytesMut::new();
+        // The body is complete, so the upstream cannot fail it any more.
+        let _ = pump(ctx, body, ready, &mut Outlet::Whole(&mut whole), stream).await;
+        if body_changes {
+            parts
+                .headers
+                .insert(header::CONTENT_LENGTH, whole.len().into());
+        }
+        return Response::from_parts(parts, Either::Left(Full::new(whole.freeze())));
+    }
+    if body_changes {
         // The masked body's length is only known at its end: it goes out chunked.
         parts.headers.remove(header::CONTENT_LENGTH);
     }
+    let (tx, channel) = Channel::new(4);
     // The connection's task is gone only once the client is, and then nobody reads this.
-    let _ = ctx
-        .pumps
-        .send(Box::pin(pump(ctx.clone(), body, tx, stream)));
+    let _ = ctx.pumps.send(Box::pin(stream_body(
+        ctx.clone(),
+        body,
+        ready,
+        Outlet::Stream(tx),
+        stream,
+    )));
     Response::from_parts(parts, Either::Right(channel))
+}
+
+/// Where a response's forwarded bytes go.
+enum Outlet<'a> {
+    /// Streamed to the client as they are processed.
+    Stream(http_body_util::channel::Sender<Bytes, std::io::Error>),
+    /// Gathered, for a body that was complete on arrival and goes out with its head.
+    Whole(&'a mut BytesMut),
+}
+
+impl Outlet<'_> {
+    /// Fails once the client is gone.
+    async fn send(&mut self, ctx: &HttpSession, data: Bytes) -> Result<(), ()> {
+        ctx.bytes_down
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        match self {
+            Outlet::Stream(tx) => tx.send_data(data).await.map_err(|_| ()),
+            Outlet::Whole(whole) => {
+                whole.extend_from_slice(&data);
+                Ok(())
+            }
+        }
+    }
 }
 
 /// How a response body of this kind is masked and read for MCP messages.
@@ -513,14 +565,15 @@ async fn record_head(
     headers: &HeaderMap,
     generated_by_gateway: bool,
 ) {
-    record(
-        ctx,
-        RecordBody::HttpResponse(HttpResponseHead {
+    let (masker, record_raw, headers) =
+        (ctx.masker.clone(), ctx.target.record_raw, headers.clone());
+    record_later(ctx, move || {
+        vec![RecordBody::HttpResponse(HttpResponseHead {
             status: status.as_u16(),
-            headers: recordable_headers(ctx, headers),
+            headers: recordable_headers(&masker, record_raw, &headers),
             generated_by_gateway,
-        }),
-    )
+        })]
+    })
     .await;
 }
 
@@ -532,8 +585,9 @@ async fn held_sse(
     held: HeldStream,
     request: Request<Full<Bytes>>,
     sender: Arc<tokio::sync::Mutex<SendRequest<Full<Bytes>>>>,
-    mut tx: http_body_util::channel::Sender<Bytes, std::io::Error>,
+    tx: http_body_util::channel::Sender<Bytes, std::io::Error>,
 ) {
+    let mut out = Outlet::Stream(tx);
     let hold_id = wait.hold.hold_id.clone();
     let keepalive = ctx.approvals.config.keepalive;
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + keepalive, keepalive);
@@ -544,7 +598,7 @@ async fn held_sse(
             _ = ticks.tick() => {
                 let comment = Bytes::from_static(b": held for approval\n\n");
                 record_data(&ctx, Direction::Down, comment.clone()).await;
-                if tx.send_data(comment).await.is_ok() {
+                if out.send(&ctx, comment).await.is_ok() {
                     continue;
                 }
             }
@@ -561,10 +615,10 @@ async fn held_sse(
             mcp::POLICY_DENIED,
             &held_refusal_text(&held.decision, &verdict, waited),
         );
-        send_events(&ctx, &mut tx, &held, &[error], EventSource::Gateway).await;
+        send_events(&ctx, &mut out, &held, &[error], EventSource::Gateway).await;
         return;
     }
-    let response = match send_upstream(&sender, request).await {
+    let response = match send_upstream(&ctx, &sender, request).await {
         Ok(response) => response,
         Err(e) => {
             let error = mcp::error_response(
@@ -575,7 +629,7 @@ async fn held_sse(
                     ctx.target.address
                 ),
             );
-            send_events(&ctx, &mut tx, &held, &[error], EventSource::Gateway).await;
+            send_events(&ctx, &mut out, &held, &[error], EventSource::Gateway).await;
             return;
         }
     };
@@ -584,7 +638,9 @@ async fn held_sse(
     let kind = BodyKind::of(header_str(&parts.headers, "content-type"));
     if matches!(kind, BodyKind::Sse) {
         let stream = response_stream(&ctx, kind, held.masking, held.limit, held.session.clone());
-        pump(ctx.clone(), body, tx, stream).await;
+        let mut body = body;
+        let ready = gather_ready(&mut body, Bytes::new());
+        stream_body(ctx.clone(), body, ready, out, stream).await;
         return;
     }
     // A JSON answer becomes events on the stream the client already reads.
@@ -618,7 +674,7 @@ async fn held_sse(
             ),
         )]
     });
-    send_events(&ctx, &mut tx, &held, &events, EventSource::Upstream).await;
+    send_events(&ctx, &mut out, &held, &events, EventSource::Upstream).await;
 }
 
 /// Where events written into a held request's stream come from.
@@ -633,7 +689,7 @@ enum EventSource {
 /// Writes JSON-RPC messages as SSE events, recorded like any response.
 async fn send_events(
     ctx: &HttpSession,
-    tx: &mut http_body_util::channel::Sender<Bytes, std::io::Error>,
+    out: &mut Outlet<'_>,
     held: &HeldStream,
     messages: &[Value],
     source: EventSource,
@@ -665,7 +721,7 @@ async fn send_events(
     for piece in pieces {
         if deliver(
             ctx,
-            tx,
+            out,
             &mut stream,
             &mut legacy,
             piece,
@@ -700,6 +756,24 @@ async fn mask_request_body(ctx: &HttpSession, body: Bytes, masking: Masking) -> 
     if body.is_empty() {
         return body;
     }
+    if !masking.apply.requests() {
+        // The upstream gets the body as sent, so only the record's copy is masked, and that
+        // is done off the data path.
+        let (masker, target, raw) = (ctx.masker.clone(), ctx.target.name.clone(), body.clone());
+        record_later(ctx, move || {
+            let mut report = MaskReport::default();
+            let recorded = match masking.record_raw {
+                true => raw,
+                false => masker.mask_body(&raw, &mut report).map_or(raw, Bytes::from),
+            };
+            let chunk = RecordBody::Data(DataChunk::new(Direction::Up, recorded));
+            std::iter::once(chunk)
+                .chain(masked_record(&target, Direction::Up, report, false))
+                .collect()
+        })
+        .await;
+        return body;
+    }
     let mut report = MaskReport::default();
     let masked = if masking.apply.requests() || !masking.record_raw {
         ctx.masker.mask_body(&body, &mut report).map(Bytes::from)
@@ -724,27 +798,35 @@ async fn record_masked(
     report: MaskReport,
     peer_saw_masked: bool,
 ) {
+    if let Some(masked) = masked_record(&ctx.target.name, direction, report, peer_saw_masked) {
+        record(ctx, masked).await;
+    }
+}
+
+/// Counts what was masked, and says so in a record; None when nothing was.
+fn masked_record(
+    target: &str,
+    direction: Direction,
+    report: MaskReport,
+    peer_saw_masked: bool,
+) -> Option<RecordBody> {
     if report.is_empty() {
-        return;
+        return None;
     }
     for (detector, count) in &report.0 {
         SecretsMasked {
-            target: &ctx.target.name,
+            target,
             direction,
             detector,
             count: *count,
         }
         .emit();
     }
-    record(
-        ctx,
-        RecordBody::Masked(MaskedBody {
-            direction,
-            detectors: report,
-            peer_saw_masked,
-        }),
-    )
-    .await;
+    Some(RecordBody::Masked(MaskedBody {
+        direction,
+        detectors: report,
+        peer_saw_masked,
+    }))
 }
 
 /// How one response body is read, masked and recorded as it streams.
@@ -768,11 +850,12 @@ enum ResponseParse {
 /// Streams one response body to the client: each frame is masked (per SSE event, whole JSON
 /// body, or text window), recorded, read for MCP messages, and forwarded.
 async fn pump(
-    ctx: Arc<HttpSession>,
+    ctx: &HttpSession,
     mut body: Incoming,
-    mut tx: http_body_util::channel::Sender<Bytes, std::io::Error>,
+    ready: Ready,
+    out: &mut Outlet<'_>,
     mut stream: ResponseStream,
-) {
+) -> Option<hyper::Error> {
     let mcp_session = stream.mcp_session.take();
     let session = mcp_session.as_deref();
     let mut masker = stream
@@ -784,48 +867,30 @@ async fn pump(
     let mut injected: Vec<Value> = Vec::new();
     let mut complete = false;
     let mut upstream_error = None;
+    let mut ready = Some(ready);
     'frames: loop {
-        let frame = tokio::select! {
-            frame = body.frame() => frame,
-            Some(message) = async {
-                match legacy.as_mut() {
-                    Some((_, rx)) => rx.recv().await,
-                    None => std::future::pending().await,
+        let (data, end) = match ready.take() {
+            Some(ready) => ready,
+            None => match next_frame(&mut body, ctx, &mut legacy).await {
+                NextFrame::Data(data) => gather_ready(&mut body, data),
+                NextFrame::Injected(message) => {
+                    injected.push(message);
+                    (Bytes::new(), None)
                 }
-            } => {
-                injected.push(message);
-                let between_events = !masker.as_ref().is_some_and(BodyMasker::holding);
-                if between_events && inject(&ctx, &mut tx, &stream.parse, &mut injected, session).await.is_err() {
-                    break;
-                }
-                continue;
-            }
-            _ = ctx.client_gone.cancelled() => break,
+                NextFrame::End(end) => (Bytes::new(), Some(end)),
+                NextFrame::ClientGone => break,
+            },
         };
-        let Some(frame) = frame else {
-            complete = true;
-            break;
-        };
-        let frame = match frame {
-            Ok(frame) => frame,
-            Err(e) => {
-                upstream_error = Some(e);
-                break;
-            }
-        };
-        let Ok(data) = frame.into_data() else {
-            continue;
-        };
-        let (data, end) = gather_ready(&mut body, data);
         let pieces = match &mut masker {
             Some(masker) => masker.feed(&data),
+            None if data.is_empty() => Vec::new(),
             None => vec![Piece {
                 raw: data,
                 masked: None,
             }],
         };
         for piece in pieces {
-            if deliver(&ctx, &mut tx, &mut stream, &mut legacy, piece, session)
+            if deliver(ctx, out, &mut stream, &mut legacy, piece, session)
                 .await
                 .is_err()
             {
@@ -845,7 +910,7 @@ async fn pump(
         }
         let between_events = !masker.as_ref().is_some_and(BodyMasker::holding);
         if between_events
-            && inject(&ctx, &mut tx, &stream.parse, &mut injected, session)
+            && inject(ctx, out, &stream.parse, &mut injected, session)
                 .await
                 .is_err()
         {
@@ -855,7 +920,7 @@ async fn pump(
     if let Some(masker) = &mut masker {
         if complete {
             for piece in masker.finish() {
-                if deliver(&ctx, &mut tx, &mut stream, &mut legacy, piece, session)
+                if deliver(ctx, out, &mut stream, &mut legacy, piece, session)
                     .await
                     .is_err()
                 {
@@ -865,32 +930,82 @@ async fn pump(
         }
         let report = std::mem::take(&mut masker.report);
         record_masked(
-            &ctx,
+            ctx,
             Direction::Down,
             report,
             stream.masking.apply.responses(),
         )
         .await;
     }
-    if let Some(e) = upstream_error {
-        tracing::warn!(target_name = %ctx.target.name, error = %e, "upstream died mid-response; the client's response is cut");
-        tx.abort(std::io::Error::other(format!(
-            "upstream died mid-response: {e}"
-        )));
-    }
     if let Some((endpoint, _)) = legacy {
         ctx.mcp_sessions.unregister_legacy_stream(&endpoint);
     }
     if let ResponseParse::Json(buf) = stream.parse {
-        for message in mcp::parse_messages(&buf).unwrap_or_default() {
-            record_mcp(
-                &ctx,
-                mcp::summarize(&message, Direction::Down, session, "json"),
-            )
-            .await;
+        record_mcp_in(ctx, vec![buf], session, "json").await;
+    }
+    upstream_error
+}
+
+/// What a streaming response's pump waits for next.
+enum NextFrame {
+    Data(Bytes),
+    /// A gateway message for a legacy HTTP+SSE stream.
+    Injected(Value),
+    End(Result<(), hyper::Error>),
+    ClientGone,
+}
+
+async fn next_frame(
+    body: &mut Incoming,
+    ctx: &HttpSession,
+    legacy: &mut Option<(String, tokio::sync::mpsc::UnboundedReceiver<Value>)>,
+) -> NextFrame {
+    loop {
+        let frame = tokio::select! {
+            frame = body.frame() => frame,
+            Some(message) = async {
+                match legacy.as_mut() {
+                    Some((_, rx)) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => return NextFrame::Injected(message),
+            _ = ctx.client_gone.cancelled() => return NextFrame::ClientGone,
+        };
+        match frame {
+            None => return NextFrame::End(Ok(())),
+            Some(Err(e)) => return NextFrame::End(Err(e)),
+            // Trailers carry nothing to forward here.
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    return NextFrame::Data(data);
+                }
+            }
         }
     }
 }
+
+/// Streams a response body to the client; an upstream that dies mid-body cuts the client's
+/// response too, so it cannot pass for complete.
+async fn stream_body(
+    ctx: Arc<HttpSession>,
+    body: Incoming,
+    ready: Ready,
+    mut out: Outlet<'static>,
+    stream: ResponseStream,
+) {
+    let Some(e) = pump(&ctx, body, ready, &mut out, stream).await else {
+        return;
+    };
+    tracing::warn!(target_name = %ctx.target.name, error = %e, "upstream died mid-response; the client's response is cut");
+    if let Outlet::Stream(tx) = out {
+        tx.abort(std::io::Error::other(format!(
+            "upstream died mid-response: {e}"
+        )));
+    }
+}
+
+/// What a body had delivered so far, and how it ended, if it did.
+type Ready = (Bytes, Option<Result<(), hyper::Error>>);
 
 /// Most a response pump gathers before it masks, records and forwards.
 const GATHER_BYTES: usize = 64 << 10;
@@ -898,16 +1013,22 @@ const GATHER_BYTES: usize = 64 << 10;
 /// Appends the frames the upstream has already delivered, so that a burst of small SSE
 /// events is masked, recorded and written to the client once rather than event by event.
 /// Also returns how the body ended, if it did.
-fn gather_ready(body: &mut Incoming, first: Bytes) -> (Bytes, Option<Result<(), hyper::Error>>) {
-    let mut gathered: Option<bytes::BytesMut> = None;
+fn gather_ready(body: &mut Incoming, mut first: Bytes) -> Ready {
+    let mut gathered: Option<BytesMut> = None;
     let mut end = None;
     while gathered.as_ref().map_or(first.len(), |g| g.len()) < GATHER_BYTES {
         match body.frame().now_or_never() {
             Some(Some(Ok(frame))) => {
                 if let Ok(data) = frame.into_data() {
-                    gathered
-                        .get_or_insert_with(|| bytes::BytesMut::from(&first[..]))
-                        .extend_from_slice(&data);
+                    match &mut gathered {
+                        None if first.is_empty() => first = data,
+                        None => {
+                            let mut both = BytesMut::from(&first[..]);
+                            both.extend_from_slice(&data);
+                            gathered = Some(both);
+                        }
+                        Some(gathered) => gathered.extend_from_slice(&data),
+                    }
                 }
             }
             Some(Some(Err(e))) => {
@@ -921,14 +1042,14 @@ fn gather_ready(body: &mut Incoming, first: Bytes) -> (Bytes, Option<Result<(), 
             None => break,
         }
     }
-    (gathered.map_or(first, bytes::BytesMut::freeze), end)
+    (gathered.map_or(first, BytesMut::freeze), end)
 }
 
 /// Records one piece of a response (masked unless `record_raw`), reads MCP messages from
 /// what was recorded, and forwards it (masked when responses are).
 async fn deliver(
     ctx: &HttpSession,
-    tx: &mut http_body_util::channel::Sender<Bytes, std::io::Error>,
+    out: &mut Outlet<'_>,
     stream: &mut ResponseStream,
     legacy: &mut Option<(String, tokio::sync::mpsc::UnboundedReceiver<Value>)>,
     piece: Piece,
@@ -947,19 +1068,15 @@ async fn deliver(
     record_data(ctx, Direction::Down, recorded.clone()).await;
     match &mut stream.parse {
         ResponseParse::Sse(parser) => {
+            let mut datas = Vec::new();
             for event in parser.feed(&recorded) {
                 if event.event.as_deref() == Some("endpoint") && legacy.is_none() {
                     let rx = ctx.mcp_sessions.register_legacy_stream(&event.data);
                     *legacy = Some((event.data.clone(), rx));
                 }
-                for message in mcp::parse_messages(event.data.as_bytes()).unwrap_or_default() {
-                    record_mcp(
-                        ctx,
-                        mcp::summarize(&message, Direction::Down, session, "sse"),
-                    )
-                    .await;
-                }
+                datas.push(event.data.into_bytes());
             }
+            record_mcp_in(ctx, datas, session, "sse").await;
         }
         ResponseParse::Json(buf) if buf.len() + recorded.len() <= stream.limit => {
             buf.extend_from_slice(&recorded)
@@ -967,13 +1084,13 @@ async fn deliver(
         ResponseParse::Json(_) => stream.parse = ResponseParse::None,
         ResponseParse::None => {}
     }
-    tx.send_data(forwarded).await.map_err(|_| ())
+    out.send(ctx, forwarded).await
 }
 
 /// Writes queued gateway messages into an SSE stream, only between events.
 async fn inject(
     ctx: &HttpSession,
-    tx: &mut http_body_util::channel::Sender<Bytes, std::io::Error>,
+    out: &mut Outlet<'_>,
     parse: &ResponseParse,
     queued: &mut Vec<Value>,
     session: Option<&str>,
@@ -989,7 +1106,7 @@ async fn inject(
         .await;
         let event = Bytes::from(format!("event: message\ndata: {message}\n\n"));
         record_data(ctx, Direction::Down, event.clone()).await;
-        tx.send_data(event).await.map_err(|_| ())?;
+        out.send(ctx, event).await?;
     }
     Ok(())
 }
@@ -1134,12 +1251,19 @@ async fn refuse(
         );
         return Some(generated_json(ctx, StatusCode::BAD_REQUEST, &reply, session).await);
     }
-    for mut summary in evaluation.summaries {
-        if !masking.record_raw {
-            mask_summary(&ctx.masker, &mut summary);
-        }
-        record_mcp(ctx, summary).await;
-    }
+    let (masker, summaries) = (ctx.masker.clone(), evaluation.summaries);
+    record_later(ctx, move || {
+        summaries
+            .into_iter()
+            .map(|mut summary| {
+                if !masking.record_raw {
+                    mask_summary(&masker, &mut summary);
+                }
+                RecordBody::McpMessage(summary)
+            })
+            .collect()
+    })
+    .await;
     let refusals = evaluation.refusals;
     if refusals.is_empty() {
         return None;
@@ -1280,6 +1404,8 @@ async fn generated(
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     record_head(ctx, status, &headers, true).await;
     if !body.is_empty() {
+        ctx.bytes_down
+            .fetch_add(body.len() as u64, Ordering::Relaxed);
         record_data(ctx, Direction::Down, body.clone()).await;
     }
     let mut response = Response::new(Either::Left(Full::new(body)));
@@ -1293,7 +1419,11 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 }
 
 /// Headers as recorded: credentials are redacted whole, other values masked.
-fn recordable_headers(ctx: &HttpSession, headers: &HeaderMap) -> Vec<(String, String)> {
+fn recordable_headers(
+    masker: &Masker,
+    record_raw: bool,
+    headers: &HeaderMap,
+) -> Vec<(String, String)> {
     headers
         .iter()
         .map(|(name, value)| {
@@ -1303,9 +1433,8 @@ fn recordable_headers(ctx: &HttpSession, headers: &HeaderMap) -> Vec<(String, St
                 }
                 _ => {
                     let mut text = String::from_utf8_lossy(value.as_bytes()).into_owned();
-                    if !ctx.target.record_raw {
-                        ctx.masker
-                            .mask_string(&mut text, &mut MaskReport::default());
+                    if !record_raw {
+                        masker.mask_string(&mut text, &mut MaskReport::default());
                     }
                     text
                 }
@@ -1321,12 +1450,41 @@ async fn record(ctx: &HttpSession, body: crate::recording::record::RecordBody) {
 }
 
 async fn record_data(ctx: &HttpSession, direction: Direction, data: Bytes) {
-    let counter = match direction {
-        Direction::Up => &ctx.bytes_up,
-        Direction::Down => &ctx.bytes_down,
-    };
-    let offset = counter.fetch_add(data.len() as u64, Ordering::Relaxed);
-    let _ = ctx.session.data(direction, offset, data).await;
+    let _ = ctx.session.data(direction, data).await;
+}
+
+/// Records what `build` makes from what was seen, off the data path (see
+/// `SessionRecorder::record_later`).
+async fn record_later(ctx: &HttpSession, build: impl FnOnce() -> Vec<RecordBody> + Send + 'static) {
+    let _ = ctx.session.record_later(Box::new(build)).await;
+}
+
+/// Records the MCP messages in parts of an answer (SSE events' data, or a JSON body).
+async fn record_mcp_in(
+    ctx: &HttpSession,
+    parts: Vec<Vec<u8>>,
+    session: Option<&str>,
+    transport: &'static str,
+) {
+    if parts.is_empty() {
+        return;
+    }
+    let session = session.map(str::to_string);
+    record_later(ctx, move || {
+        parts
+            .iter()
+            .flat_map(|part| mcp::parse_messages(part).unwrap_or_default())
+            .map(|message| {
+                RecordBody::McpMessage(mcp::summarize(
+                    &message,
+                    Direction::Down,
+                    session.as_deref(),
+                    transport,
+                ))
+            })
+            .collect()
+    })
+    .await;
 }
 
 async fn record_mcp(ctx: &HttpSession, message: McpMessage) {

@@ -2,6 +2,7 @@
 //! start) and the hand-off to the relay.
 pub mod relay;
 pub mod upstream;
+pub mod workers;
 
 use std::{
     collections::HashSet,
@@ -16,7 +17,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{error, warn};
 
-use self::upstream::{UpstreamConnector, connect_failure_outcome};
+use self::{
+    upstream::{UpstreamConnector, connect_failure_outcome},
+    workers::Workers,
+};
 use crate::{
     approvals::Approvals,
     config::{Config, Protocol, WhenFull},
@@ -50,6 +54,8 @@ pub struct Proxy<C> {
     /// Cancelled when the drain timeout runs out: open sessions are cut.
     pub hard_stop: CancellationToken,
     pub sessions: TaskTracker,
+    /// The threads sessions run on.
+    pub workers: Workers,
     /// Held across bind so two registrations cannot race for the same address.
     listeners: tokio::sync::Mutex<HashSet<SocketAddr>>,
     /// The policy in force; replaced whole on reload, so a request sees one version.
@@ -66,9 +72,11 @@ impl<C: UpstreamConnector> Proxy<C> {
         recorder: Recorder,
         masker: Arc<Masker>,
         approvals: Arc<Approvals>,
+        workers: Workers,
         connector: C,
     ) -> Arc<Self> {
         Arc::new(Proxy {
+            workers,
             masker,
             approvals,
             node: config.node_name(),
@@ -118,9 +126,21 @@ impl<C: UpstreamConnector> Proxy<C> {
             };
             match accepted {
                 Ok((client, peer)) => {
+                    // Off this runtime's reactor, onto the chosen worker's.
+                    let client = match client.into_std() {
+                        Ok(client) => client,
+                        Err(e) => {
+                            warn!(%peer, error = %e, "accepted connection could not be handed to a worker; closed");
+                            continue;
+                        }
+                    };
                     let proxy = self.clone();
-                    self.sessions
-                        .spawn(async move { proxy.serve(client, peer).await });
+                    self.workers.spawn(&self.sessions, move || async move {
+                        match TcpStream::from_std(client) {
+                            Ok(client) => proxy.serve(client, peer).await,
+                            Err(e) => warn!(%peer, error = %e, "accepted connection could not be registered on its worker; closed"),
+                        }
+                    });
                 }
                 Err(e) => {
                     // Usually EMFILE/ENFILE: back off instead of spinning.

@@ -119,10 +119,10 @@ where
             return Ok(());
         }
         let chunk = buf.split().freeze();
-        let offset = counter.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        counter.fetch_add(chunk.len() as u64, Ordering::Relaxed);
         // Recorded before it is forwarded: what reaches the peer is always in the record.
         if let Some(session) = session {
-            session.data(direction, offset, chunk.clone()).await?;
+            session.data(direction, chunk.clone()).await?;
         }
         to.write_all(&chunk).await?;
     }

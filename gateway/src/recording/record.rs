@@ -143,6 +143,18 @@ pub struct DataChunk {
     pub data: Bytes,
 }
 
+impl DataChunk {
+    /// A chunk whose offset the record writer sets, in the order chunks reach it.
+    pub fn new(direction: Direction, data: Bytes) -> DataChunk {
+        DataChunk {
+            direction,
+            offset: 0,
+            len: data.len() as u64,
+            data,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SessionEnd {
     pub bytes_up: u64,

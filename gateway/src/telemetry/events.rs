@@ -157,6 +157,22 @@ impl InternalEvent for RecordWriteFailed<'_> {
     }
 }
 
+/// Building a deferred record panicked: a bug, and the session's records are incomplete.
+pub struct RecordBuildFailed<'a> {
+    pub session_id: &'a str,
+}
+
+impl InternalEvent for RecordBuildFailed<'_> {
+    fn emit(self) {
+        error!(
+            session_id = self.session_id,
+            "building a record panicked and it was dropped; the session's records are \
+             incomplete. This is a bug in Interlock: report it with this log"
+        );
+        metrics().records_lost.inc();
+    }
+}
+
 pub struct SpoolGapRecorded {
     pub sessions: u64,
 }
