@@ -14,8 +14,7 @@ use std::{
     time::Duration,
 };
 
-use bytes::Bytes;
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use futures_util::{FutureExt, StreamExt, stream::FuturesUnordered};
 use http_body_util::{BodyExt, Either, Full, Limited, channel::Channel};
 use hyper::{
@@ -374,7 +373,7 @@ async fn forward(
             .await;
         }
     };
-    let (mut parts, body) = response.into_parts();
+    let (mut parts, mut body) = response.into_parts();
     record_head(ctx, parts.status, &parts.headers, false).await;
     let response_session = header_str(&parts.headers, "mcp-session-id").map(str::to_string);
     if let Some(id) = &response_session {
@@ -390,7 +389,6 @@ async fn forward(
         response_session.or(request_session),
     );
     let body_changes = stream.kind.is_some() && masking.apply.responses();
-    let mut body = body;
     let ready = gather_ready(&mut body, Bytes::new());
     if matches!(ready.1, Some(Ok(()))) && !ready.0.is_empty() {
         // The whole body came with the head (most answers to a call do): it goes out with
@@ -633,12 +631,11 @@ async fn held_sse(
             return;
         }
     };
-    let (parts, body) = response.into_parts();
+    let (parts, mut body) = response.into_parts();
     record_head(&ctx, parts.status, &parts.headers, false).await;
     let kind = BodyKind::of(header_str(&parts.headers, "content-type"));
     if matches!(kind, BodyKind::Sse) {
         let stream = response_stream(&ctx, kind, held.masking, held.limit, held.session.clone());
-        let mut body = body;
         let ready = gather_ready(&mut body, Bytes::new());
         stream_body(ctx.clone(), body, ready, out, stream).await;
         return;
@@ -762,9 +759,10 @@ async fn mask_request_body(ctx: &HttpSession, body: Bytes, masking: Masking) -> 
         let (masker, target, raw) = (ctx.masker.clone(), ctx.target.name.clone(), body.clone());
         record_later(ctx, move || {
             let mut report = MaskReport::default();
-            let recorded = match masking.record_raw {
-                true => raw,
-                false => masker.mask_body(&raw, &mut report).map_or(raw, Bytes::from),
+            let recorded = if masking.record_raw {
+                raw
+            } else {
+                masker.mask_body(&raw, &mut report).map_or(raw, Bytes::from)
             };
             let chunk = RecordBody::Data(DataChunk::new(Direction::Up, recorded));
             std::iter::once(chunk)
