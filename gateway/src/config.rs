@@ -40,7 +40,7 @@ pub struct Config {
     pub upstream_connect_timeout: Duration,
     /// Threads that sessions run on, each session on one from start to end; by default one
     /// per CPU the gateway may use.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "worker_count")]
     pub workers: Option<std::num::NonZeroUsize>,
     /// How long SIGTERM waits for open sessions before cutting them.
     #[serde(default = "defaults::drain_timeout", deserialize_with = "duration")]
@@ -477,6 +477,20 @@ fn socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> 
     parse_socket_addr(&text).map_err(de::Error::custom)
 }
 
+fn worker_count<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<std::num::NonZeroUsize>, D::Error> {
+    Option::<usize>::deserialize(d)?
+        .map(|n| {
+            std::num::NonZeroUsize::new(n).ok_or_else(|| {
+                de::Error::custom(
+                    "0 workers could serve no session; write at least 1, or null for one per CPU",
+                )
+            })
+        })
+        .transpose()
+}
+
 fn optional_socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
     Option::<String>::deserialize(d)?
         .map(|text| parse_socket_addr(&text).map_err(de::Error::custom))
@@ -649,6 +663,16 @@ mod tests {
             "targets:\n  - name: a\n    address: 127.0.0.1:1\n  - name: b\n    address: 127.0.0.1:1\n",
         );
         assert!(e.contains("duplicate target address"), "{e}");
+    }
+
+    #[test]
+    fn workers_default_to_one_per_cpu_and_zero_is_refused() {
+        assert_eq!(Config::parse("targets: []\n").unwrap().workers, None);
+        let c = Config::parse("workers: 3\n").unwrap();
+        assert_eq!(c.workers.map(|n| n.get()), Some(3));
+        let e = error_of("workers: 0\n");
+        assert!(e.contains("key `workers`"), "{e}");
+        assert!(e.contains("at least 1, or null for one per CPU"), "{e}");
     }
 
     #[test]
