@@ -465,6 +465,48 @@ fn policy_reloads_on_sighup_and_an_invalid_edit_is_refused() {
 }
 
 #[test]
+fn a_request_after_the_upstream_closed_the_idle_connection_goes_out_on_a_new_one() {
+    // uvicorn closes keep-alive connections idle for 5 s; the client's connection to the
+    // gateway stays open, so its next request must not find a dead upstream.
+    let dir = tempfile::tempdir().unwrap();
+    let server = McpServer::python_journal(&dir.path().join("journal.jsonl"));
+    let gw = Gateway::start_with_protocol(
+        &[Target {
+            name: "web",
+            address: server.addr,
+        }],
+        "http",
+        "",
+    );
+    let script = format!(
+        "import http.client, time\n\
+         c = http.client.HTTPConnection('{}', {}, timeout=10)\n\
+         for pause in (0, 6.5):\n    time.sleep(pause)\n    c.request('GET', '/nowhere')\n    r = c.getresponse(); r.read(); print(r.status, end=' ')\n",
+        server.addr.ip(),
+        server.addr.port()
+    );
+    let out = gw.wrap(&["python3", "-c", &script]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "404 404 ",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sessions = gw.wait_sessions_ended(1);
+    assert_eq!(sessions.len(), 1, "one client connection: {sessions:#?}");
+    let records = gw.all_records();
+    let answered: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["kind"] == "http_response" && r["generated_by_gateway"] == false)
+        .collect();
+    assert_eq!(
+        answered.len(),
+        2,
+        "both answered by the server: {answered:#?}"
+    );
+}
+
+#[test]
 fn http_target_keeps_host_keep_alive_and_expect_continue() {
     // uvicorn (under the Python SDK server) speaks HTTP/1.1 with keep-alive.
     let dir = tempfile::tempdir().unwrap();

@@ -53,8 +53,15 @@ use crate::{
 type ProxyBody = Either<Full<Bytes>, Channel<Bytes, std::io::Error>>;
 type Pump = Pin<Box<dyn Future<Output = ()> + Send>>;
 
-/// The receiving end of `HttpSession::pumps`, for `serve`.
-pub struct PumpQueue(mpsc::UnboundedReceiver<Pump>);
+/// Opens a new connection to the session's upstream.
+pub type Redial =
+    Box<dyn Fn() -> Pin<Box<dyn Future<Output = std::io::Result<TcpStream>> + Send>> + Send + Sync>;
+
+/// The receiving ends of `HttpSession::pumps` and `HttpSession::upstreams`, for `serve`.
+pub struct PumpQueue {
+    pumps: mpsc::UnboundedReceiver<Pump>,
+    upstreams: mpsc::UnboundedReceiver<Pump>,
+}
 
 /// Everything one client connection's requests share.
 pub struct HttpSession {
@@ -66,6 +73,10 @@ pub struct HttpSession {
     bytes_down: AtomicU64,
     /// Response-body pumps, handed to the connection's own task (see `serve`).
     pumps: mpsc::UnboundedSender<Pump>,
+    /// Upstream connections opened after the first one, driven by that task too.
+    upstreams: mpsc::UnboundedSender<Pump>,
+    /// For when the upstream closed an idle connection and a request must still go out.
+    redial: Redial,
     /// Cancelled when the client connection is gone, so long-lived streams stop at once.
     client_gone: CancellationToken,
     /// MCP sessions across all connections, by `Mcp-Session-Id`.
@@ -97,9 +108,13 @@ impl HttpSession {
         mcp_sessions: Arc<mcp::McpSessions>,
         masker: Arc<Masker>,
         approvals: Arc<Approvals>,
+        redial: Redial,
     ) -> (Self, PumpQueue) {
         let (pumps, pump_queue) = mpsc::unbounded_channel();
+        let (upstreams, upstream_queue) = mpsc::unbounded_channel();
         let session = HttpSession {
+            upstreams,
+            redial,
             session,
             target,
             workload,
@@ -112,7 +127,13 @@ impl HttpSession {
             masker,
             approvals,
         };
-        (session, PumpQueue(pump_queue))
+        (
+            session,
+            PumpQueue {
+                pumps: pump_queue,
+                upstreams: upstream_queue,
+            },
+        )
     }
 }
 
@@ -140,7 +161,10 @@ pub async fn serve(
                 );
             }
         };
-    let PumpQueue(mut pump_queue) = pump_queue;
+    let PumpQueue {
+        pumps: mut pump_queue,
+        upstreams: mut upstream_queue,
+    } = pump_queue;
     let sender = Arc::new(tokio::sync::Mutex::new(sender));
     let service_ctx = ctx.clone();
     let service = service_fn(move |req| {
@@ -152,9 +176,12 @@ pub async fn serve(
     );
     // The client side, the upstream side and every response pump run in this one task, so
     // a request and its answer cross no task or thread: each such hop costs a wake-up and
-    // often a context switch.
-    let mut upstream_conn = pin!(upstream_conn);
-    let mut upstream_open = true;
+    // often a context switch. An upstream connection is dropped as soon as it ends: only
+    // then does its sender report it closed, so the next request can redial.
+    let mut upstreams: FuturesUnordered<Pump> = FuturesUnordered::new();
+    upstreams.push(Box::pin(async move {
+        let _ = upstream_conn.await;
+    }));
     let mut pumps = FuturesUnordered::new();
     let (outcome, error) = loop {
         tokio::select! {
@@ -167,7 +194,8 @@ pub async fn serve(
             },
             Some(pump) = pump_queue.recv() => pumps.push(pump),
             Some(()) = pumps.next(), if !pumps.is_empty() => {}
-            _ = &mut upstream_conn, if upstream_open => upstream_open = false,
+            Some(upstream) = upstream_queue.recv() => upstreams.push(upstream),
+            Some(()) = upstreams.next(), if !upstreams.is_empty() => {}
             _ = hard_stop.cancelled() => break (Outcome::Shutdown, Some("gateway shut down".into())),
         }
     };
@@ -180,7 +208,8 @@ pub async fn serve(
     while !pumps.is_empty() {
         tokio::select! {
             _ = pumps.next() => {}
-            _ = &mut upstream_conn, if upstream_open => upstream_open = false,
+            Some(upstream) = upstream_queue.recv() => upstreams.push(upstream),
+            Some(()) = upstreams.next(), if !upstreams.is_empty() => {}
             _ = hard_stop.cancelled() => break,
         }
     }
@@ -336,19 +365,55 @@ fn strip_forwarding_headers(headers: &mut HeaderMap) {
     }
 }
 
+/// Sends a request upstream. Servers close keep-alive connections that sit idle (uvicorn
+/// after 5 s), while the client's connection, and a held request, may wait far longer: a
+/// request that finds its upstream connection closed goes out on a new one.
 async fn send_upstream(
     ctx: &HttpSession,
     sender: &tokio::sync::Mutex<SendRequest<Full<Bytes>>>,
     request: Request<Full<Bytes>>,
-) -> Result<Response<Incoming>, hyper::Error> {
+) -> Result<Response<Incoming>, String> {
     let body_len = hyper::body::Body::size_hint(request.body())
         .exact()
         .unwrap_or(0);
     let mut sender = sender.lock().await;
-    sender.ready().await?;
-    let response = sender.send_request(request).await?;
+    let unsent = match sender.ready().await {
+        Ok(()) => match sender.try_send_request(request).await {
+            Ok(response) => {
+                ctx.bytes_up.fetch_add(body_len, Ordering::Relaxed);
+                return Ok(response);
+            }
+            // Not a byte of it went out, so it can go again.
+            Err(mut e) => match e.take_message() {
+                Some(request) => request,
+                None => return Err(e.into_error().to_string()),
+            },
+        },
+        Err(_) => request,
+    };
+    *sender = redial(ctx).await?;
+    sender.ready().await.map_err(|e| e.to_string())?;
+    let response = sender
+        .send_request(unsent)
+        .await
+        .map_err(|e| e.to_string())?;
     ctx.bytes_up.fetch_add(body_len, Ordering::Relaxed);
     Ok(response)
+}
+
+/// A new upstream connection, driven by the session's task like the first.
+async fn redial(ctx: &HttpSession) -> Result<SendRequest<Full<Bytes>>, String> {
+    let stream = (ctx.redial)()
+        .await
+        .map_err(|e| format!("reconnecting: {e}"))?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("reconnecting: {e}"))?;
+    let _ = ctx.upstreams.send(Box::pin(async move {
+        let _ = conn.await;
+    }));
+    tracing::debug!(target_name = %ctx.target.name, "the upstream had closed the idle connection; reconnected");
+    Ok(sender)
 }
 
 /// Sends a request upstream and streams its answer back through a pump.

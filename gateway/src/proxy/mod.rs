@@ -30,7 +30,7 @@ use crate::{
     policy::Policy,
     protocols::{
         self,
-        http::{ClientWorkload, HttpSession},
+        http::{ClientWorkload, HttpSession, Redial},
         mcp::McpSessions,
     },
     recording::{
@@ -151,7 +151,7 @@ impl<C: UpstreamConnector> Proxy<C> {
         }
     }
 
-    async fn serve(&self, client: TcpStream, peer: SocketAddr) {
+    async fn serve(self: Arc<Self>, client: TcpStream, peer: SocketAddr) {
         let Some(origin) = self.dataplane.take_flow(peer) else {
             OriginNotFound { peer }.emit();
             return;
@@ -263,6 +263,7 @@ impl<C: UpstreamConnector> Proxy<C> {
                             self.mcp_sessions.clone(),
                             self.masker.clone(),
                             self.approvals.clone(),
+                            self.redial(original_dst),
                         );
                         protocols::http::serve(
                             client,
@@ -289,6 +290,17 @@ impl<C: UpstreamConnector> Proxy<C> {
         if let Err(e) = session.end(finished).await {
             error!(session_id, error = %e, "session_end could not be recorded");
         }
+    }
+}
+
+impl<C: UpstreamConnector> Proxy<C> {
+    /// Connects to `addr` again, through the same connector as the session's first connection.
+    fn redial(self: &Arc<Self>, addr: SocketAddr) -> Redial {
+        let proxy = self.clone();
+        Box::new(move || {
+            let proxy = proxy.clone();
+            Box::pin(async move { proxy.connector.connect(addr).await })
+        })
     }
 }
 
