@@ -99,17 +99,27 @@ struct Masking {
     record_raw: bool,
 }
 
+/// What every session on the node shares.
+pub struct NodeServices {
+    pub mcp_sessions: Arc<mcp::McpSessions>,
+    pub masker: Arc<Masker>,
+    pub approvals: Arc<Approvals>,
+}
+
 impl HttpSession {
     pub fn new(
         session: SessionRecorder,
         target: Target,
         workload: ClientWorkload,
         policy: Arc<Policy>,
-        mcp_sessions: Arc<mcp::McpSessions>,
-        masker: Arc<Masker>,
-        approvals: Arc<Approvals>,
+        services: NodeServices,
         redial: Redial,
     ) -> (Self, PumpQueue) {
+        let NodeServices {
+            mcp_sessions,
+            masker,
+            approvals,
+        } = services;
         let (pumps, pump_queue) = mpsc::unbounded_channel();
         let (upstreams, upstream_queue) = mpsc::unbounded_channel();
         let session = HttpSession {

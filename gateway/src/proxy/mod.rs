@@ -30,7 +30,7 @@ use crate::{
     policy::Policy,
     protocols::{
         self,
-        http::{ClientWorkload, HttpSession, Redial},
+        http::{ClientWorkload, HttpSession, NodeServices, Redial},
         mcp::McpSessions,
     },
     recording::{
@@ -260,9 +260,11 @@ impl<C: UpstreamConnector> Proxy<C> {
                                 cgroup,
                             },
                             policy,
-                            self.mcp_sessions.clone(),
-                            self.masker.clone(),
-                            self.approvals.clone(),
+                            NodeServices {
+                                mcp_sessions: self.mcp_sessions.clone(),
+                                masker: self.masker.clone(),
+                                approvals: self.approvals.clone(),
+                            },
                             self.redial(original_dst),
                         );
                         protocols::http::serve(
