@@ -464,12 +464,9 @@ fn policy_reloads_on_sighup_and_an_invalid_edit_is_refused() {
     );
 }
 
-#[test]
-fn a_request_after_the_upstream_closed_the_idle_connection_goes_out_on_a_new_one() {
-    // uvicorn closes keep-alive connections idle for 5 s; the client's connection to the
-    // gateway stays open, so its next request must not find a dead upstream.
-    let dir = tempfile::tempdir().unwrap();
-    let server = McpServer::python_journal(&dir.path().join("journal.jsonl"));
+/// The Python SDK's server (uvicorn: HTTP/1.1, keep-alive) behind a plain `http` target.
+fn uvicorn_behind_an_http_target(dir: &std::path::Path) -> (McpServer, Gateway) {
+    let server = McpServer::python_journal(&dir.join("journal.jsonl"));
     let gw = Gateway::start_with_protocol(
         &[Target {
             name: "web",
@@ -478,6 +475,15 @@ fn a_request_after_the_upstream_closed_the_idle_connection_goes_out_on_a_new_one
         "http",
         "",
     );
+    (server, gw)
+}
+
+#[test]
+fn a_request_after_the_upstream_closed_the_idle_connection_goes_out_on_a_new_one() {
+    // uvicorn closes keep-alive connections idle for 5 s; the client's connection to the
+    // gateway stays open, so its next request must not find a dead upstream.
+    let dir = tempfile::tempdir().unwrap();
+    let (server, gw) = uvicorn_behind_an_http_target(dir.path());
     let script = format!(
         "import http.client, time\n\
          c = http.client.HTTPConnection('{}', {}, timeout=10)\n\
@@ -510,15 +516,7 @@ fn a_request_after_the_upstream_closed_the_idle_connection_goes_out_on_a_new_one
 fn http_target_keeps_host_keep_alive_and_expect_continue() {
     // uvicorn (under the Python SDK server) speaks HTTP/1.1 with keep-alive.
     let dir = tempfile::tempdir().unwrap();
-    let server = McpServer::python_journal(&dir.path().join("journal.jsonl"));
-    let gw = Gateway::start_with_protocol(
-        &[Target {
-            name: "web",
-            address: server.addr,
-        }],
-        "http",
-        "",
-    );
+    let (server, gw) = uvicorn_behind_an_http_target(dir.path());
     let url = format!("http://{}/nowhere", server.addr);
     // Keep-alive: two requests on one connection, compressed encodings requested.
     let out = gw.wrap(&[
