@@ -847,22 +847,16 @@ async fn mask_request_body(ctx: &HttpSession, body: Bytes, masking: Masking) -> 
         .await;
         return body;
     }
+    // The upstream gets the masked body, so it is masked here, on the data path.
     let mut report = MaskReport::default();
-    let masked = if masking.apply.requests() || !masking.record_raw {
-        ctx.masker.mask_body(&body, &mut report).map(Bytes::from)
-    } else {
-        None
-    };
+    let masked = ctx.masker.mask_body(&body, &mut report).map(Bytes::from);
     let recorded = match (&masked, masking.record_raw) {
         (Some(masked), false) => masked.clone(),
         _ => body.clone(),
     };
     record_data(ctx, Direction::Up, recorded).await;
-    record_masked(ctx, Direction::Up, report, masking.apply.requests()).await;
-    match masked {
-        Some(masked) if masking.apply.requests() => masked,
-        _ => body,
-    }
+    record_masked(ctx, Direction::Up, report, true).await;
+    masked.unwrap_or(body)
 }
 
 async fn record_masked(
