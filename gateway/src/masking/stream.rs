@@ -2,6 +2,8 @@
 //! masking changed them, the masked bytes: the caller forwards one and records the other.
 //! SSE is masked per complete event, JSON as a whole body, other text through a hold-back
 //! window; each bounded by the configured buffer sizes.
+use std::borrow::Cow;
+
 use bytes::{Bytes, BytesMut};
 
 use super::{MaskReport, Masker};
@@ -196,24 +198,24 @@ fn event_end(buf: &[u8], from: usize) -> Option<usize> {
 /// other fields as they were; None when nothing changed.
 fn mask_sse_event(masker: &Masker, event: &[u8], report: &mut MaskReport) -> Option<Vec<u8>> {
     let text = std::str::from_utf8(event).ok()?;
-    let mut data: Option<String> = None;
-    for line in text.lines() {
-        if let Some(value) = line.strip_prefix("data:") {
-            let value = value.strip_prefix(' ').unwrap_or(value);
-            match &mut data {
-                Some(d) => {
-                    d.push('\n');
-                    d.push_str(value);
-                }
-                None => data = Some(value.to_string()),
-            }
-        }
-    }
-    let masked = match data {
-        Some(data) => masker.mask_body(data.as_bytes(), report),
+    let mut values = text
+        .lines()
+        .filter_map(|line| line.strip_prefix("data:"))
+        .map(|value| value.strip_prefix(' ').unwrap_or(value));
+    // Most events have one data line, masked where it lies; more are joined first.
+    let data = match (values.next(), values.next()) {
         // Comments and other fields can carry text too.
-        None => return masker.mask_text(event, report),
-    }?;
+        (None, _) => return masker.mask_text(event, report),
+        (Some(only), None) => Cow::Borrowed(only),
+        (Some(first), Some(second)) => Cow::Owned(
+            [first, second]
+                .into_iter()
+                .chain(values)
+                .collect::<Vec<_>>()
+                .join("\n"),
+        ),
+    };
+    let masked = masker.mask_body(data.as_bytes(), report)?;
     let masked = String::from_utf8(masked).ok()?;
     let mut out = String::with_capacity(event.len());
     let mut data_written = false;

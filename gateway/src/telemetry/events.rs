@@ -173,6 +173,31 @@ impl InternalEvent for RecordBuildFailed<'_> {
     }
 }
 
+/// The record writer could not change its scheduling priority.
+pub struct WriterPriorityUnchanged<'a> {
+    pub idle: bool,
+    pub error: &'a std::io::Error,
+}
+
+impl InternalEvent for WriterPriorityUnchanged<'_> {
+    fn emit(self) {
+        if self.idle {
+            warn!(
+                error = %self.error,
+                "could not lower the record writer to idle priority; records are still \
+                 written, but encoding them competes with the data path for CPU"
+            );
+        } else {
+            warn!(
+                error = %self.error,
+                "could not raise the record writer from idle priority while records back up; \
+                 give the gateway CAP_SYS_NICE (it runs as root on nodes) so that other load \
+                 cannot slow recording down"
+            );
+        }
+    }
+}
+
 pub struct SpoolGapRecorded {
     pub sessions: u64,
 }
