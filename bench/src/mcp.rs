@@ -30,6 +30,10 @@ const WARMUP_CALLS: usize = 200;
 const CALLS: usize = 10_000;
 /// Calls in a row on one route; about 20 ms.
 const BLOCK: usize = 100;
+/// Unmeasured calls that start each block: the first calls after another route ran are
+/// slower on every route (caches, wake-ups), and which route a block follows is an artifact
+/// of interleaving, not of the route.
+const BLOCK_WARMUP: usize = 10;
 const STREAM_EVENTS: usize = 50_000;
 const STREAM_ROUNDS: usize = 3;
 
@@ -172,8 +176,10 @@ impl Route {
 /// The load generator. Calls go to the three routes in turn, in blocks (direct, nginx,
 /// Interlock, rotating which goes first), so a noisy moment on this machine lands on all
 /// three alike instead of on whichever ran then. Blocks, not single calls, so that the work
-/// Interlock's recorder does just after a call lands on Interlock's own calls, not on the
-/// next route's. SSE streams alternate the same way; the median counts.
+/// Interlock's recorder does just after a call mostly lands on Interlock's own calls (it
+/// runs at idle priority, so what is left yields to the next route's). Each block starts
+/// with unmeasured calls, so that what is measured is each route's steady state. SSE streams
+/// alternate the same way; the median counts.
 pub fn client(direct: SocketAddr, nginx: SocketAddr, interlock: SocketAddr) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -192,6 +198,9 @@ pub fn client(direct: SocketAddr, nginx: SocketAddr, interlock: SocketAddr) -> R
         for block in 0..CALLS / BLOCK {
             for turn in 0..routes.len() {
                 let route = &mut routes[(block + turn) % 3];
+                for id in 0..BLOCK_WARMUP {
+                    route.call(id).await?;
+                }
                 for id in block * BLOCK..(block + 1) * BLOCK {
                     let took = route.call(id).await?;
                     route.latencies.push(took);
@@ -284,7 +293,7 @@ pub fn orchestrate(interlock: &Path) -> Result<()> {
     drop(nginx);
 
     println!(
-        "\nMCP benchmark: 1 KiB tools/call answered over SSE ({CALLS} calls per route, interleaved), and {STREAM_EVENTS} 1 KiB SSE events (median of {STREAM_ROUNDS})"
+        "\nMCP benchmark: 1 KiB tools/call answered over SSE ({CALLS} calls per route, interleaved in blocks of {BLOCK}, each after {BLOCK_WARMUP} unmeasured), and {STREAM_EVENTS} 1 KiB SSE events (median of {STREAM_ROUNDS})"
     );
     let rows: [(&str, Metric<McpResults>); 4] = [
         ("tools/call p50 (us)", |r| r.call_p50_us),
