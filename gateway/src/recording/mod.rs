@@ -617,15 +617,22 @@ mod tests {
         };
         session.record_later(probe()).await.unwrap();
         probes_done(1).await;
-        // A record that holds the writer until a backlog has built behind it.
+        // A record that holds the writer until a backlog has built behind it; the backlog is
+        // sent once it holds, so that none of it shares the held record's batch.
         let (release, held) = std::sync::mpsc::channel::<()>();
+        let holding = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let signal = holding.clone();
         session
             .record_later(Box::new(move || {
+                signal.store(true, std::sync::atomic::Ordering::SeqCst);
                 let _ = held.recv();
                 Vec::new()
             }))
             .await
             .unwrap();
+        while !holding.load(std::sync::atomic::Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
         for _ in 0..2 * BOOST_BACKLOG {
             session.record_later(probe()).await.unwrap();
         }
