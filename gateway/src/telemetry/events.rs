@@ -190,9 +190,9 @@ impl InternalEvent for WriterPriorityUnchanged<'_> {
         } else {
             warn!(
                 error = %self.error,
-                "could not raise the record writer from idle priority while records back up; \
-                 give the gateway CAP_SYS_NICE (it runs as root on nodes) so that other load \
-                 cannot slow recording down"
+                "could not raise the record writer from idle priority for a backlog or a \
+                 record someone waits on; give the gateway CAP_SYS_NICE (it runs as root on \
+                 nodes) so that other load cannot delay recording"
             );
         }
     }
