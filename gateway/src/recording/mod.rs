@@ -749,9 +749,6 @@ mod tests {
             let session = session.clone();
             async move { session.start(session_start()).await }
         });
-        while recorder.tx.capacity() == CHANNEL_DEPTH {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
         while !recorder.priority.raised.load(Ordering::SeqCst) {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
