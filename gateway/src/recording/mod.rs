@@ -346,6 +346,8 @@ fn chain_and_frame(
 /// channel makes the data path wait.
 struct WriterPriority {
     idle: bool,
+    /// Set once the priority cannot change: it stays as it is, and that was said once.
+    fixed: bool,
     handle: Arc<PriorityHandle>,
 }
 
@@ -387,22 +389,60 @@ fn set_policy(tid: libc::pid_t, idle: bool) -> io::Result<()> {
     }
 }
 
+/// Leaving idle priority needs CAP_SYS_NICE, or an RLIMIT_NICE that allows nice 0.
+fn can_leave_idle_priority() -> bool {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NICE, &mut limit) } == 0 && limit.rlim_cur >= 20 {
+        return true;
+    }
+    const CAP_SYS_NICE: u32 = 23;
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
+            u64::from_str_radix(hex.trim(), 16).ok()
+        })
+        .is_some_and(|caps| caps & (1 << CAP_SYS_NICE) != 0)
+}
+
 impl WriterPriority {
-    /// Called on the writer thread.
+    /// Called on the writer thread. A writer that could not rise again stays at normal
+    /// priority: starving it would hold up every session start.
     fn lowered(handle: Arc<PriorityHandle>) -> Self {
         let mut priority = WriterPriority {
             idle: false,
+            fixed: false,
             handle,
         };
+        if !can_leave_idle_priority() {
+            priority.fixed = true;
+            WriterPriorityUnchanged {
+                idle: true,
+                error: &io::Error::other(
+                    "without CAP_SYS_NICE it could not rise again when records back up",
+                ),
+            }
+            .emit();
+            return priority;
+        }
         priority.set(true);
-        // SAFETY: gettid has no preconditions.
-        let tid = unsafe { libc::gettid() };
-        priority.handle.tid.store(tid, Ordering::Release);
+        if priority.idle {
+            // SAFETY: gettid has no preconditions.
+            let tid = unsafe { libc::gettid() };
+            priority.handle.tid.store(tid, Ordering::Release);
+        }
         priority
     }
 
     /// `waited_on`: someone waits on a record about to be written.
     fn follow(&mut self, backlog: usize, waited_on: bool) {
+        if self.fixed {
+            return;
+        }
         if self.handle.raised.swap(false, Ordering::AcqRel) {
             self.idle = false;
         }
@@ -421,11 +461,14 @@ impl WriterPriority {
     fn set(&mut self, idle: bool) {
         match set_policy(0, idle) {
             Ok(()) => self.idle = idle,
-            Err(error) => WriterPriorityUnchanged {
-                idle,
-                error: &error,
+            Err(error) => {
+                self.fixed = true;
+                WriterPriorityUnchanged {
+                    idle,
+                    error: &error,
+                }
+                .emit();
             }
-            .emit(),
         }
     }
 }
@@ -721,6 +764,15 @@ mod tests {
         session.record_later(probe()).await.unwrap();
         probes_done(2 + 2 * BOOST_BACKLOG).await;
         let policies = policies.lock().unwrap().clone();
+        if !can_leave_idle_priority() {
+            assert!(
+                policies.iter().all(|&p| p == libc::SCHED_OTHER),
+                "a writer that could not rise again never lowers itself: {policies:?}"
+            );
+            drop(session);
+            thread.stop(&recorder).await;
+            return;
+        }
         assert_eq!(policies[0], libc::SCHED_IDLE, "idle while it keeps up");
         assert!(
             policies[1..=2 * BOOST_BACKLOG]
@@ -742,6 +794,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (recorder, thread, _) = test_recorder(dir.path());
         let session = recorder.session("sess-4");
+        let can_rise = can_leave_idle_priority();
         let (release, released_at) = hold_writer(&session).await;
         // The start is sent while the writer is busy: the sender raises it there and then,
         // since a starved writer could not raise itself.
@@ -749,7 +802,7 @@ mod tests {
             let session = session.clone();
             async move { session.start(session_start()).await }
         });
-        while !recorder.priority.raised.load(Ordering::SeqCst) {
+        while can_rise && !recorder.priority.raised.load(Ordering::SeqCst) {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         release.send(()).unwrap();
@@ -757,9 +810,14 @@ mod tests {
         starting.await.unwrap().unwrap();
         let (release, released_at) = hold_writer(&session).await;
         release.send(()).unwrap();
+        let expected = match can_rise {
+            true => libc::SCHED_IDLE,
+            // A writer that could not rise again never lowers itself.
+            false => libc::SCHED_OTHER,
+        };
         assert_eq!(
             released_at.recv().unwrap(),
-            libc::SCHED_IDLE,
+            expected,
             "idle again once the record is on disk"
         );
         drop(session);
