@@ -5,17 +5,18 @@
 //! way, so progress notifications reach the client as they are sent.
 use std::{
     convert::Infallible,
-    future::Future,
+    future::{Future, poll_fn},
     pin::{Pin, pin},
     sync::{
-        Arc,
+        Arc, Mutex, PoisonError,
         atomic::{AtomicU64, Ordering},
     },
+    task::{Context, Poll},
     time::Duration,
 };
 
 use bytes::{Bytes, BytesMut};
-use futures_util::{FutureExt, StreamExt, stream::FuturesUnordered};
+use futures_util::FutureExt;
 use http_body_util::{BodyExt, Either, Full, Limited, channel::Channel};
 use hyper::{
     HeaderMap, Request, Response, StatusCode,
@@ -61,6 +62,32 @@ pub type Redial =
 pub struct PumpQueue {
     pumps: mpsc::UnboundedReceiver<Pump>,
     upstreams: mpsc::UnboundedReceiver<Pump>,
+}
+
+/// What a session's task drives besides the client connection: its upstream connections,
+/// then its response pumps, all polled on every pass. (FuturesUnordered wakes its task
+/// again whenever it has polled all of its futures, to be fair to other tasks; with sets
+/// this small that was a spare pass over the whole session three times per call.)
+struct Driven {
+    queues: PumpQueue,
+    upstreams: Vec<Pump>,
+    pumps: Vec<Pump>,
+}
+
+impl Driven {
+    fn poll(&mut self, cx: &mut Context<'_>) {
+        while let Poll::Ready(Some(upstream)) = self.queues.upstreams.poll_recv(cx) {
+            self.upstreams.push(upstream);
+        }
+        while let Poll::Ready(Some(pump)) = self.queues.pumps.poll_recv(cx) {
+            self.pumps.push(pump);
+        }
+        // Upstream connections first: they feed the pumps.
+        self.upstreams
+            .retain_mut(|upstream| upstream.as_mut().poll(cx).is_pending());
+        self.pumps
+            .retain_mut(|pump| pump.as_mut().poll(cx).is_pending());
+    }
 }
 
 /// Everything one client connection's requests share.
@@ -171,10 +198,13 @@ pub async fn serve(
                 );
             }
         };
-    let PumpQueue {
-        pumps: mut pump_queue,
-        upstreams: mut upstream_queue,
-    } = pump_queue;
+    let mut driven = Driven {
+        queues: pump_queue,
+        upstreams: vec![Box::pin(async move {
+            let _ = upstream_conn.await;
+        })],
+        pumps: Vec::new(),
+    };
     let sender = Arc::new(tokio::sync::Mutex::new(sender));
     let service_ctx = ctx.clone();
     let service = service_fn(move |req| {
@@ -184,45 +214,42 @@ pub async fn serve(
     let mut conn = pin!(
         hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(client), service)
     );
+    let mut stopped = pin!(hard_stop.cancelled());
     // The client side, the upstream side and every response pump run in this one task, so
     // a request and its answer cross no task or thread: each such hop costs a wake-up and
-    // often a context switch. An upstream connection is dropped as soon as it ends: only
-    // then does its sender report it closed, so the next request can redial.
-    let mut upstreams: FuturesUnordered<Pump> = FuturesUnordered::new();
-    upstreams.push(Box::pin(async move {
-        let _ = upstream_conn.await;
-    }));
-    let mut pumps = FuturesUnordered::new();
-    let (outcome, error) = loop {
-        tokio::select! {
-            result = &mut conn => break match result {
+    // often a context switch. The upstream side is polled both before and after the client
+    // side, so an answer read from upstream reaches the client, and a request read from the
+    // client goes upstream, in the same pass.
+    let (outcome, error) = poll_fn(|cx| {
+        driven.poll(cx);
+        if let Poll::Ready(result) = conn.as_mut().poll(cx) {
+            return Poll::Ready(match result {
                 Ok(()) => (Outcome::Closed, None),
-                Err(e) if e.is_parse() || e.is_parse_too_large() => {
-                    (Outcome::Error, Some(format!("malformed HTTP from the client: {e}")))
-                }
+                Err(e) if e.is_parse() || e.is_parse_too_large() => (
+                    Outcome::Error,
+                    Some(format!("malformed HTTP from the client: {e}")),
+                ),
                 Err(e) => (Outcome::Reset, Some(e.to_string())),
-            },
-            Some(pump) = pump_queue.recv() => pumps.push(pump),
-            Some(()) = pumps.next(), if !pumps.is_empty() => {}
-            Some(upstream) = upstream_queue.recv() => upstreams.push(upstream),
-            Some(()) = upstreams.next(), if !upstreams.is_empty() => {}
-            _ = hard_stop.cancelled() => break (Outcome::Shutdown, Some("gateway shut down".into())),
+            });
         }
-    };
+        driven.poll(cx);
+        match stopped.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready((Outcome::Shutdown, Some("gateway shut down".into()))),
+            Poll::Pending => Poll::Pending,
+        }
+    })
+    .await;
     // A response still streaming (a long-lived SSE GET) has nobody to go to any more; its
     // pump records what it had and ends.
     ctx.client_gone.cancel();
-    while let Ok(pump) = pump_queue.try_recv() {
-        pumps.push(pump);
-    }
-    while !pumps.is_empty() {
-        tokio::select! {
-            _ = pumps.next() => {}
-            Some(upstream) = upstream_queue.recv() => upstreams.push(upstream),
-            Some(()) = upstreams.next(), if !upstreams.is_empty() => {}
-            _ = hard_stop.cancelled() => break,
+    poll_fn(|cx| {
+        driven.poll(cx);
+        if driven.pumps.is_empty() || stopped.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(());
         }
-    }
+        Poll::Pending
+    })
+    .await;
     finish(&ctx, outcome, error)
 }
 
@@ -281,7 +308,7 @@ async fn handle(
     };
     let mut evaluation = (ctx.target.protocol == Protocol::Mcp
         && parts.method == hyper::Method::POST)
-        .then(|| evaluate_mcp(ctx, &parts.headers, &body, request_session.as_deref()));
+        .then(|| evaluate_mcp(ctx, &parts.headers, &body));
     let masking = evaluation
         .as_ref()
         .map_or_else(|| target_masking(ctx), |e| e.masking);
@@ -435,6 +462,7 @@ async fn forward(
     limit: usize,
     request_session: Option<String>,
 ) -> Response<ProxyBody> {
+    let get_stream = upstream_req.method() == hyper::Method::GET;
     let response = match send_upstream(ctx, sender, upstream_req).await {
         Ok(response) => response,
         Err(e) => {
@@ -462,6 +490,7 @@ async fn forward(
         masking,
         limit,
         response_session.or(request_session),
+        get_stream,
     );
     let body_changes = stream.kind.is_some() && masking.apply.responses();
     let ready = gather_ready(&mut body, Bytes::new());
@@ -524,9 +553,13 @@ fn response_stream(
     masking: Masking,
     limit: usize,
     mcp_session: Option<String>,
+    get_stream: bool,
 ) -> ResponseStream {
     let parse = match (ctx.target.protocol, &kind) {
-        (Protocol::Mcp, BodyKind::Sse) => ResponseParse::Sse(SseParser::new(limit)),
+        (Protocol::Mcp, BodyKind::Sse) if get_stream => ResponseParse::Sse(SseParser::new(limit)),
+        (Protocol::Mcp, BodyKind::Sse) => {
+            ResponseParse::SseForRecord(Arc::new(Mutex::new(SseParser::new(limit))))
+        }
         (Protocol::Mcp, BodyKind::Json) => ResponseParse::Json(Vec::new()),
         _ => ResponseParse::None,
     };
@@ -710,7 +743,14 @@ async fn held_sse(
     record_head(&ctx, parts.status, &parts.headers, false).await;
     let kind = BodyKind::of(header_str(&parts.headers, "content-type"));
     if matches!(kind, BodyKind::Sse) {
-        let stream = response_stream(&ctx, kind, held.masking, held.limit, held.session.clone());
+        let stream = response_stream(
+            &ctx,
+            kind,
+            held.masking,
+            held.limit,
+            held.session.clone(),
+            false,
+        );
         let ready = gather_ready(&mut body, Bytes::new());
         stream_body(ctx.clone(), body, ready, out, stream).await;
         return;
@@ -772,6 +812,7 @@ async fn send_events(
         held.masking,
         held.limit,
         held.session.clone(),
+        false,
     );
     let mut text = String::new();
     for message in messages {
@@ -909,7 +950,11 @@ struct ResponseStream {
 /// How a response body is read for MCP messages as it streams.
 enum ResponseParse {
     None,
+    /// Events read on the data path: a GET stream may announce a legacy endpoint.
     Sse(SseParser),
+    /// Events read on the record writer, with each chunk's record: a POST's answer, which
+    /// only the record reads.
+    SseForRecord(Arc<Mutex<SseParser>>),
     /// A JSON body, gathered up to the body limit and parsed at its end.
     Json(Vec<u8>),
 }
@@ -1132,6 +1177,26 @@ async fn deliver(
     } else {
         piece.raw
     };
+    if let ResponseParse::SseForRecord(parser) = &stream.parse {
+        let (parser, session) = (parser.clone(), session.map(str::to_string));
+        // The chunk and the messages in it, in one handoff.
+        record_later(ctx, move || {
+            let events = parser
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .feed(&recorded);
+            let messages = mcp_records(
+                events.iter().map(|event| event.data.as_bytes()),
+                session.as_deref(),
+                "sse",
+            );
+            std::iter::once(RecordBody::Data(DataChunk::new(Direction::Down, recorded)))
+                .chain(messages)
+                .collect()
+        })
+        .await;
+        return out.send(ctx, forwarded).await;
+    }
     record_data(ctx, Direction::Down, recorded.clone()).await;
     match &mut stream.parse {
         ResponseParse::Sse(parser) => {
@@ -1149,7 +1214,7 @@ async fn deliver(
             buf.extend_from_slice(&recorded)
         }
         ResponseParse::Json(_) => stream.parse = ResponseParse::None,
-        ResponseParse::None => {}
+        ResponseParse::None | ResponseParse::SseForRecord(_) => {}
     }
     out.send(ctx, forwarded).await
 }
@@ -1182,10 +1247,11 @@ async fn inject(
 struct McpEvaluation {
     /// Parse error text when the body is not JSON-RPC.
     parse_error: Option<String>,
-    summaries: Vec<McpMessage>,
+    /// The request's messages, with the policy's decision on each that has a method. Their
+    /// summaries are made on the record writer, off the data path.
+    messages: Vec<(Value, Option<Decision>)>,
     /// (JSON-RPC id, refusal text) of every message that must not go through.
     refusals: Vec<(Option<Value>, String)>,
-    message_count: usize,
     /// The target's masking, or the first matching rule's override.
     masking: Masking,
     /// The message a `hold` rule matched; the whole request waits on it.
@@ -1201,17 +1267,11 @@ struct HeldCall {
     decision: Decision,
 }
 
-fn evaluate_mcp(
-    ctx: &HttpSession,
-    headers: &HeaderMap,
-    body: &Bytes,
-    session: Option<&str>,
-) -> McpEvaluation {
+fn evaluate_mcp(ctx: &HttpSession, headers: &HeaderMap, body: &Bytes) -> McpEvaluation {
     let mut evaluation = McpEvaluation {
         parse_error: None,
-        summaries: Vec::new(),
+        messages: Vec::new(),
         refusals: Vec::new(),
-        message_count: 0,
         masking: target_masking(ctx),
         held: None,
     };
@@ -1222,69 +1282,59 @@ fn evaluate_mcp(
             return evaluation;
         }
     };
-    evaluation.message_count = messages.len();
     let header_method = header_str(headers, "mcp-method");
     let header_name = header_str(headers, "mcp-name");
     let mut overridden = false;
-    for message in &messages {
-        let mut summary = mcp::summarize(message, Direction::Up, session, "json");
-        if let Some(method) = summary.method.clone() {
-            let name = summary
-                .tool
-                .clone()
-                .or(summary.prompt.clone())
-                .or(summary.resource_uri.clone());
-            let decision = match mismatch(
-                header_method,
-                header_name,
-                &method,
-                name.as_deref(),
-                messages.len(),
-            ) {
-                Some(reason) => Decision {
-                    action: Action::Deny,
-                    rule: Some("header-body-mismatch".into()),
-                    reason: Some(reason),
-                    timeout: None,
-                    mask: None,
-                    record_raw: None,
-                },
-                None => ctx.policy.decide(&crate::policy::Request {
-                    target: &ctx.target.name,
-                    process: &ctx.workload.process,
-                    cgroup: &ctx.workload.cgroup,
-                    method: &method,
-                    tool: summary.tool.as_deref(),
-                    arguments: summary.arguments.as_ref(),
-                }),
+    let count = messages.len();
+    for message in messages {
+        let fields = mcp::Fields::of(&message);
+        let Some(method) = fields.method else {
+            evaluation.messages.push((message, None));
+            continue;
+        };
+        let decision = match mismatch(header_method, header_name, method, fields.name(), count) {
+            Some(reason) => Decision {
+                action: Action::Deny,
+                rule: Some("header-body-mismatch".into()),
+                reason: Some(reason),
+                timeout: None,
+                mask: None,
+                record_raw: None,
+            },
+            None => ctx.policy.decide(&crate::policy::Request {
+                target: &ctx.target.name,
+                process: &ctx.workload.process,
+                cgroup: &ctx.workload.cgroup,
+                method,
+                tool: fields.tool,
+                arguments: fields.arguments,
+            }),
+        };
+        if !overridden && (decision.mask.is_some() || decision.record_raw.is_some()) {
+            overridden = true;
+            evaluation.masking = Masking {
+                apply: decision.mask.unwrap_or(evaluation.masking.apply),
+                record_raw: decision.record_raw.unwrap_or(evaluation.masking.record_raw),
             };
-            if !overridden && (decision.mask.is_some() || decision.record_raw.is_some()) {
-                overridden = true;
-                evaluation.masking = Masking {
-                    apply: decision.mask.unwrap_or(evaluation.masking.apply),
-                    record_raw: decision.record_raw.unwrap_or(evaluation.masking.record_raw),
-                };
-            }
-            match decision.action {
-                Action::Allow => {}
-                Action::Deny => evaluation
-                    .refusals
-                    .push((message.get("id").cloned(), refusal_text(&decision))),
-                // One hold per request: a second held message in a batch waits with the first.
-                Action::Hold if evaluation.held.is_none() => {
-                    evaluation.held = Some(HeldCall {
-                        id: message.get("id").cloned().unwrap_or(Value::Null),
-                        method: method.clone(),
-                        tool: summary.tool.clone(),
-                        arguments: summary.arguments.clone(),
-                        decision: decision.clone(),
-                    })
-                }
-                Action::Hold => {}
-            }
-            summary.policy = Some(decision);
         }
-        evaluation.summaries.push(summary);
+        match decision.action {
+            Action::Allow => {}
+            Action::Deny => evaluation
+                .refusals
+                .push((fields.id.cloned(), refusal_text(&decision))),
+            // One hold per request: a second held message in a batch waits with the first.
+            Action::Hold if evaluation.held.is_none() => {
+                evaluation.held = Some(HeldCall {
+                    id: fields.id.cloned().unwrap_or(Value::Null),
+                    method: method.to_string(),
+                    tool: fields.tool.map(str::to_string),
+                    arguments: fields.arguments.cloned(),
+                    decision: decision.clone(),
+                })
+            }
+            Action::Hold => {}
+        }
+        evaluation.messages.push((message, Some(decision)));
     }
     // A batch with a denied message is refused whole; its held message is not worth a wait.
     if !evaluation.refusals.is_empty()
@@ -1318,11 +1368,16 @@ async fn refuse(
         );
         return Some(generated_json(ctx, StatusCode::BAD_REQUEST, &reply, session).await);
     }
-    let (masker, summaries) = (ctx.masker.clone(), evaluation.summaries);
+    let message_count = evaluation.messages.len();
+    let (masker, messages) = (ctx.masker.clone(), evaluation.messages);
+    let session_id = session.map(str::to_string);
     record_later(ctx, move || {
-        summaries
+        messages
             .into_iter()
-            .map(|mut summary| {
+            .map(|(message, decision)| {
+                let mut summary =
+                    mcp::summarize(&message, Direction::Up, session_id.as_deref(), "json");
+                summary.policy = decision;
                 if !masking.record_raw {
                     mask_summary(&masker, &mut summary);
                 }
@@ -1345,7 +1400,7 @@ async fn refuse(
     if let Some(accepted) = answer_on_legacy_stream(ctx, legacy_endpoint, &errors).await {
         return Some(accepted);
     }
-    let reply = match (errors.len(), evaluation.message_count) {
+    let reply = match (errors.len(), message_count) {
         (_, 1) => errors.into_iter().next().unwrap_or(Value::Null),
         _ => Value::Array(errors),
     };
@@ -1538,20 +1593,32 @@ async fn record_mcp_in(
     }
     let session = session.map(str::to_string);
     record_later(ctx, move || {
-        parts
-            .iter()
-            .flat_map(|part| mcp::parse_messages(part).unwrap_or_default())
-            .map(|message| {
-                RecordBody::McpMessage(mcp::summarize(
-                    &message,
-                    Direction::Down,
-                    session.as_deref(),
-                    transport,
-                ))
-            })
-            .collect()
+        mcp_records(
+            parts.iter().map(Vec::as_slice),
+            session.as_deref(),
+            transport,
+        )
+        .collect()
     })
     .await;
+}
+
+/// The records of the MCP messages in parts of an answer.
+fn mcp_records<'a>(
+    parts: impl Iterator<Item = &'a [u8]>,
+    session: Option<&str>,
+    transport: &str,
+) -> impl Iterator<Item = RecordBody> {
+    parts
+        .flat_map(|part| mcp::parse_messages(part).unwrap_or_default())
+        .map(move |message| {
+            RecordBody::McpMessage(mcp::summarize(
+                &message,
+                Direction::Down,
+                session,
+                transport,
+            ))
+        })
 }
 
 async fn record_mcp(ctx: &HttpSession, message: McpMessage) {

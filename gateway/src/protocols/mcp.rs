@@ -158,6 +158,42 @@ fn check(message: &Value) -> Result<(), String> {
     Ok(())
 }
 
+/// What the policy and the record read from one message, borrowed from it.
+pub struct Fields<'a> {
+    pub method: Option<&'a str>,
+    pub id: Option<&'a Value>,
+    pub tool: Option<&'a str>,
+    pub arguments: Option<&'a Value>,
+    pub resource_uri: Option<&'a str>,
+    pub prompt: Option<&'a str>,
+}
+
+impl<'a> Fields<'a> {
+    pub fn of(message: &'a Value) -> Self {
+        let method = message.get("method").and_then(Value::as_str);
+        let params = message.get("params");
+        let param = |key: &str| params.and_then(|p| p.get(key)).and_then(Value::as_str);
+        let is = |m: &str| method == Some(m);
+        Fields {
+            method,
+            id: message.get("id"),
+            tool: is("tools/call").then(|| param("name")).flatten(),
+            arguments: (is("tools/call") || is("prompts/get"))
+                .then(|| params.and_then(|p| p.get("arguments")))
+                .flatten(),
+            resource_uri: method
+                .filter(|m| m.starts_with("resources/"))
+                .and(param("uri")),
+            prompt: is("prompts/get").then(|| param("name")).flatten(),
+        }
+    }
+
+    /// The tool, prompt or resource the message names.
+    pub fn name(&self) -> Option<&'a str> {
+        self.tool.or(self.prompt).or(self.resource_uri)
+    }
+}
+
 /// The record of one message.
 pub fn summarize(
     message: &Value,
@@ -165,52 +201,25 @@ pub fn summarize(
     mcp_session_id: Option<&str>,
     transport: &str,
 ) -> McpMessage {
-    let method = message
-        .get("method")
-        .and_then(Value::as_str)
-        .map(str::to_string);
-    let id = message.get("id").cloned();
-    let params = message.get("params");
-    let param = |key: &str| {
-        params
-            .and_then(|p| p.get(key))
-            .and_then(Value::as_str)
-            .map(str::to_string)
-    };
-    let message_kind = match (&method, &id, message.get("error")) {
+    let fields = Fields::of(message);
+    let message_kind = match (fields.method, fields.id, message.get("error")) {
         (Some(_), Some(_), _) => "request",
         (Some(_), None, _) => "notification",
         (None, _, Some(_)) => "error",
         (None, _, None) => "response",
     };
-    let is = |m: &str| method.as_deref() == Some(m);
     McpMessage {
         direction,
         mcp_session_id: mcp_session_id.map(str::to_string),
         message_kind: message_kind.into(),
-        jsonrpc_id: id,
-        tool: if is("tools/call") {
-            param("name")
-        } else {
-            None
-        },
-        arguments: if is("tools/call") || is("prompts/get") {
-            params.and_then(|p| p.get("arguments")).cloned()
-        } else {
-            None
-        },
-        resource_uri: method
-            .as_deref()
-            .filter(|m| m.starts_with("resources/"))
-            .and(param("uri")),
-        prompt: if is("prompts/get") {
-            param("name")
-        } else {
-            None
-        },
+        jsonrpc_id: fields.id.cloned(),
+        tool: fields.tool.map(str::to_string),
+        arguments: fields.arguments.cloned(),
+        resource_uri: fields.resource_uri.map(str::to_string),
+        prompt: fields.prompt.map(str::to_string),
         result: message.get("result").cloned(),
         error: message.get("error").cloned(),
-        method,
+        method: fields.method.map(str::to_string),
         transport: transport.into(),
         policy: None,
     }
