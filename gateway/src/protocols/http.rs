@@ -82,7 +82,8 @@ impl Driven {
         while let Poll::Ready(Some(pump)) = self.queues.pumps.poll_recv(cx) {
             self.pumps.push(pump);
         }
-        // Upstream connections first: they feed the pumps.
+        // Upstream connections first: they feed the pumps. One is dropped as soon as it
+        // ends: only then does its sender report it closed, so the next request can redial.
         self.upstreams
             .retain_mut(|upstream| upstream.as_mut().poll(cx).is_pending());
         self.pumps
