@@ -293,9 +293,7 @@ impl<C: UpstreamConnector> Proxy<C> {
             error!(session_id, error = %e, "session_end could not be recorded");
         }
     }
-}
 
-impl<C: UpstreamConnector> Proxy<C> {
     /// Connects to `addr` again, through the same connector as the session's first connection.
     fn redial(self: &Arc<Self>, addr: SocketAddr) -> Redial {
         let proxy = self.clone();
