@@ -5,6 +5,8 @@ usage: python3 mcp_client.py URL SCENARIO
   deny   echo (allowed), then get-sum (a test policy denies it); reports the error text
   long   a 6-second operation with progress; reports the progress seen and the error, if any
   env    get-env, then echo a card number
+  demo   (cargo xtask demo) the server's name, its tools, echo, get-env, then gzip-file-as-resource
+         (the demo's policy denies it); reports the error text
   journal  against mcp_server.py: echo, delete_file, read_file /etc/shadow, read_file /tmp/ok;
            reports each result or error
 """
@@ -53,6 +55,20 @@ async def main(url, scenario):
         if scenario == "env":
             out["env"] = text_of(await client.call_tool("get-env", {}))
             out["echo"] = text_of(await client.call_tool("echo", {"message": "card 4111 1111 1111 1111"}))
+            print(json.dumps(out))
+            return
+        if scenario == "demo":
+            info = client.server_info
+            out["server"] = f"{info.name} {info.version}" if info else None
+            out["protocol"] = client.protocol_version
+            out["tools"] = sorted(t.name for t in (await client.list_tools()).tools)
+            out["echo"] = text_of(await client.call_tool("echo", {"message": "hello through interlock"}))
+            out["env"] = text_of(await client.call_tool("get-env", {}))
+            try:
+                await client.call_tool("gzip-file-as-resource", {"name": "notes.gz", "data": "http://127.0.0.1:9/notes"})
+                out["denied"] = None
+            except Exception as e:  # the SDK raises on JSON-RPC errors
+                out["denied"] = str(e)
             print(json.dumps(out))
             return
         if scenario == "long":

@@ -381,7 +381,7 @@ fn render_mcp(seq: u64, ts: &str, m: &crate::recording::record::McpMessage) -> S
         ("error", &m.error),
     ] {
         if let Some(value) = value {
-            line.push_str(&format!("    {label}: {value}\n"));
+            line.push_str(&format!("    {label}: {}\n", shortened(&value.to_string())));
         }
     }
     if let Some(decision) = &m.policy {
@@ -397,6 +397,20 @@ fn render_mcp(seq: u64, ts: &str, m: &crate::recording::record::McpMessage) -> S
         ));
     }
     line
+}
+
+/// Values longer than this are cut in the human form; `--json` has them whole.
+const SHOWN_VALUE_CHARS: usize = 600;
+
+fn shortened(value: &str) -> String {
+    match value.char_indices().nth(SHOWN_VALUE_CHARS) {
+        Some((cut, _)) => format!(
+            "{}… ({} bytes in all; --json shows it whole)",
+            &value[..cut],
+            value.len()
+        ),
+        None => value.into(),
+    }
 }
 
 /// Text as text (indented), anything else as a hex dump.
@@ -436,6 +450,18 @@ fn hex_dump(data: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_values_are_cut_on_a_char_boundary_and_say_so() {
+        let long = "é".repeat(SHOWN_VALUE_CHARS + 5);
+        let shown = shortened(&long);
+        assert!(shown.starts_with(&"é".repeat(SHOWN_VALUE_CHARS)), "{shown}");
+        assert!(shown.ends_with(&format!(
+            "… ({} bytes in all; --json shows it whole)",
+            long.len()
+        )));
+        assert_eq!(shortened("short"), "short");
+    }
 
     #[test]
     fn text_is_shown_as_text_and_binary_as_hex() {
