@@ -3,7 +3,7 @@
 use std::{
     collections::HashMap,
     fmt,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -51,6 +51,8 @@ pub struct Config {
     #[serde(default, deserialize_with = "targets")]
     pub targets: Vec<Target>,
     #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
     pub recording: Recording,
     /// What MCP operations are allowed; reloaded on SIGHUP or when this file changes.
     #[serde(default)]
@@ -85,12 +87,52 @@ pub struct Target {
     /// Largest HTTP request or JSON response body read for inspection (`http`, `mcp`).
     #[serde(default = "defaults::max_body_bytes", deserialize_with = "byte_size")]
     pub max_body_bytes: u64,
-    /// `http`/`mcp`: where secrets are masked. Records are masked in every mode.
+    /// `http`/`mcp`: where secrets are masked (default: responses). Records are masked in
+    /// every mode.
     #[serde(default)]
-    pub mask: crate::masking::MaskApply,
+    pub mask: Option<crate::masking::MaskApply>,
     /// Keep clear text in the records of this target. Off unless said explicitly.
     #[serde(default)]
     pub record_raw: bool,
+    /// `http`/`mcp`: how long a client may take to send a request's head.
+    #[serde(
+        default = "defaults::header_read_timeout",
+        deserialize_with = "duration"
+    )]
+    pub header_read_timeout: Duration,
+    /// `http`/`mcp`: how long the upstream may take to answer a forwarded request with a
+    /// response head (a held request is not forwarded, and so not timed, while it waits).
+    #[serde(
+        default = "defaults::upstream_response_timeout",
+        deserialize_with = "duration"
+    )]
+    pub upstream_response_timeout: Duration,
+    /// A session in which no byte moves either way for this long is closed.
+    #[serde(default = "defaults::idle_timeout", deserialize_with = "duration")]
+    pub idle_timeout: Duration,
+}
+
+/// Caps that keep one workload from exhausting the gateway. Sessions over a cap are refused
+/// (recorded with outcome `refused`), and other workloads keep being served.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Open sessions across the node; by default what the file descriptor limit allows
+    /// (two descriptors a session), less a reserve for the gateway itself.
+    #[serde(default)]
+    pub max_sessions: Option<usize>,
+    /// Open sessions of one workload (a wrap cgroup, or a pod).
+    #[serde(default = "defaults::max_sessions_per_workload")]
+    pub max_sessions_per_workload: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_sessions: None,
+            max_sessions_per_workload: defaults::max_sessions_per_workload(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -262,6 +304,18 @@ mod defaults {
     pub fn drain_timeout() -> Duration {
         Duration::from_secs(30)
     }
+    pub fn header_read_timeout() -> Duration {
+        Duration::from_secs(30)
+    }
+    pub fn upstream_response_timeout() -> Duration {
+        Duration::from_secs(120)
+    }
+    pub fn idle_timeout() -> Duration {
+        Duration::from_secs(600)
+    }
+    pub fn max_sessions_per_workload() -> usize {
+        1024
+    }
     pub fn recording_dir() -> PathBuf {
         PathBuf::from("./interlock-records")
     }
@@ -294,9 +348,9 @@ mod defaults {
 impl Config {
     /// Reads and validates a config file, resolving relative paths against its directory.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             file: path.to_path_buf(),
-            source,
+            error,
         })?;
         let mut config = Self::parse(&text).map_err(|e| e.in_file(path))?;
         let base = path.parent().unwrap_or(Path::new("."));
@@ -330,6 +384,82 @@ impl Config {
     }
 
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let config = Self::deserialize(text)?;
+        config.check_targets()?;
+        Ok(config)
+    }
+
+    /// What is allowed but probably not meant, with the reason: `check-config` prints these
+    /// and the gateway logs them.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        for exact in self.targets.iter().filter(|t| t.address.port() != 0) {
+            let covering = self.targets.iter().find(|whole| {
+                whole.address.port() == 0
+                    && same_listener_host(whole.address.ip(), exact.address.ip())
+            });
+            if let Some(whole) = covering {
+                warnings.push(format!(
+                    "target `{}` ({}) lies inside `{}` ({}): port {} goes to `{}` (its protocol and \
+                     masking), every other port to `{}`",
+                    exact.name,
+                    exact.address,
+                    whole.name,
+                    whole.address.ip(),
+                    exact.address.port(),
+                    exact.name,
+                    whole.name
+                ));
+            }
+        }
+        warnings
+    }
+
+    /// Targets that cannot mean what they say.
+    fn check_targets(&self) -> Result<(), ConfigError> {
+        let own = [
+            ("listen", Some(self.listen)),
+            ("listen_v6", self.listen_v6),
+            ("admin", Some(self.admin)),
+        ];
+        for (index, target) in self.targets.iter().enumerate() {
+            let invalid = |field: &str, message: String| ConfigError::Invalid {
+                file: None,
+                location: None,
+                key: Some(format!("targets[{index}].{field}")),
+                message,
+            };
+            for (key, addr) in own.iter().filter_map(|(k, a)| Some((k, (*a)?))) {
+                // A whole-host target leaves the gateway's own ports alone (ebpf::target_keys).
+                if target.address.port() == addr.port()
+                    && same_listener_host(target.address.ip(), addr.ip())
+                {
+                    return Err(invalid(
+                        "address",
+                        format!(
+                            "target `{}` ({}) is the gateway's own `{key}` ({addr}) on this \
+                             host: its traffic would be sent back to the gateway; give the \
+                             service's address, or move `{key}`",
+                            target.name, target.address
+                        ),
+                    ));
+                }
+            }
+            if target.protocol == Protocol::Tcp && target.mask.is_some() {
+                return Err(invalid(
+                    "mask",
+                    format!(
+                        "target `{}` is tcp, whose bytes are relayed unchanged: `mask` applies \
+                         to http and mcp targets; remove it or set `protocol`",
+                        target.name
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn deserialize(text: &str) -> Result<Config, ConfigError> {
         let de = serde_yaml_ng::Deserializer::from_str(text);
         serde_path_to_error::deserialize(de).map_err(|e| {
             let key = e.path().to_string();
@@ -360,26 +490,15 @@ impl Config {
             .map(|n| n.trim().to_string())
             .unwrap_or_else(|| "unknown".into())
     }
-
-    /// The target for a destination: an exact match first, then a whole-host (`ip:*`) one.
-    pub fn target_by_addr(&self, addr: SocketAddr) -> Option<(usize, &Target)> {
-        let any_port = SocketAddr::new(addr.ip(), 0);
-        let find = |a: SocketAddr| {
-            self.targets
-                .iter()
-                .enumerate()
-                .find(|(_, t)| t.address == a)
-        };
-        find(addr).or_else(|| find(any_port))
-    }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {}: {source}; check the path passed to --config", file.display())]
+    /// Not a `source`: the message already says it, and `{:#}` would print it twice.
+    #[error("cannot read config file {}: {error}; check the path passed to --config", file.display())]
     Read {
         file: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{}", describe_invalid(file.as_deref(), *location, key.as_deref(), message))]
     Invalid {
@@ -559,6 +678,18 @@ pub(crate) fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::E
     })
 }
 
+/// Whether a listener on `a` may be the one on `b`: the same address, or both on this host's
+/// loopback or wildcard (a listener there is reached through all of them).
+fn same_listener_host(a: IpAddr, b: IpAddr) -> bool {
+    let canonical = |ip: IpAddr| match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    };
+    let (a, b) = (canonical(a), canonical(b));
+    let local = |ip: IpAddr| ip.is_loopback() || ip.is_unspecified();
+    a == b || (local(a) && local(b))
+}
+
 /// Deserializes the target list, rejecting duplicate names and addresses where they occur.
 fn targets<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Target>, D::Error> {
     struct TargetsVisitor;
@@ -653,6 +784,48 @@ mod tests {
     }
 
     #[test]
+    fn targets_on_the_gateways_own_listeners_and_mask_on_tcp_are_refused() {
+        let own = error_of(
+            "listen: 127.0.0.1:15001\ntargets:\n  - { name: loop, address: \"[::1]:15001\" }\n",
+        );
+        assert!(own.contains("key `targets[0].address`"), "{own}");
+        assert!(
+            own.contains("is the gateway's own `listen` (127.0.0.1:15001)"),
+            "{own}"
+        );
+        let admin = error_of(
+            "admin: 127.0.0.1:9000\ntargets:\n  - { name: api, address: \"[::1]:9000\" }\n",
+        );
+        assert!(admin.contains("is the gateway's own `admin`"), "{admin}");
+        let mask = error_of("targets:\n  - { name: db, address: \"10.0.0.5:5432\", mask: both }\n");
+        assert!(
+            mask.contains("key `targets[0].mask`") && mask.contains("applies to http and mcp"),
+            "{mask}"
+        );
+        Config::parse(
+            "targets:\n  - { name: web, address: \"10.0.0.5:80\", protocol: http, mask: both }\n",
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn a_port_inside_a_whole_host_target_is_a_warning_that_says_who_wins() {
+        let c = Config::parse(
+            "targets:\n  - { name: any, address: \"127.0.0.1:*\" }\n  - { name: exact, address: \"[::1]:80\" }\n  \
+             - { name: elsewhere, address: \"10.0.0.5:80\" }\n",
+        )
+        .unwrap();
+        let warnings = c.warnings();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].contains(
+                "`exact` ([::1]:80) lies inside `any` (127.0.0.1): port 80 goes to `exact`"
+            ),
+            "{warnings:?}"
+        );
+    }
+
+    #[test]
     fn duplicate_target_names_and_addresses() {
         let e = error_of(
             "targets:\n  - name: a\n    address: 127.0.0.1:1\n  - name: a\n    address: 127.0.0.1:2\n",
@@ -718,30 +891,9 @@ mod tests {
     }
 
     #[test]
-    fn whole_host_targets_match_every_port_after_exact_ones() {
-        let c = Config::parse(
-            "targets:\n  - name: any\n    address: \"127.0.0.1:*\"\n  - name: exact\n    address: 127.0.0.1:80\n  - name: v6\n    address: \"[::1]:*\"\n",
-        )
-        .unwrap();
-        assert_eq!(
-            c.target_by_addr("127.0.0.1:80".parse().unwrap())
-                .unwrap()
-                .1
-                .name,
-            "exact"
-        );
-        assert_eq!(
-            c.target_by_addr("127.0.0.1:81".parse().unwrap())
-                .unwrap()
-                .1
-                .name,
-            "any"
-        );
-        assert_eq!(
-            c.target_by_addr("[::1]:9".parse().unwrap()).unwrap().1.name,
-            "v6"
-        );
-        assert!(c.target_by_addr("127.0.0.2:80".parse().unwrap()).is_none());
+    fn whole_host_targets_are_written_ip_star() {
+        let c = Config::parse("targets:\n  - name: any\n    address: \"10.0.0.5:*\"\n").unwrap();
+        assert_eq!(c.targets[0].address, "10.0.0.5:0".parse().unwrap());
         assert!(error_of("targets:\n  - name: a\n    address: \"localhost:*\"\n").contains("ip:*"));
     }
 

@@ -143,6 +143,12 @@ enum SessionsCmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Cmd::Run { .. } | Cmd::Wrap { .. }) {
+        // A reader that stops early (`| head`) ends the command quietly, as for any Unix
+        // tool. The gateway and wrap keep Rust's default (ignored, EPIPE), which sockets need.
+        // SAFETY: setting a signal disposition before any thread exists.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     telemetry::init_logging();
     match dispatch(cli.command) {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
@@ -178,6 +184,9 @@ fn dispatch(command: Cmd) -> anyhow::Result<i32> {
         }
         Cmd::CheckConfig { file } => {
             let config = Config::load(&file)?;
+            for warning in config.warnings() {
+                eprintln!("warning: {}: {warning}", file.display());
+            }
             println!("{}: ok ({} targets)", file.display(), config.targets.len());
         }
         Cmd::Sessions {

@@ -107,3 +107,76 @@ fn invalid_masking_is_refused_with_the_fix() {
         assert!(err.contains(expected), "{yaml}: {err}");
     }
 }
+
+#[test]
+fn a_missing_config_file_is_one_clear_error() {
+    let out = Command::new(interlock_bin())
+        .args(["check-config", "/nonexistent/interlock.yaml"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("cannot read config file /nonexistent/interlock.yaml")
+            && err.contains("check the path passed to --config"),
+        "{err}"
+    );
+    assert_eq!(err.matches("No such file").count(), 1, "said once: {err}");
+}
+
+#[test]
+fn run_as_a_non_root_user_fails_before_creating_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("interlock.yaml");
+    std::fs::write(&config, "recording:\n  dir: ./records\n").unwrap();
+    // nobody; the directory must be enterable for the config to be read.
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(interlock_bin())
+        .arg("run")
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .expect("setpriv (util-linux)");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("run it as root"), "{err}");
+    assert!(
+        !dir.path().join("records").exists(),
+        "no store, no key: {err}"
+    );
+}
+
+/// A reader that stops early ends a listing quietly, as `| head` does, with no panic.
+#[test]
+fn a_closed_stdout_ends_a_listing_without_a_panic() {
+    let mut fds = [0; 2];
+    // SAFETY: pipe fills two fds; each is owned exactly once below.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    let (read_end, write_end) = unsafe {
+        use std::os::fd::FromRawFd;
+        (
+            std::os::fd::OwnedFd::from_raw_fd(fds[0]),
+            std::os::fd::OwnedFd::from_raw_fd(fds[1]),
+        )
+    };
+    // The reader is gone before the listing writes a byte.
+    drop(read_end);
+    let out = Command::new(interlock_bin())
+        .arg("detectors")
+        .stdout(write_end)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&out.status),
+        Some(libc::SIGPIPE),
+        "{err}"
+    );
+}

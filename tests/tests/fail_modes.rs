@@ -14,12 +14,14 @@ use std::{
 use interlock_e2e::*;
 use serde_json::Value;
 
+// Each wait also ends once $DIR is gone (the test finished or failed), so that no script
+// outlives its test in a cgroup nobody removes.
 const SCRIPT: &str = r#"
 set -u
 "$PROBE" http "$ADDR" > "$DIR/r1.json"; touch "$DIR/phase1"
-while [ ! -e "$DIR/go2" ]; do sleep 0.05; done
+while [ ! -e "$DIR/go2" ]; do [ -d "$DIR" ] || exit 1; sleep 0.05; done
 "$PROBE" http "$ADDR" > "$DIR/r2.json"; touch "$DIR/phase2"
-while [ ! -e "$DIR/go3" ]; do sleep 0.05; done
+while [ ! -e "$DIR/go3" ]; do [ -d "$DIR" ] || exit 1; sleep 0.05; done
 "$PROBE" http "$ADDR" > "$DIR/r3.json"; touch "$DIR/phase3"
 "#;
 
@@ -36,6 +38,7 @@ impl Script {
             .env("PROBE", probe_bin())
             .env("ADDR", addr.to_string())
             .env("DIR", dir.path())
+            .stderr(fs::File::create(dir.path().join("wrap.stderr")).unwrap())
             .spawn()
             .unwrap();
         Script {
@@ -59,9 +62,12 @@ impl Script {
         fs::write(self.dir.path().join(format!("go{n}")), "").unwrap();
     }
 
-    fn finish(mut self) -> std::process::ExitStatus {
+    /// Waits for the wrap to exit; its status and what it printed on stderr.
+    fn finish(mut self) -> (std::process::ExitStatus, String) {
         let child: &mut Child = &mut self.child.0;
-        child.wait().unwrap()
+        let status = child.wait().unwrap();
+        let stderr = fs::read_to_string(self.dir.path().join("wrap.stderr")).unwrap();
+        (status, stderr)
     }
 }
 
@@ -100,7 +106,68 @@ fn fail_open_lets_workloads_connect_directly_after_sigkill() {
 
     script.release(3);
     script.wait_phase(3);
-    assert!(script.finish().success());
+    assert!(script.finish().0.success());
+}
+
+/// A restarted gateway takes over the live wrap registrations, whether the old one was
+/// killed or stopped: the window without interception is the restart itself.
+fn restarted_gateway_intercepts_wrapped_processes_again(stop_old: fn(&mut Gateway)) {
+    let server = HttpServer::start(SocketAddr::from(([127, 0, 0, 1], free_port())));
+    let mut gw = Gateway::start(
+        &[Target {
+            name: "web",
+            address: server.addr,
+        }],
+        "fail_mode: open\n",
+    );
+    let script = Script::start(&gw, server.addr);
+    let first = script.wait_phase(1);
+    assert!(ok(&first), "{first}");
+    assert_eq!(gw.wait_sessions_ended(1).len(), 1);
+
+    stop_old(&mut gw);
+    gw.launch();
+    assert_eq!(
+        gw.metric("interlock_cgroups_adopted_total"),
+        Some(1.0),
+        "{}",
+        gw.log()
+    );
+    script.release(2);
+    let second = script.wait_phase(2);
+    assert!(ok(&second), "{second}");
+    let sessions = gw.wait_sessions_ended(2);
+    assert_eq!(
+        sessions.len(),
+        2,
+        "the connection after the restart is intercepted: {sessions:#?}\n{}",
+        gw.log()
+    );
+    assert!(
+        sessions
+            .iter()
+            .all(|s| s["pid"] != Value::Null && s["target"] == "web")
+    );
+
+    script.release(3);
+    script.wait_phase(3);
+    let (status, stderr) = script.finish();
+    assert!(status.success(), "{stderr}");
+    assert!(
+        stderr.contains("the gateway stopped while `bash` ran"),
+        "wrap says what happened: {stderr}"
+    );
+    assert_eq!(gw.wait_sessions_ended(3).len(), 3);
+}
+
+#[test]
+fn a_gateway_restarted_after_sigkill_intercepts_wrapped_processes_again() {
+    restarted_gateway_intercepts_wrapped_processes_again(Gateway::kill9);
+}
+
+#[test]
+fn a_gateway_restarted_after_sigterm_intercepts_wrapped_processes_again() {
+    restarted_gateway_intercepts_wrapped_processes_again(Gateway::stop);
 }
 
 #[test]
@@ -154,7 +221,7 @@ fn fail_closed_refuses_targets_until_the_gateway_is_back() {
             .iter()
             .any(|s| s["pid"] == third["pid"] && s["outcome"] == "closed")
     );
-    assert!(script.finish().success());
+    assert!(script.finish().0.success());
 
     // A clean stop keeps closed mode closed; `interlock detach` is the explicit way out.
     gw.stop();

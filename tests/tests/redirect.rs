@@ -157,3 +157,62 @@ fn ipv6_target_on_loopback() {
     assert_eq!(s["pid"], probe["pid"]);
     assert_eq!(s["outcome"], "closed");
 }
+
+/// A target is a listening service: every destination the kernel delivers to that listener is
+/// intercepted, not only the address written in the config. The server is bound to the
+/// dual-stack wildcard, so each of these reaches it.
+#[test]
+fn every_address_that_reaches_a_host_listener_is_intercepted() {
+    // A host address that is not loopback: the host side of a veth, there before the gateway.
+    let veth = PodNetns::create(41);
+    let port = free_port();
+    let server = HttpServer::start(SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)));
+    let gw = Gateway::start(
+        &[Target {
+            name: "web",
+            address: loopback(port),
+        }],
+        "",
+    );
+    let dialled: Vec<String> = [
+        "127.0.0.1",
+        "127.0.0.2",
+        "0.0.0.0",
+        "[::1]",
+        "[::]",
+        "[::ffff:127.0.0.1]",
+        "[::ffff:0.0.0.0]",
+        "[::ffff:127.0.0.3]",
+        veth.host_ip.as_str(),
+    ]
+    .iter()
+    .map(|ip| format!("{ip}:{}", server.addr.port()))
+    .collect();
+    let mut pids = Vec::new();
+    for addr in &dialled {
+        let out = gw.wrap(&[probe_bin().to_str().unwrap(), "http", addr]);
+        let probe = probe_json(&out);
+        assert!(
+            probe["status"].as_str().unwrap_or_default().contains("200"),
+            "{addr}: {probe}"
+        );
+        let shown: SocketAddr = probe["peer"].as_str().unwrap().parse().unwrap();
+        assert_eq!(
+            shown,
+            addr.parse().unwrap(),
+            "{addr}: the client sees the address it dialled"
+        );
+        pids.push((addr, probe["pid"].clone()));
+    }
+    let sessions = gw.wait_sessions_ended(dialled.len());
+    for (addr, pid) in pids {
+        let session = sessions
+            .iter()
+            .find(|s| s["pid"] == pid)
+            .unwrap_or_else(|| panic!("{addr} was not intercepted: {sessions:#?}"));
+        assert_eq!(session["target"], "web", "{addr}");
+        assert_eq!(session["outcome"], "closed", "{addr}");
+    }
+    assert_eq!(gw.metric("interlock_origin_lookup_misses_total"), Some(0.0));
+    drop(server);
+}

@@ -9,6 +9,7 @@
 pub mod names {
     pub const INTERCEPT_CGROUPS: &str = "INTERCEPT_CGROUPS";
     pub const TARGETS: &str = "TARGETS";
+    pub const HOST_ADDRS: &str = "HOST_ADDRS";
     pub const SOCK_ORIGINS: &str = "SOCK_ORIGINS";
     pub const FLOWS: &str = "FLOWS";
     pub const SETTINGS: &str = "SETTINGS";
@@ -24,7 +25,12 @@ pub mod names {
 /// Map capacities. The gateway reports their fill level in `/metrics`.
 pub const MAX_INTERCEPT_CGROUPS: u32 = 16_384;
 pub const MAX_TARGETS: u32 = 4_096;
+pub const MAX_HOST_ADDRS: u32 = 1_024;
 pub const MAX_TRACKED_SOCKETS: u32 = 65_536;
+
+/// A TARGETS value that is no target: the gateway's own listening ports, which a whole-host
+/// target must not take in.
+pub const NOT_A_TARGET: u32 = u32::MAX;
 
 pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
@@ -57,6 +63,41 @@ impl AddrKey {
             _pad: 0,
         }
     }
+
+    /// The TARGETS key of a listener on this host: `[::]:port`. A listener bound to a wildcard
+    /// is reached through every address of the host, so targets at a loopback, unspecified or
+    /// local address are stored under this key, and connects to any of those addresses look
+    /// it up.
+    #[inline(always)]
+    pub fn this_host(port: u16) -> Self {
+        Self {
+            addr: [0; 4],
+            port,
+            _pad: 0,
+        }
+    }
+
+    /// Whether `connect()` to this address stays on the host's loopback: 127.0.0.0/8, ::1,
+    /// and the unspecified addresses (the kernel connects those to loopback), in both the
+    /// IPv4 and the v4-mapped form.
+    #[inline(always)]
+    pub fn is_loopback_or_unspecified(&self) -> bool {
+        let [a, b, c, d] = self.addr;
+        if a != 0 || b != 0 {
+            return false;
+        }
+        if c == V4_MAPPED_PREFIX_WORD {
+            let ip4 = u32::from_be(d);
+            return ip4 >> 24 == 127 || ip4 == 0;
+        }
+        c == 0 && (d == 0 || d == u32::from_be(1))
+    }
+
+    /// Whether the address is IPv4 (v4-mapped).
+    #[inline(always)]
+    pub fn is_v4(&self) -> bool {
+        self.addr[0] == 0 && self.addr[1] == 0 && self.addr[2] == V4_MAPPED_PREFIX_WORD
+    }
 }
 
 /// The third word of `::ffff:a.b.c.d`: bytes `00 00 ff ff` in memory.
@@ -84,8 +125,8 @@ pub struct Origin {
     pub connect_ns: u64,
     pub original_dst: AddrKey,
     pub family: u16,
-    /// Keeps the struct free of implicit padding, which the verifier would reject.
-    pub _pad: u16,
+    /// The matched target: its index in the gateway's config (the TARGETS value).
+    pub target: u16,
 }
 
 /// Node-wide settings, in a one-element array map.

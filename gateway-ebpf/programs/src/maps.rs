@@ -4,8 +4,8 @@ use aya_ebpf::{
     maps::{Array, HashMap},
 };
 use interlock_common::{
-    AddrKey, InterceptConfig, MAX_INTERCEPT_CGROUPS, MAX_TARGETS, MAX_TRACKED_SOCKETS, Origin,
-    Settings,
+    AddrKey, InterceptConfig, MAX_HOST_ADDRS, MAX_INTERCEPT_CGROUPS, MAX_TARGETS,
+    MAX_TRACKED_SOCKETS, Origin, Settings,
 };
 
 /// cgroup id → where that cgroup's connections are sent.
@@ -18,6 +18,11 @@ pub static INTERCEPT_CGROUPS: HashMap<u64, InterceptConfig> =
 pub static TARGETS: HashMap<AddrKey, u32> = HashMap::with_max_entries(MAX_TARGETS, 0);
 
 /// Socket cookie → original destination, for `getpeername` and for `sock_ops`.
+/// The host network namespace's own non-loopback addresses (AddrKey.addr form), kept current
+/// by the gateway: a connect to one of them reaches the same listeners as loopback does.
+#[map]
+pub static HOST_ADDRS: HashMap<[u32; 4], u8> = HashMap::with_max_entries(MAX_HOST_ADDRS, 0);
+
 #[map]
 pub static SOCK_ORIGINS: HashMap<u64, Origin> = HashMap::with_max_entries(MAX_TRACKED_SOCKETS, 0);
 

@@ -24,7 +24,7 @@ use crate::{
     ebpf::{Dataplane, ProxyAddrs, cgroup},
     proxy::{Proxy, upstream::UpstreamConnector},
     telemetry::events::{
-        CgroupRegistered, CgroupUnregistered, ControlRequestRejected, InternalEvent,
+        CgroupAdopted, CgroupRegistered, CgroupUnregistered, ControlRequestRejected, InternalEvent,
     },
 };
 
@@ -64,6 +64,10 @@ pub struct ControlServer<C> {
     pub proxy: Arc<Proxy<C>>,
     pub listen_v4: SocketAddr,
     pub listen_v6: Option<SocketAddr>,
+    /// Names this gateway's wrap cgroups (`cgroup::gateway_tag`).
+    pub gateway_tag: String,
+    /// Registrations taken over from a previous gateway: (cgroup id, path).
+    pub adopted: std::sync::Mutex<Vec<(u64, PathBuf)>>,
 }
 
 /// Binds the control socket, refusing to steal it from a gateway that is still running.
@@ -176,8 +180,10 @@ impl<C: UpstreamConnector> ControlServer<C> {
         }
     }
 
-    async fn register(&self, pod_proxy: Option<IpAddr>) -> Result<(u64, PathBuf)> {
-        let proxy = match pod_proxy {
+    /// Where a registration's connections go: the node listeners, or a listener on the
+    /// host-side address that a pod's network namespace reaches the node on.
+    async fn proxy_for(&self, pod_proxy: Option<IpAddr>) -> Result<ProxyAddrs> {
+        Ok(match pod_proxy {
             None => ProxyAddrs {
                 v4: Some(self.listen_v4),
                 v6: self.listen_v6,
@@ -199,12 +205,16 @@ impl<C: UpstreamConnector> ControlServer<C> {
                     v6: Some(addr),
                 }
             }
-        };
+        })
+    }
+
+    async fn register(&self, pod_proxy: Option<IpAddr>) -> Result<(u64, PathBuf)> {
+        let proxy = self.proxy_for(pod_proxy).await?;
         let parent = cgroup::wrap_parent(self.dataplane.cgroup_root())?;
-        let path = parent.join(format!(
-            "{}{}",
-            cgroup::WRAP_PREFIX,
-            uuid::Uuid::now_v7().simple()
+        let path = parent.join(cgroup::wrap_name(
+            &self.gateway_tag,
+            uuid::Uuid::now_v7(),
+            pod_proxy,
         ));
         std::fs::create_dir(&path)
             .with_context(|| format!("creating cgroup {}", path.display()))?;
@@ -220,6 +230,57 @@ impl<C: UpstreamConnector> ControlServer<C> {
         }
         .emit();
         Ok((id, path))
+    }
+
+    /// Registers again every wrap cgroup that still holds processes: after a restart, their
+    /// next connections are intercepted (those open across the restart were cut with the
+    /// old gateway). An adopted registration ends when its cgroup empties; the sweeper
+    /// removes it.
+    pub async fn adopt_live_wraps(&self) -> Result<usize> {
+        let parent = cgroup::wrap_parent(self.dataplane.cgroup_root())?;
+        let mut adopted = 0;
+        for wrap in cgroup::live_wraps(&parent, &self.gateway_tag) {
+            let registered = async {
+                let proxy = self.proxy_for(wrap.pod_proxy).await?;
+                self.dataplane.register_cgroup(wrap.cgroup_id, proxy)?;
+                anyhow::Ok(proxy)
+            };
+            match registered.await {
+                Ok(proxy) => {
+                    CgroupAdopted {
+                        cgroup_id: wrap.cgroup_id,
+                        path: &wrap.path,
+                        proxy: proxy.v4.or(proxy.v6),
+                    }
+                    .emit();
+                    self.adopted
+                        .lock()
+                        .expect("adopted lock")
+                        .push((wrap.cgroup_id, wrap.path));
+                    adopted += 1;
+                }
+                Err(e) => {
+                    warn!(path = %wrap.path.display(), error = %format!("{e:#}"), "a live wrap cgroup could not be adopted; its processes connect unintercepted")
+                }
+            }
+        }
+        Ok(adopted)
+    }
+
+    /// Ends adopted registrations whose cgroup has emptied or gone (their wrap, which would
+    /// have ended them, lost its connection with the old gateway).
+    pub async fn sweep_adopted(&self) {
+        let ended: Vec<(u64, PathBuf)> = {
+            let mut adopted = self.adopted.lock().expect("adopted lock");
+            let (ended, live) = adopted
+                .drain(..)
+                .partition(|(_, path)| !path.exists() || cgroup::is_empty(path));
+            *adopted = live;
+            ended
+        };
+        for (id, path) in ended {
+            self.unregister(id, &path).await;
+        }
     }
 
     /// Ends a registration. Whatever still runs in the cgroup (daemonised children, or the

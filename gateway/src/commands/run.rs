@@ -5,7 +5,7 @@ use std::{
     time::Duration,
 };
 
-use anyhow::Result;
+use anyhow::{Context, Result, bail};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -20,6 +20,7 @@ use crate::{
         Recorder, WriterOptions,
         chain::Sealer,
         spool::{Checkpoint, SpoolReader, SpoolState},
+        store,
     },
     sinks::{
         self,
@@ -36,7 +37,20 @@ const SINK_DRAIN: Duration = Duration::from_secs(10);
 
 pub async fn run(config_path: &Path) -> Result<()> {
     let config = Arc::new(Config::load(config_path)?);
+    for warning in config.warnings() {
+        warn!(config = %config_path.display(), "{warning}");
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!(
+            "the gateway loads eBPF programs and manages cgroups: run it as root (CAP_BPF, \
+             CAP_NET_ADMIN, CAP_SYS_ADMIN); nothing was created"
+        );
+    }
     let recording = &config.recording;
+    // Before the signing key is generated into it.
+    store::private_dir(&recording.dir)
+        .with_context(|| format!("preparing the record store {}", recording.dir.display()))?;
     let (key_path, generate) = recording.signing_key_path();
     let sealer = Sealer::load(&key_path, generate)?;
     let spool = Arc::new(SpoolState::new(&recording.dir, recording.spool.max_bytes)?);
@@ -108,8 +122,21 @@ pub async fn run(config_path: &Path) -> Result<()> {
         proxy: proxy.clone(),
         listen_v4: config.listen,
         listen_v6: config.listen_v6,
+        gateway_tag: crate::ebpf::cgroup::gateway_tag(&config.control_socket),
+        adopted: Default::default(),
     });
-    tokio::spawn(control.serve(control_listener, stop_services.clone()));
+    let adopted = control.adopt_live_wraps().await?;
+    if adopted > 0 {
+        info!(
+            adopted,
+            "wrap cgroups of a previous gateway registered again; sessions they had open then were cut"
+        );
+    }
+    tokio::spawn(
+        control
+            .clone()
+            .serve(control_listener, stop_services.clone()),
+    );
 
     let admin = Arc::new(Admin {
         dataplane: dataplane.clone(),
@@ -118,8 +145,10 @@ pub async fn run(config_path: &Path) -> Result<()> {
     });
     let admin_listener = Admin::bind(config.admin).await?;
     tokio::spawn(admin.clone().serve(admin_listener, stop_services.clone()));
+    tokio::spawn(refresh_host_addrs(dataplane.clone(), stop_services.clone()));
     tokio::spawn(sweep_vanished_cgroups(
         dataplane.clone(),
+        control,
         proxy.mcp_sessions.clone(),
         stop_services.clone(),
     ));
@@ -232,9 +261,26 @@ async fn reload_policy<C: crate::proxy::upstream::UpstreamConnector>(
     }
 }
 
-/// Forgets vanished cgroups and idle MCP sessions.
+/// Keeps HOST_ADDRS current: a connect to an address the host gains is matched within this.
+const HOST_ADDRS_REFRESH: Duration = Duration::from_secs(2);
+
+async fn refresh_host_addrs(dataplane: Arc<Dataplane>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(HOST_ADDRS_REFRESH);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Err(e) = dataplane.refresh_host_addrs() {
+            warn!(error = %e, "refreshing the host's addresses for the redirect failed");
+        }
+    }
+}
+
+/// Forgets vanished cgroups, ended adopted registrations and idle MCP sessions.
 async fn sweep_vanished_cgroups(
     dataplane: Arc<Dataplane>,
+    control: Arc<control::ControlServer<TcpConnector>>,
     mcp_sessions: Arc<McpSessions>,
     stop: CancellationToken,
 ) {
@@ -245,6 +291,7 @@ async fn sweep_vanished_cgroups(
             _ = tick.tick() => {}
         }
         mcp_sessions.expire_idle();
+        control.sweep_adopted().await;
         match dataplane.forget_vanished_cgroups() {
             Ok(0) => {}
             Ok(n) => info!(

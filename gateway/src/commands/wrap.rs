@@ -63,6 +63,12 @@ pub fn wrap(control_socket: &Path, pod_proxy: Option<IpAddr>, command: &[String]
     // or was killed), remove the cgroup here.
     let unregistered = request(&mut writer, &mut reader, &ControlRequest::Unregister);
     if unregistered.is_err() {
+        eprintln!(
+            "interlock wrap: warning: the gateway stopped while `{program}` ran: its sessions \
+             open then were cut, and until a gateway was back its connections were refused \
+             (fail_mode: closed) or not intercepted (open); a restarted gateway intercepts it \
+             again (see the gateway's log)"
+        );
         let _ = std::fs::remove_dir(&cgroup_dir);
     }
     Ok(exit_code(status?))

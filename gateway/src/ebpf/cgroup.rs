@@ -106,6 +106,61 @@ pub fn is_empty(path: &Path) -> bool {
 
 /// Name prefix of the cgroups `interlock wrap` runs commands in.
 pub const WRAP_PREFIX: &str = "interlock-wrap-";
+/// Between a wrap cgroup's id and its pod proxy address, if it has one.
+const WRAP_VIA: &str = "-via-";
+
+/// Tells one gateway's wrap cgroups from another's on the same host (a second gateway with
+/// its own config, or tests): derived from the control socket path, which a restart keeps.
+pub fn gateway_tag(control_socket: &Path) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(control_socket.as_os_str().as_encoded_bytes());
+    digest[..4].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A wrap cgroup's name: its gateway's tag, an id, and the pod proxy address if any, so that
+/// a restarted gateway can take its registrations over (`live_wraps`) with their listeners.
+pub fn wrap_name(tag: &str, id: uuid::Uuid, pod_proxy: Option<std::net::IpAddr>) -> String {
+    let via = pod_proxy
+        .map(|ip| format!("{WRAP_VIA}{ip}"))
+        .unwrap_or_default();
+    format!("{WRAP_PREFIX}{tag}-{}{via}", id.simple())
+}
+
+pub struct LiveWrap {
+    pub path: PathBuf,
+    pub cgroup_id: u64,
+    pub pod_proxy: Option<std::net::IpAddr>,
+}
+
+/// The wrap cgroups of the gateway tagged `tag` under `parent` that still hold processes.
+pub fn live_wraps(parent: &Path, tag: &str) -> Vec<LiveWrap> {
+    let Ok(entries) = fs::read_dir(parent) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let rest = name
+                .strip_prefix(WRAP_PREFIX)?
+                .strip_prefix(tag)?
+                .strip_prefix('-')?;
+            let pod_proxy = match rest.split_once(WRAP_VIA) {
+                Some((_, ip)) => Some(ip.parse().ok()?),
+                None => None,
+            };
+            let path = entry.path();
+            if is_empty(&path) {
+                return None;
+            }
+            Some(LiveWrap {
+                cgroup_id: entry.metadata().ok()?.ino(),
+                path,
+                pod_proxy,
+            })
+        })
+        .collect()
+}
 
 /// Removes empty wrap cgroups under `parent` that no registration owns: left by a wrap or
 /// a gateway that was killed. Cgroups that still hold processes are left until they exit.
@@ -143,6 +198,41 @@ pub fn join_cgroup_in_child(procs_path: &std::ffi::CStr) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wrap_names_carry_the_gateway_and_the_pod_proxy() {
+        let id = uuid::Uuid::now_v7();
+        let dir = tempfile::tempdir().unwrap();
+        let (ours, theirs) = (
+            gateway_tag(Path::new("/run/interlock/control.sock")),
+            gateway_tag(Path::new("/run/other/control.sock")),
+        );
+        assert_ne!(ours, theirs);
+        for pod_proxy in [
+            None,
+            Some("10.231.1.1".parse().unwrap()),
+            Some("fd00::1".parse().unwrap()),
+        ] {
+            let path = dir.path().join(wrap_name(&ours, id, pod_proxy));
+            fs::create_dir(&path).unwrap();
+            // A cgroup with a process lists it in cgroup.procs.
+            fs::write(path.join("cgroup.procs"), "1\n").unwrap();
+            let live = live_wraps(dir.path(), &ours);
+            assert_eq!(live.len(), 1);
+            assert_eq!(live[0].pod_proxy, pod_proxy);
+            assert_eq!(live[0].path, path);
+            assert!(
+                live_wraps(dir.path(), &theirs).is_empty(),
+                "another gateway's"
+            );
+            fs::write(path.join("cgroup.procs"), "").unwrap();
+            assert!(
+                live_wraps(dir.path(), &ours).is_empty(),
+                "an empty cgroup is not live"
+            );
+            fs::remove_dir_all(&path).unwrap();
+        }
+    }
 
     #[test]
     fn mountinfo_escapes_are_decoded() {

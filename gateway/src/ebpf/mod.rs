@@ -7,6 +7,7 @@
 pub mod cgroup;
 
 use std::{
+    collections::HashSet,
     fs,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     os::fd::AsFd,
@@ -23,7 +24,7 @@ use aya::{
         links::{FdLink, PinnedLink},
     },
 };
-use interlock_common::{AddrKey, InterceptConfig, Origin, Settings, names};
+use interlock_common::{AddrKey, InterceptConfig, NOT_A_TARGET, Origin, Settings, names};
 use tracing::{info, warn};
 
 use crate::config::{Config, FailMode};
@@ -33,9 +34,10 @@ use crate::config::{Config, FailMode};
 static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/interlock.bpf.o"));
 
-const PINNED_MAPS: [&str; 5] = [
+const PINNED_MAPS: [&str; 6] = [
     names::INTERCEPT_CGROUPS,
     names::TARGETS,
+    names::HOST_ADDRS,
     names::SOCK_ORIGINS,
     names::FLOWS,
     names::SETTINGS,
@@ -100,6 +102,7 @@ pub struct Dataplane {
     _ebpf: Ebpf,
     intercept: Mutex<HashMap<MapData, u64, InterceptConfig>>,
     targets: Mutex<HashMap<MapData, AddrKey, u32>>,
+    host_addrs: Mutex<HashMap<MapData, [u32; 4], u8>>,
     sock_origins: Mutex<HashMap<MapData, u64, Origin>>,
     flows: Mutex<HashMap<MapData, AddrKey, Origin>>,
     cgroup_root: PathBuf,
@@ -142,7 +145,7 @@ impl Dataplane {
         }
         let mut ebpf = loader.load(EBPF_OBJECT).context(
             "loading the eBPF object failed; the gateway needs root (CAP_BPF, CAP_NET_ADMIN, \
-             CAP_SYS_ADMIN) and a kernel with BTF (5.10 or newer)",
+             CAP_SYS_ADMIN) and a kernel with BTF (5.14 or newer, as the README says)",
         )?;
         start_ebpf_logger(&mut ebpf);
 
@@ -155,12 +158,14 @@ impl Dataplane {
         let dataplane = Dataplane {
             intercept: Mutex::new(take_map(&mut ebpf, names::INTERCEPT_CGROUPS)?),
             targets: Mutex::new(take_map(&mut ebpf, names::TARGETS)?),
+            host_addrs: Mutex::new(take_map(&mut ebpf, names::HOST_ADDRS)?),
             sock_origins: Mutex::new(take_map(&mut ebpf, names::SOCK_ORIGINS)?),
             flows: Mutex::new(take_map(&mut ebpf, names::FLOWS)?),
             _ebpf: ebpf,
             cgroup_root,
         };
-        dataplane.set_targets(config)?;
+        let host_addrs = dataplane.refresh_host_addrs()?;
+        dataplane.set_targets(config, &host_addrs)?;
         info!(
             cgroup_root = %dataplane.cgroup_root.display(),
             fail_mode = ?config.fail_mode,
@@ -174,23 +179,41 @@ impl Dataplane {
     }
 
     /// Replaces the TARGETS map with the configured targets.
-    fn set_targets(&self, config: &Config) -> Result<()> {
+    fn set_targets(&self, config: &Config, host_addrs: &HashSet<IpAddr>) -> Result<()> {
+        let keys = target_keys(config, host_addrs)?;
         let mut targets = self.targets.lock().expect("targets lock");
         let stale: Vec<AddrKey> = targets.keys().filter_map(Result::ok).collect();
         for key in stale {
             targets.remove(&key)?;
         }
-        for (index, target) in config.targets.iter().enumerate() {
+        for (key, index) in keys {
             targets
-                .insert(addr_key(target.address), index as u32, 0)
-                .with_context(|| {
-                    format!(
-                        "adding target {} ({}) to the TARGETS map",
-                        target.name, target.address
-                    )
-                })?;
+                .insert(key, index, 0)
+                .context("adding a target to the TARGETS map (is it full?)")?;
         }
         Ok(())
+    }
+
+    /// Makes HOST_ADDRS hold the host's current non-loopback addresses; returns them.
+    pub fn refresh_host_addrs(&self) -> Result<HashSet<IpAddr>> {
+        let current: HashSet<IpAddr> = if_addrs::get_if_addrs()
+            .context("listing the host's network addresses")?
+            .into_iter()
+            .map(|interface| canonical_ip(interface.ip()))
+            .filter(|ip| !ip.is_loopback())
+            .collect();
+        let word_key = |ip: &IpAddr| addr_key(SocketAddr::new(*ip, 0)).addr;
+        let wanted: HashSet<[u32; 4]> = current.iter().map(word_key).collect();
+        let mut map = self.host_addrs.lock().expect("host addrs lock");
+        let stored: Vec<[u32; 4]> = map.keys().filter_map(Result::ok).collect();
+        for gone in stored.iter().filter(|key| !wanted.contains(*key)) {
+            let _ = map.remove(gone);
+        }
+        for key in wanted.iter().filter(|key| !stored.contains(key)) {
+            map.insert(*key, 1, 0)
+                .context("adding a host address to the HOST_ADDRS map (is it full?)")?;
+        }
+        Ok(current)
     }
 
     pub fn register_cgroup(&self, cgroup_id: u64, proxy: ProxyAddrs) -> Result<()> {
@@ -269,13 +292,65 @@ impl Dataplane {
 /// A dual-stack listener reports IPv4 peers as `::ffff:a.b.c.d`; keys use the same mapping,
 /// but normalise so both listener kinds give the same key.
 fn canonical_peer(peer: SocketAddr) -> SocketAddr {
-    match peer {
-        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
-            Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),
-            None => peer,
-        },
+    SocketAddr::new(canonical_ip(peer.ip()), peer.port())
+}
+
+fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,
     }
+}
+
+/// TARGETS entries: each target under its own address, except that a target on this host (a
+/// loopback, unspecified or host address) goes under `AddrKey::this_host`, which connect4/6
+/// look up for a destination at any address of the host. The gateway's own listening ports
+/// go there too, marked `NOT_A_TARGET`, so that a whole-host target (`127.0.0.1:*`) leaves
+/// them alone. Two entries on one key are an error: the kernel could deliver both to one
+/// listener.
+fn target_keys(config: &Config, host_addrs: &HashSet<IpAddr>) -> Result<Vec<(AddrKey, u32)>> {
+    let own = [
+        ("listen", Some(config.listen)),
+        ("listen_v6", config.listen_v6),
+        ("admin", Some(config.admin)),
+    ];
+    let own = own.into_iter().filter_map(|(key, addr)| {
+        Some((format!("the gateway's own `{key}`"), addr?, NOT_A_TARGET))
+    });
+    let targets = config.targets.iter().enumerate().map(|(index, target)| {
+        (
+            format!("target `{}`", target.name),
+            target.address,
+            index as u32,
+        )
+    });
+    let mut keys: Vec<(AddrKey, u32, String, SocketAddr)> = Vec::new();
+    for (label, address, value) in targets.chain(own) {
+        let ip = canonical_ip(address.ip());
+        let on_this_host = value == NOT_A_TARGET
+            || ip.is_loopback()
+            || ip.is_unspecified()
+            || host_addrs.contains(&ip);
+        let key = if on_this_host {
+            AddrKey::this_host(address.port())
+        } else {
+            addr_key(address)
+        };
+        match keys.iter().find(|(k, ..)| *k == key) {
+            // listen and listen_v6 share a port.
+            Some((_, NOT_A_TARGET, ..)) if value == NOT_A_TARGET => continue,
+            Some((_, _, other, other_address)) => bail!(
+                "{other} ({other_address}) and {label} ({address}) are the same port of this \
+                 host: a listener there is reached through every address of the host, so keep \
+                 one of them"
+            ),
+            None => keys.push((key, value, label, address)),
+        }
+    }
+    Ok(keys
+        .into_iter()
+        .map(|(key, value, ..)| (key, value))
+        .collect())
 }
 
 fn write_settings(ebpf: &mut Ebpf, config: &Config) -> Result<()> {
@@ -479,6 +554,69 @@ fn start_ebpf_logger(ebpf: &mut Ebpf) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn targets_on_this_host_share_one_key_per_port_and_conflicts_are_named() {
+        let host: HashSet<IpAddr> = ["10.1.2.3".parse().unwrap()].into();
+        let config = |targets: &str| Config::parse(&format!("targets:\n{targets}")).unwrap();
+        let keys = target_keys(
+            &config(
+                "  - { name: any, address: \"127.0.0.1:*\" }\n  - { name: exact, address: \"[::1]:80\" }\n  \
+                 - { name: node, address: \"10.1.2.3:81\" }\n  - { name: remote, address: \"192.0.2.7:80\" }\n",
+            ),
+            &host,
+        )
+        .unwrap();
+        assert_eq!(
+            keys,
+            vec![
+                (AddrKey::this_host(0), 0),
+                (AddrKey::this_host(80), 1),
+                (AddrKey::this_host(81), 2),
+                (addr_key("192.0.2.7:80".parse().unwrap()), 3),
+                // listen and listen_v6 (one port), admin: never intercepted.
+                (AddrKey::this_host(15001), NOT_A_TARGET),
+                (AddrKey::this_host(15000), NOT_A_TARGET),
+            ]
+        );
+        let error = target_keys(
+            &config("  - { name: a, address: \"127.0.0.1:80\" }\n  - { name: b, address: \"10.1.2.3:80\" }\n"),
+            &host,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.contains("target `a` (127.0.0.1:80) and target `b` (10.1.2.3:80)"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn loopback_and_unspecified_destinations_are_recognised_in_both_forms() {
+        for local in [
+            "127.0.0.1:1",
+            "127.9.8.7:1",
+            "0.0.0.0:1",
+            "[::1]:1",
+            "[::]:1",
+            "[::ffff:127.0.0.2]:1",
+            "[::ffff:0.0.0.0]:1",
+        ] {
+            let key = addr_key(local.parse().unwrap());
+            assert!(key.is_loopback_or_unspecified(), "{local}");
+        }
+        for remote in [
+            "10.0.0.1:1",
+            "[::2]:1",
+            "[::ffff:10.0.0.1]:1",
+            "[2001:db8::1]:1",
+        ] {
+            let key = addr_key(remote.parse().unwrap());
+            assert!(!key.is_loopback_or_unspecified(), "{remote}");
+        }
+        assert!(addr_key("1.2.3.4:5".parse().unwrap()).is_v4());
+        assert!(!addr_key("[::1]:5".parse().unwrap()).is_v4());
+    }
 
     #[test]
     fn addr_keys_round_trip_both_families() {

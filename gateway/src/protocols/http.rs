@@ -9,7 +9,7 @@ use std::{
     pin::{Pin, pin},
     sync::{
         Arc, Mutex, PoisonError,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     task::{Context, Poll},
     time::Duration,
@@ -25,7 +25,7 @@ use hyper::{
     header::{self, HeaderValue},
     service::service_fn,
 };
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::Value;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -105,6 +105,8 @@ pub struct HttpSession {
     upstreams: mpsc::UnboundedSender<Pump>,
     /// For when the upstream closed an idle connection and a request must still go out.
     redial: Redial,
+    /// Set when a request timed out on the upstream connection, which still owes its answer.
+    upstream_stale: AtomicBool,
     /// Cancelled when the client connection is gone, so long-lived streams stop at once.
     client_gone: CancellationToken,
     /// MCP sessions across all connections, by `Mcp-Session-Id`.
@@ -153,6 +155,7 @@ impl HttpSession {
         let session = HttpSession {
             upstreams,
             redial,
+            upstream_stale: AtomicBool::new(false),
             session,
             target,
             workload,
@@ -213,7 +216,11 @@ pub async fn serve(
         async move { Ok::<_, Infallible>(handle(req, &ctx, &sender).await) }
     });
     let mut conn = pin!(
-        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(client), service)
+        hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            // Also bounds an idle keep-alive connection: the wait for the next request's head.
+            .header_read_timeout(ctx.target.header_read_timeout)
+            .serve_connection(TokioIo::new(client), service)
     );
     let mut stopped = pin!(hard_stop.cancelled());
     // The client side, the upstream side and every response pump run in this one task, so
@@ -229,6 +236,13 @@ pub async fn serve(
                 Err(e) if e.is_parse() || e.is_parse_too_large() => (
                     Outcome::Error,
                     Some(format!("malformed HTTP from the client: {e}")),
+                ),
+                Err(e) if e.is_timeout() => (
+                    Outcome::Timeout,
+                    Some(format!(
+                        "no complete request head within header_read_timeout ({})",
+                        humantime::format_duration(ctx.target.header_read_timeout)
+                    )),
                 ),
                 Err(e) => (Outcome::Reset, Some(e.to_string())),
             });
@@ -415,6 +429,9 @@ async fn send_upstream(
         .exact()
         .unwrap_or(0);
     let mut sender = sender.lock().await;
+    if ctx.upstream_stale.swap(false, Ordering::Relaxed) {
+        *sender = redial(ctx).await?;
+    }
     let unsent = match sender.ready().await {
         Ok(()) => match sender.try_send_request(request).await {
             Ok(response) => {
@@ -464,9 +481,29 @@ async fn forward(
     request_session: Option<String>,
 ) -> Response<ProxyBody> {
     let get_stream = upstream_req.method() == hyper::Method::GET;
-    let response = match send_upstream(ctx, sender, upstream_req).await {
-        Ok(response) => response,
-        Err(e) => {
+    let waited = ctx.target.upstream_response_timeout;
+    let response = match tokio::time::timeout(waited, send_upstream(ctx, sender, upstream_req))
+        .await
+    {
+        Ok(Ok(response)) => response,
+        Err(_elapsed) => {
+            // That connection still owes the answer: the next request goes out on a new one.
+            ctx.upstream_stale.store(true, Ordering::Relaxed);
+            let message = format!(
+                "upstream {} sent no response within upstream_response_timeout ({}) of target {}",
+                ctx.target.address,
+                humantime::format_duration(waited),
+                ctx.target.name
+            );
+            return generated(
+                ctx,
+                StatusCode::GATEWAY_TIMEOUT,
+                "text/plain",
+                message.into_bytes().into(),
+            )
+            .await;
+        }
+        Ok(Err(e)) => {
             let message = format!("upstream {} failed: {e}", ctx.target.address);
             return generated(
                 ctx,
@@ -860,7 +897,7 @@ async fn send_events(
 
 fn target_masking(ctx: &HttpSession) -> Masking {
     Masking {
-        apply: ctx.target.mask,
+        apply: ctx.target.mask.unwrap_or_default(),
         record_raw: ctx.target.record_raw,
     }
 }

@@ -1,5 +1,6 @@
 //! The node proxy: listeners, the accept path (origin lookup, identity, durable session
 //! start) and the hand-off to the relay.
+pub mod limits;
 pub mod relay;
 pub mod upstream;
 pub mod workers;
@@ -18,6 +19,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{error, warn};
 
 use self::{
+    limits::SessionLimits,
     upstream::{UpstreamConnector, connect_failure_outcome},
     workers::Workers,
 };
@@ -38,8 +40,8 @@ use crate::{
         record::{Outcome, SessionEnd, SessionStart},
     },
     telemetry::events::{
-        InternalEvent, OriginNotFound, SessionEnded, SessionRefusedSpoolFull, SessionStarted,
-        UpstreamConnectFailed,
+        InternalEvent, OriginNotFound, SessionEnded, SessionRefusedAtLimit,
+        SessionRefusedSpoolFull, SessionStarted, UpstreamConnectFailed,
     },
 };
 
@@ -63,6 +65,7 @@ pub struct Proxy<C> {
     pub mcp_sessions: Arc<McpSessions>,
     masker: Arc<Masker>,
     pub approvals: Arc<Approvals>,
+    limits: Arc<SessionLimits>,
 }
 
 impl<C: UpstreamConnector> Proxy<C> {
@@ -75,8 +78,18 @@ impl<C: UpstreamConnector> Proxy<C> {
         workers: Workers,
         connector: C,
     ) -> Arc<Self> {
+        // Sessions are sized to the descriptors there are: the limit is raised first.
+        let fd_limit = limits::raise_fd_limit();
+        let limits = SessionLimits::new(&config.limits, fd_limit);
+        tracing::info!(
+            fd_limit,
+            max_sessions = limits.max_sessions(),
+            max_sessions_per_workload = config.limits.max_sessions_per_workload,
+            "session limits"
+        );
         Arc::new(Proxy {
             workers,
+            limits,
             masker,
             approvals,
             node: config.node_name(),
@@ -157,8 +170,8 @@ impl<C: UpstreamConnector> Proxy<C> {
             return;
         };
         let original_dst = key_addr(&origin.original_dst);
-        let Some((_, target)) = self.config.target_by_addr(original_dst) else {
-            warn!(%peer, %original_dst, "redirected connection matches no configured target; closed");
+        let Some(target) = self.config.targets.get(usize::from(origin.target)) else {
+            warn!(%peer, %original_dst, target = origin.target, "redirected connection names no configured target; closed");
             reset(client);
             return;
         };
@@ -179,7 +192,10 @@ impl<C: UpstreamConnector> Proxy<C> {
             }
             spool.note_unrecorded();
             match self.connector.connect(original_dst).await {
-                Ok(upstream) => drop(relay::relay(client, upstream, None, &self.hard_stop).await),
+                Ok(upstream) => drop(
+                    relay::relay(client, upstream, None, &self.hard_stop, target.idle_timeout)
+                        .await,
+                ),
                 Err(_) => reset(client),
             }
             return;
@@ -201,6 +217,33 @@ impl<C: UpstreamConnector> Proxy<C> {
             pid: workload.pid,
             process: workload.process,
             cmdline: workload.cmdline,
+        };
+        let _permit = match self.limits.try_acquire(origin.cgroup_id) {
+            Ok(permit) => permit,
+            Err(refusal) => {
+                SessionRefusedAtLimit {
+                    session_id: &session_id,
+                    peer,
+                    cgroup_id: origin.cgroup_id,
+                    process: &process,
+                    refusal,
+                }
+                .emit();
+                reset(client);
+                // Recorded like any session, so that the refusal is in the trail.
+                if session.start(start).await.is_ok() {
+                    let refused = SessionEnd {
+                        bytes_up: 0,
+                        bytes_down: 0,
+                        duration_ms: 0,
+                        outcome: Outcome::Refused,
+                        error: Some(refusal.describe()),
+                        seal: None,
+                    };
+                    let _ = session.end(refused).await;
+                }
+                return;
+            }
         };
         // The upstream connect overlaps the fsync; no byte moves until both are done.
         let (recorded, upstream) =
@@ -247,7 +290,14 @@ impl<C: UpstreamConnector> Proxy<C> {
             (Ok(()), Ok(upstream)) => {
                 let r = match target.protocol {
                     Protocol::Tcp => {
-                        relay::relay(client, upstream, Some(&session), &self.hard_stop).await
+                        relay::relay(
+                            client,
+                            upstream,
+                            Some(&session),
+                            &self.hard_stop,
+                            target.idle_timeout,
+                        )
+                        .await
                     }
                     Protocol::Http | Protocol::Mcp => {
                         let policy = self.policy.read().expect("policy lock").clone();

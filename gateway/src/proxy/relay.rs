@@ -3,10 +3,18 @@
 use std::{
     io,
     sync::atomic::{AtomicU64, Ordering},
+    time::Duration,
 };
 
 use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::{
+    io::AsyncWriteExt,
+    net::{
+        TcpStream,
+        tcp::{OwnedReadHalf, OwnedWriteHalf},
+    },
+    time::{Instant, sleep},
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::recording::{
@@ -25,20 +33,17 @@ pub struct RelayResult {
     pub error: Option<String>,
 }
 
-/// Relays until both sides are done. `session` is None only for sessions let through
-/// unrecorded under `when_full: fail_open`.
-pub async fn relay<C, U>(
-    client: C,
-    upstream: U,
+/// Relays until both sides are done, or neither sends a byte for `idle_timeout`. `session`
+/// is None only for sessions let through unrecorded under `when_full: fail_open`.
+pub async fn relay(
+    client: TcpStream,
+    upstream: TcpStream,
     session: Option<&SessionRecorder>,
     hard_stop: &CancellationToken,
-) -> RelayResult
-where
-    C: AsyncRead + AsyncWrite + Unpin,
-    U: AsyncRead + AsyncWrite + Unpin,
-{
-    let (client_read, client_write) = tokio::io::split(client);
-    let (upstream_read, upstream_write) = tokio::io::split(upstream);
+    idle_timeout: Duration,
+) -> RelayResult {
+    let (client_read, client_write) = client.into_split();
+    let (upstream_read, upstream_write) = upstream.into_split();
     let bytes_up = AtomicU64::new(0);
     let bytes_down = AtomicU64::new(0);
     let up = pump(
@@ -55,21 +60,36 @@ where
         session,
         &bytes_down,
     );
-    tokio::pin!(up, down);
+    // Checked once per idle_timeout rather than re-armed per chunk: a session is cut after
+    // between one and two timeouts of silence, at no cost on the byte path.
+    let idle = sleep(idle_timeout);
+    tokio::pin!(up, down, idle);
+    let moved = || bytes_up.load(Ordering::Relaxed) + bytes_down.load(Ordering::Relaxed);
+    let mut moved_at_last_check = 0;
 
     let (mut up_done, mut down_done) = (false, false);
     let failure = loop {
         tokio::select! {
             result = &mut up, if !up_done => match result {
                 Ok(()) => up_done = true,
-                Err(e) => break Some(e),
+                Err(e) => break Some((classify(&e), e.to_string())),
             },
             result = &mut down, if !down_done => match result {
                 Ok(()) => down_done = true,
-                Err(e) => break Some(e),
+                Err(e) => break Some((classify(&e), e.to_string())),
             },
+            () = &mut idle => {
+                if moved() == moved_at_last_check {
+                    break Some((
+                        Outcome::Timeout,
+                        format!("idle for {}: no byte either way (idle_timeout)", humantime::format_duration(idle_timeout)),
+                    ));
+                }
+                moved_at_last_check = moved();
+                idle.as_mut().reset(Instant::now() + idle_timeout);
+            }
             _ = hard_stop.cancelled() => {
-                break Some(io::Error::other("gateway shut down before the session ended"));
+                break Some((Outcome::Shutdown, "gateway shut down before the session ended".into()));
             }
         }
         if up_done && down_done {
@@ -78,8 +98,7 @@ where
     };
     let (outcome, error) = match failure {
         None => (Outcome::Closed, None),
-        Some(e) if hard_stop.is_cancelled() => (Outcome::Shutdown, Some(e.to_string())),
-        Some(e) => (classify(&e), Some(e.to_string())),
+        Some((outcome, error)) => (outcome, Some(error)),
     };
     RelayResult {
         bytes_up: bytes_up.load(Ordering::Relaxed),
@@ -98,27 +117,29 @@ fn classify(e: &io::Error) -> Outcome {
     }
 }
 
-/// Copies one direction until EOF, then half-closes the other side.
-async fn pump<R, W>(
-    mut from: R,
-    mut to: W,
+/// Copies one direction until EOF, then half-closes the other side. A buffer exists only
+/// while there is something to read: an idle session holds none.
+async fn pump(
+    from: OwnedReadHalf,
+    mut to: OwnedWriteHalf,
     direction: Direction,
     session: Option<&SessionRecorder>,
     counter: &AtomicU64,
-) -> io::Result<()>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let mut buf = BytesMut::with_capacity(CHUNK);
+) -> io::Result<()> {
     loop {
-        buf.reserve(CHUNK);
-        if from.read_buf(&mut buf).await? == 0 {
-            // A peer that already went away cannot take our FIN; that is not an error.
-            let _ = to.shutdown().await;
-            return Ok(());
+        from.readable().await?;
+        let mut buf = BytesMut::with_capacity(CHUNK);
+        match from.try_read_buf(&mut buf) {
+            Ok(0) => {
+                // A peer that already went away cannot take our FIN; that is not an error.
+                let _ = to.shutdown().await;
+                return Ok(());
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
         }
-        let chunk = buf.split().freeze();
+        let chunk = buf.freeze();
         counter.fetch_add(chunk.len() as u64, Ordering::Relaxed);
         // Recorded before it is forwarded: what reaches the peer is always in the record.
         if let Some(session) = session {
@@ -130,6 +151,8 @@ where
 
 #[cfg(test)]
 mod tests {
+    use tokio::io::AsyncReadExt;
+
     use super::*;
     use crate::recording::{record::RecordBody, store};
 
@@ -161,7 +184,14 @@ mod tests {
         });
         let (client, _) = proxy_listener.accept().await.unwrap();
         let upstream = tokio::net::TcpStream::connect(upstream_addr).await.unwrap();
-        let result = relay(client, upstream, Some(&session), &CancellationToken::new()).await;
+        let result = relay(
+            client,
+            upstream,
+            Some(&session),
+            &CancellationToken::new(),
+            Duration::from_secs(60),
+        )
+        .await;
         upstream_task.await.unwrap();
         assert_eq!(client_task.await.unwrap(), vec![7u8; 200_000]);
         assert_eq!((result.bytes_up, result.bytes_down), (100_000, 200_000));

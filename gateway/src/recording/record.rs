@@ -185,6 +185,11 @@ pub enum Outcome {
     Error,
     /// The gateway shut down before the session finished.
     Shutdown,
+    /// A timeout ended the session: idle, header read or upstream response (the error says
+    /// which and how long).
+    Timeout,
+    /// The gateway refused the session at a limit (the error names it); nothing was relayed.
+    Refused,
 }
 
 impl Outcome {
@@ -197,6 +202,8 @@ impl Outcome {
             Outcome::Reset => "reset",
             Outcome::Error => "error",
             Outcome::Shutdown => "shutdown",
+            Outcome::Timeout => "timeout",
+            Outcome::Refused => "refused",
         }
     }
 }

@@ -3,7 +3,7 @@
 //! acknowledged, so delivery is at least once and a restart resumes where the sink stopped.
 use std::{
     fs,
-    io::{self, Read, Seek, SeekFrom},
+    io::{self, Read, Seek, SeekFrom, Write},
     path::{Path, PathBuf},
     sync::{
         Mutex,
@@ -114,7 +114,7 @@ pub struct Checkpoint {
 impl Checkpoint {
     pub fn new(dir: &Path, sink: &str) -> io::Result<Checkpoint> {
         let checkpoints = dir.join("checkpoints");
-        fs::create_dir_all(&checkpoints)?;
+        store::private_dir(&checkpoints)?;
         Ok(Checkpoint {
             path: checkpoints.join(format!("{sink}.json")),
         })
@@ -138,11 +138,11 @@ impl Checkpoint {
 
     pub fn save(&self, position: Position) -> io::Result<()> {
         let tmp = self.path.with_extension("tmp");
-        fs::write(
-            &tmp,
-            serde_json::to_vec(&position).expect("positions serialize"),
-        )?;
-        fs::File::open(&tmp)?.sync_all()?;
+        // A temp file left by a crash mid-save is stale.
+        let _ = fs::remove_file(&tmp);
+        let mut file = store::create_private_file(&tmp, fs::OpenOptions::new().write(true))?;
+        file.write_all(&serde_json::to_vec(&position).expect("positions serialize"))?;
+        file.sync_all()?;
         fs::rename(&tmp, &self.path)?;
         if let Some(dir) = self.path.parent() {
             fs::File::open(dir)?.sync_all()?;

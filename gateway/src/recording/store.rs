@@ -4,8 +4,9 @@
 //! payload being the record's JSON. A gateway start opens a new segment, so a torn tail left by
 //! a crash is never appended to; readers report it and read on.
 use std::{
-    fs::{self, File, OpenOptions},
+    fs::{self, DirBuilder, File, OpenOptions, Permissions},
     io::{self, Write},
+    os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
 };
 
@@ -17,6 +18,59 @@ pub const MAX_FRAME: u32 = 256 << 20;
 
 pub fn segments_dir(dir: &Path) -> PathBuf {
     dir.join("segments")
+}
+
+/// Makes `dir` (and missing parents) a directory only its owner may enter, whatever the umask:
+/// records hold command lines and raw session bytes. A directory that another user can write
+/// to, or that another user owns, is refused, since records there could be altered or
+/// deleted; one that others can merely read (an older store) is closed to them.
+pub fn private_dir(dir: &Path) -> io::Result<()> {
+    let meta = match fs::metadata(dir) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+            return fs::set_permissions(dir, Permissions::from_mode(0o700));
+        }
+        Err(e) => return Err(e),
+    };
+    let mode = meta.mode() & 0o7777;
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    if meta.uid() != me {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "{} belongs to uid {}, not to this gateway's uid {me}: another user could alter \
+                 or delete its records; point recording.dir elsewhere or `chown {me} {}`",
+                dir.display(),
+                meta.uid(),
+                dir.display()
+            ),
+        ));
+    }
+    if mode & 0o022 != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "{} is writable by other users (mode {mode:04o}), who could alter or delete \
+                 records: run `chmod 700 {}`",
+                dir.display(),
+                dir.display()
+            ),
+        ));
+    }
+    if mode & 0o077 != 0 {
+        tracing::warn!(dir = %dir.display(), mode = format!("{mode:04o}"), "record store was readable by other users; now 0700");
+        fs::set_permissions(dir, Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
+/// Opens a new file only its owner may read or write, whatever the umask.
+pub fn create_private_file(path: &Path, options: &mut OpenOptions) -> io::Result<File> {
+    let file = options.create_new(true).mode(0o600).open(path)?;
+    file.set_permissions(Permissions::from_mode(0o600))?;
+    Ok(file)
 }
 
 pub fn segment_path(dir: &Path, index: u64) -> PathBuf {
@@ -34,7 +88,8 @@ pub struct SegmentWriter {
 
 impl SegmentWriter {
     pub fn open(dir: &Path, segment_bytes: u64) -> io::Result<Self> {
-        fs::create_dir_all(segments_dir(dir))?;
+        private_dir(dir)?;
+        private_dir(&segments_dir(dir))?;
         let index = list_segments(dir)?.last().map(|(i, _)| i + 1).unwrap_or(1);
         let file = create_segment(dir, index)?;
         Ok(SegmentWriter {
@@ -95,10 +150,7 @@ impl SegmentWriter {
 }
 
 fn create_segment(dir: &Path, index: u64) -> io::Result<File> {
-    let file = OpenOptions::new()
-        .create_new(true)
-        .append(true)
-        .open(segment_path(dir, index))?;
+    let file = create_private_file(&segment_path(dir, index), OpenOptions::new().append(true))?;
     // Make the new directory entry durable too, or a crash could lose the whole segment.
     File::open(segments_dir(dir))?.sync_all()?;
     Ok(file)
@@ -244,6 +296,56 @@ fn read_segment(
 mod tests {
     use super::*;
     use crate::recording::record::{DataChunk, Direction, RecordBody};
+
+    fn mode(path: &Path) -> u32 {
+        fs::metadata(path).unwrap().mode() & 0o7777
+    }
+
+    #[test]
+    fn the_store_is_private_whatever_the_umask() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("records");
+        // The umask is process-wide; other tests only ever get files more open meanwhile.
+        // SAFETY: umask has no preconditions.
+        let before = unsafe { libc::umask(0) };
+        let writer = SegmentWriter::open(&store, 1 << 20);
+        let checkpoint = crate::recording::spool::Checkpoint::new(&store, "kinesis")
+            .and_then(|c| c.save(Default::default()).map(|()| c));
+        unsafe { libc::umask(before) };
+        let (mut writer, _checkpoint) = (writer.unwrap(), checkpoint.unwrap());
+        writer.write_frames(b"x").unwrap();
+        assert_eq!(mode(&store), 0o700);
+        assert_eq!(mode(&segments_dir(&store)), 0o700);
+        assert_eq!(mode(&store.join("checkpoints")), 0o700);
+        assert_eq!(mode(&store.join("checkpoints/kinesis.json")), 0o600);
+        for (_, segment) in list_segments(&store).unwrap() {
+            assert_eq!(mode(&segment), 0o600, "{}", segment.display());
+        }
+    }
+
+    #[test]
+    fn a_store_others_can_write_is_refused_and_one_they_can_read_is_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let open_dir = dir.path().join("open");
+        fs::create_dir(&open_dir).unwrap();
+        fs::set_permissions(&open_dir, Permissions::from_mode(0o777)).unwrap();
+        let error = SegmentWriter::open(&open_dir, 1 << 20)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            error.contains("writable by other users (mode 0777)")
+                && error.contains(&format!("chmod 700 {}", open_dir.display())),
+            "{error}"
+        );
+        assert!(
+            list_segments(&open_dir).unwrap().is_empty(),
+            "nothing written"
+        );
+        fs::set_permissions(&open_dir, Permissions::from_mode(0o755)).unwrap();
+        SegmentWriter::open(&open_dir, 1 << 20).unwrap();
+        assert_eq!(mode(&open_dir), 0o700);
+    }
 
     fn record(seq: u64, data: &'static [u8]) -> Record {
         Record::new(

@@ -3,7 +3,7 @@ use std::{net::SocketAddr, time::Duration};
 
 use tracing::{debug, error, info, warn};
 
-use super::{OutcomeLabels, TargetLabels, metrics};
+use super::{LimitLabels, OutcomeLabels, TargetLabels, metrics};
 
 pub trait InternalEvent {
     fn emit(self);
@@ -259,6 +259,53 @@ impl InternalEvent for CgroupRegistered<'_> {
             "cgroup registered for interception"
         );
         metrics().cgroups_registered.inc();
+    }
+}
+
+/// A session refused because its workload or the node is at a session cap.
+pub struct SessionRefusedAtLimit<'a> {
+    pub session_id: &'a str,
+    pub peer: SocketAddr,
+    pub cgroup_id: u64,
+    pub process: &'a str,
+    pub refusal: crate::proxy::limits::Refusal,
+}
+
+impl InternalEvent for SessionRefusedAtLimit<'_> {
+    fn emit(self) {
+        warn!(
+            session_id = self.session_id,
+            %self.peer,
+            cgroup_id = self.cgroup_id,
+            process = self.process,
+            limit = self.refusal.kind(),
+            "session refused: {}", self.refusal.describe()
+        );
+        metrics()
+            .sessions_refused_at_limit
+            .get_or_create(&LimitLabels {
+                limit: self.refusal.kind(),
+            })
+            .inc();
+    }
+}
+
+/// A registration of a previous gateway's, taken over at start.
+pub struct CgroupAdopted<'a> {
+    pub cgroup_id: u64,
+    pub path: &'a std::path::Path,
+    pub proxy: Option<SocketAddr>,
+}
+
+impl InternalEvent for CgroupAdopted<'_> {
+    fn emit(self) {
+        info!(
+            cgroup_id = self.cgroup_id,
+            path = %self.path.display(),
+            proxy = ?self.proxy,
+            "live wrap cgroup adopted: its next connections are intercepted again"
+        );
+        metrics().cgroups_adopted.inc();
     }
 }
 

@@ -34,6 +34,11 @@ pub struct MaskLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabels {
+    pub limit: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MapLabels {
     pub map: String,
 }
@@ -53,6 +58,7 @@ pub struct Metrics {
     pub mcp_sessions_active: Gauge,
     pub mcp_sessions_ended: Family<HowLabels, Counter>,
     pub sessions_refused_spool_full: Counter,
+    pub sessions_refused_at_limit: Family<LimitLabels, Counter>,
     pub sessions_unrecorded: Counter,
     pub spool_bytes: Gauge,
     pub records_shipped: Counter,
@@ -63,6 +69,7 @@ pub struct Metrics {
     pub control_rejections: Counter,
     pub cgroups_registered: Counter,
     pub cgroups_unregistered: Counter,
+    pub cgroups_adopted: Counter,
     pub bpf_map_entries: Family<MapLabels, Gauge>,
     pub secrets_masked: Family<MaskLabels, Counter>,
     pub holds_pending: Gauge,
@@ -88,6 +95,7 @@ impl Metrics {
             mcp_sessions_active: Gauge::default(),
             mcp_sessions_ended: Family::default(),
             sessions_refused_spool_full: Counter::default(),
+            sessions_refused_at_limit: Family::default(),
             sessions_unrecorded: Counter::default(),
             spool_bytes: Gauge::default(),
             records_shipped: Counter::default(),
@@ -98,6 +106,7 @@ impl Metrics {
             control_rejections: Counter::default(),
             cgroups_registered: Counter::default(),
             cgroups_unregistered: Counter::default(),
+            cgroups_adopted: Counter::default(),
             bpf_map_entries: Family::default(),
             secrets_masked: Family::default(),
             holds_pending: Gauge::default(),
@@ -167,6 +176,11 @@ impl Metrics {
             m.sessions_refused_spool_full.clone(),
         );
         registry.register(
+            "sessions_refused_at_limit",
+            "Sessions refused at limits.max_sessions (limit=node) or max_sessions_per_workload (limit=workload)",
+            m.sessions_refused_at_limit.clone(),
+        );
+        registry.register(
             "sessions_unrecorded",
             "Sessions let through unrecorded because the spool was full (fail_open)",
             m.sessions_unrecorded.clone(),
@@ -210,6 +224,11 @@ impl Metrics {
             "cgroups_unregistered",
             "wrap registrations ended",
             m.cgroups_unregistered.clone(),
+        );
+        registry.register(
+            "cgroups_adopted",
+            "live wrap cgroups of a previous gateway registered again at start",
+            m.cgroups_adopted.clone(),
         );
         registry.register(
             "bpf_map_entries",

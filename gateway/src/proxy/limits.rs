@@ -1,0 +1,155 @@
+//! Session caps: no workload can take every session, and all of them together stay below the
+//! file descriptor limit, so the gateway keeps accepting and other workloads keep being served.
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
+
+use crate::config::Limits;
+
+/// Descriptors kept for the gateway itself: listeners, the record store, the control and
+/// admin sockets, Kinesis connections.
+const FD_RESERVE: u64 = 256;
+
+/// Raises the soft RLIMIT_NOFILE to the hard limit and returns the soft limit now in force.
+pub fn raise_fd_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit with a valid rlimit struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return 1024;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                return raised.rlim_cur;
+            }
+        }
+    }
+    limit.rlim_cur
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The node's cap, `limits.max_sessions`.
+    Node(usize),
+    /// The workload's cap, `limits.max_sessions_per_workload`.
+    Workload(usize),
+}
+
+impl Refusal {
+    pub fn kind(self) -> &'static str {
+        match self {
+            Refusal::Node(_) => "node",
+            Refusal::Workload(_) => "workload",
+        }
+    }
+
+    pub fn describe(self) -> String {
+        match self {
+            Refusal::Node(n) => {
+                format!("the gateway is at limits.max_sessions ({n} open sessions on this node)")
+            }
+            Refusal::Workload(n) => {
+                format!("this workload is at limits.max_sessions_per_workload ({n} open sessions)")
+            }
+        }
+    }
+}
+
+pub struct SessionLimits {
+    max_sessions: usize,
+    max_per_workload: usize,
+    /// Open sessions by cgroup id; the node total is their sum.
+    open: Mutex<(usize, HashMap<u64, usize>)>,
+}
+
+impl SessionLimits {
+    /// `fd_limit` bounds the default node cap: each session holds two descriptors.
+    pub fn new(limits: &Limits, fd_limit: u64) -> Arc<Self> {
+        let from_fds = (fd_limit.saturating_sub(FD_RESERVE) / 2).max(1) as usize;
+        Arc::new(SessionLimits {
+            max_sessions: limits.max_sessions.unwrap_or(from_fds),
+            max_per_workload: limits.max_sessions_per_workload,
+            open: Mutex::new((0, HashMap::new())),
+        })
+    }
+
+    pub fn max_sessions(&self) -> usize {
+        self.max_sessions
+    }
+
+    /// A place for one more session of `cgroup_id`, held until the permit drops.
+    pub fn try_acquire(self: &Arc<Self>, cgroup_id: u64) -> Result<SessionPermit, Refusal> {
+        let mut open = self.open.lock().expect("limits lock");
+        let (total, by_workload) = &mut *open;
+        if *total >= self.max_sessions {
+            return Err(Refusal::Node(self.max_sessions));
+        }
+        let mine = by_workload.entry(cgroup_id).or_default();
+        if *mine >= self.max_per_workload {
+            return Err(Refusal::Workload(self.max_per_workload));
+        }
+        *mine += 1;
+        *total += 1;
+        Ok(SessionPermit {
+            limits: self.clone(),
+            cgroup_id,
+        })
+    }
+}
+
+pub struct SessionPermit {
+    limits: Arc<SessionLimits>,
+    cgroup_id: u64,
+}
+
+impl Drop for SessionPermit {
+    fn drop(&mut self) {
+        let mut open = self.limits.open.lock().expect("limits lock");
+        let (total, by_workload) = &mut *open;
+        *total -= 1;
+        if let Some(mine) = by_workload.get_mut(&self.cgroup_id) {
+            *mine -= 1;
+            if *mine == 0 {
+                by_workload.remove(&self.cgroup_id);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_workload_at_its_cap_leaves_room_for_others_and_permits_give_it_back() {
+        let limits = SessionLimits::new(
+            &Limits {
+                max_sessions: Some(3),
+                max_sessions_per_workload: 2,
+            },
+            1 << 20,
+        );
+        let a1 = limits.try_acquire(1).unwrap();
+        let _a2 = limits.try_acquire(1).unwrap();
+        assert_eq!(limits.try_acquire(1).err(), Some(Refusal::Workload(2)));
+        let _b1 = limits.try_acquire(2).unwrap();
+        assert_eq!(limits.try_acquire(3).err(), Some(Refusal::Node(3)));
+        drop(a1);
+        let _a3 = limits.try_acquire(1).unwrap();
+        assert!(limits.try_acquire(3).is_err());
+    }
+
+    #[test]
+    fn the_node_cap_defaults_to_half_the_descriptors_left_after_the_reserve() {
+        let limits = SessionLimits::new(&Limits::default(), 1_024 + FD_RESERVE);
+        assert_eq!(limits.max_sessions(), 512);
+    }
+}
