@@ -5,6 +5,7 @@ usage: python3 mcp_client.py URL SCENARIO
   deny   echo (allowed), then get-sum (a test policy denies it); reports the error text
   long   a 6-second operation with progress; reports the progress seen and the error, if any
   env    get-env, then echo a card number
+  big    against mcp_server.py: repeat "x" 100000 times; reports the length that came back
   demo   (cargo xtask demo) the server's name, its tools, echo, get-env, then gzip-file-as-resource
          (the demo's policy denies it); reports the error text
   journal  against mcp_server.py: echo, delete_file, read_file /etc/shadow, read_file /tmp/ok;
@@ -55,6 +56,10 @@ async def main(url, scenario):
         if scenario == "env":
             out["env"] = text_of(await client.call_tool("get-env", {}))
             out["echo"] = text_of(await client.call_tool("echo", {"message": "card 4111 1111 1111 1111"}))
+            print(json.dumps(out))
+            return
+        if scenario == "big":
+            out["length"] = len(text_of(await client.call_tool("repeat", {"text": "x", "times": 100000})))
             print(json.dumps(out))
             return
         if scenario == "demo":

@@ -36,4 +36,10 @@ def read_file(path: str) -> str:
     return f"contents of {path}"
 
 
+@server.tool()
+def repeat(text: str, times: int) -> str:
+    note("repeat", text=text, times=times)
+    return text * times
+
+
 asyncio.run(server.run_streamable_http_async(host="127.0.0.1", port=port, stateless_http=True))

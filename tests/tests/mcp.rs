@@ -616,3 +616,72 @@ fn legacy_sse_denials_arrive_on_the_get_stream() {
         "the injected error is recorded on the stream"
     );
 }
+
+/// An answer over max_body_bytes still reaches the client whole, and is recorded as an MCP
+/// message: the id and method of the request it answers, `truncated` with the sizes, and
+/// `replay --mcp` says what it cannot show. Both answer transports: a JSON body (the Python
+/// SDK client asks for one) and an SSE event (curl, accepting both, gets the SDK server's
+/// default).
+#[test]
+fn answers_too_large_to_read_are_recorded_as_truncated() {
+    for transport in ["json", "sse"] {
+        let dir = tempfile::tempdir().unwrap();
+        let server = McpServer::python_journal(&dir.path().join("journal.jsonl"));
+        // Masking reads whole SSE events up to max_buffer: past it they stream in pieces,
+        // and only max_body_bytes bounds what is read for the record.
+        let gw = Gateway::start_with_protocol(
+            &mcp_target(&server),
+            "mcp\n    max_body_bytes: 16KiB",
+            "masking:\n  max_buffer: 32KiB\n",
+        );
+        if transport == "json" {
+            let seen = gw.mcp_client(&server.url(), "big");
+            assert_eq!(seen["length"], 100_000, "the client got it whole");
+        } else {
+            let call = r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"repeat","arguments":{"text":"x","times":100000}}}"#;
+            let out = gw.wrap(&[
+                "curl",
+                "-sS",
+                "-H",
+                "content-type: application/json",
+                "-H",
+                "accept: application/json, text/event-stream",
+                "-H",
+                "mcp-protocol-version: 2025-06-18",
+                "--data",
+                call,
+                &server.url(),
+            ]);
+            let answer = String::from_utf8_lossy(&out.stdout);
+            assert!(answer.starts_with("event: message"), "{answer:.200}");
+            assert!(
+                answer.contains(&"x".repeat(100_000)),
+                "the client got it whole"
+            );
+        }
+        let records = gw.all_records();
+        let messages = messages(&records);
+        let call = messages
+            .iter()
+            .find(|m| m["tool"] == "repeat")
+            .unwrap_or_else(|| panic!("{transport}: {messages:#?}"));
+        let truncated = messages
+            .iter()
+            .find(|m| !m["truncated"].is_null())
+            .unwrap_or_else(|| panic!("{transport}: no truncated message: {messages:#?}"));
+        assert_eq!(truncated["jsonrpc_id"], call["jsonrpc_id"], "{transport}");
+        assert_eq!(truncated["method"], "tools/call", "{transport}");
+        assert_eq!(truncated["transport"], transport);
+        assert_eq!(truncated["truncated"]["limit"], 16 * 1024);
+        assert!(truncated["truncated"]["bytes"].as_u64().unwrap() > 100_000);
+        let mcp_session = truncated["mcp_session_id"].as_str();
+        if let Some(id) = mcp_session {
+            let out = gw.cli(&["replay", "--mcp", id]).output().unwrap();
+            let shown = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                shown.contains("over the 16384-byte limit (max_body_bytes), so not read"),
+                "{shown}"
+            );
+        }
+    }
+}

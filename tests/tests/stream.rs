@@ -76,9 +76,10 @@ fn verify_json(gw: &Gateway, from: &str) -> (Output, Vec<Value>) {
         .cli(&["verify", "--json", "--from", from])
         .output()
         .unwrap();
-    let verdicts: Vec<Value> = serde_json::from_slice(&out.stdout)
+    let verdict: Value = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
-    (out, verdicts)
+    let sessions = verdict["sessions"].as_array().cloned().unwrap_or_default();
+    (out, sessions)
 }
 
 fn setup_stream(kinesalite: &Kinesalite, shards: i32) {

@@ -11,6 +11,7 @@ use crate::{
     config::Config,
     recording::{
         chain::Sealer,
+        head,
         record::{Direction, Record, RecordBody},
         sessions::Store,
         verify,
@@ -147,10 +148,30 @@ pub fn verify(
             bail!("no session `{id}` found");
         }
     }
-    let intact = store.damage.is_empty() && verdicts.iter().all(|v| v.problems.is_empty());
+    // The file store also answers for its segments: none removed, cut short or replaced.
+    let store_problems = match from {
+        Source::File => {
+            let dir = &config.recording.dir;
+            head::check(dir, &key, shipped_before(dir))
+                .with_context(|| format!("checking the segments of {}", dir.display()))?
+        }
+        Source::Kinesis => Vec::new(),
+    };
+    let intact = store.damage.is_empty()
+        && store_problems.is_empty()
+        && verdicts.iter().all(|v| v.problems.is_empty());
     if json {
-        println!("{}", serde_json::to_string_pretty(&verdicts)?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "store": store_problems,
+                "sessions": verdicts,
+            }))?
+        );
     } else {
+        for problem in &store_problems {
+            println!("STORE  {problem}");
+        }
         for v in &verdicts {
             match v.problems.as_slice() {
                 [] => println!("{}  intact ({} records)", v.session_id, v.records),
@@ -163,9 +184,10 @@ pub fn verify(
         }
         let bad = verdicts.iter().filter(|v| !v.problems.is_empty()).count();
         println!(
-            "sessions verified: {}, intact: {}, with problems: {bad}{}",
+            "sessions verified: {}, intact: {}, with problems: {bad}, store problems: {}{}",
             verdicts.len(),
             verdicts.len() - bad,
+            store_problems.len(),
             if store.damage.is_empty() {
                 String::new()
             } else {
@@ -174,6 +196,15 @@ pub fn verify(
         );
     }
     Ok(intact)
+}
+
+/// The first segment not yet shipped, by the Kinesis sink's checkpoint: segments before it
+/// may have been removed from the spool.
+fn shipped_before(dir: &std::path::Path) -> u64 {
+    std::fs::read(dir.join("checkpoints/kinesis.json"))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<crate::recording::spool::Position>(&bytes).ok())
+        .map_or(0, |position| position.segment)
 }
 
 /// Streams records from Kinesis as JSON lines: a minimal SIEM consumer.
@@ -383,6 +414,13 @@ fn render_mcp(seq: u64, ts: &str, m: &crate::recording::record::McpMessage) -> S
         if let Some(value) = value {
             line.push_str(&format!("    {label}: {}\n", shortened(&value.to_string())));
         }
+    }
+    if let Some(truncated) = &m.truncated {
+        line.push_str(&format!(
+            "    truncated: {} bytes, over the {}-byte limit (max_body_bytes), so not read as \
+             JSON-RPC; the bytes themselves are in the session's data records (interlock replay)\n",
+            truncated.bytes, truncated.limit
+        ));
     }
     if let Some(decision) = &m.policy {
         line.push_str(&format!(

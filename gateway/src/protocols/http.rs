@@ -329,6 +329,13 @@ async fn handle(
         .map_or_else(|| target_masking(ctx), |e| e.masking);
     let body = mask_request_body(ctx, body, masking).await;
     let held = evaluation.as_mut().and_then(|e| e.held.take());
+    // What the answer answers, should it be too large to read.
+    let answers = Arc::new(
+        evaluation
+            .as_ref()
+            .map(|e| requests_answered(&e.messages))
+            .unwrap_or_default(),
+    );
     if let Some(evaluation) = evaluation
         && let Some(refusal) = refuse(
             ctx,
@@ -358,6 +365,7 @@ async fn handle(
             masking,
             limit,
             session: request_session,
+            answers: answers.clone(),
         };
         if accepts_sse(request.headers()) && legacy_endpoint.is_none() {
             // Answer at once and keep the stream alive: clients' read timeouts restart with
@@ -397,12 +405,35 @@ async fn handle(
             }
             return generated_json(ctx, StatusCode::OK, &error, stream.session.as_deref()).await;
         }
-        return forward(ctx, sender, request, masking, limit, stream.session).await;
+        let answering = (stream.session, answers);
+        return forward(ctx, sender, request, masking, limit, answering).await;
     }
     strip_forwarding_headers(&mut parts.headers);
     let upstream_req = Request::from_parts(parts, Full::new(body));
-    forward(ctx, sender, upstream_req, masking, limit, request_session).await
+    forward(
+        ctx,
+        sender,
+        upstream_req,
+        masking,
+        limit,
+        (request_session, answers),
+    )
+    .await
 }
+
+/// The requests (id and method) among a POST's messages: what its answer answers.
+fn requests_answered(messages: &[(Value, Option<Decision>)]) -> Vec<(Value, Option<String>)> {
+    messages
+        .iter()
+        .filter_map(|(message, _)| {
+            let fields = mcp::Fields::of(message);
+            Some((fields.id?.clone(), Some(fields.method?.to_string())))
+        })
+        .collect()
+}
+
+/// The request's MCP session, and the requests its answer answers.
+type Answering = (Option<String>, Arc<Vec<(Value, Option<String>)>>);
 
 /// The proxy reads bodies, so it must get them uncompressed; the body is complete, so the
 /// client's Expect was already answered.
@@ -478,7 +509,7 @@ async fn forward(
     upstream_req: Request<Full<Bytes>>,
     masking: Masking,
     limit: usize,
-    request_session: Option<String>,
+    (request_session, answers): Answering,
 ) -> Response<ProxyBody> {
     let get_stream = upstream_req.method() == hyper::Method::GET;
     let waited = ctx.target.upstream_response_timeout;
@@ -527,7 +558,7 @@ async fn forward(
         kind,
         masking,
         limit,
-        response_session.or(request_session),
+        (response_session.or(request_session), answers),
         get_stream,
     );
     let body_changes = stream.kind.is_some() && masking.apply.responses();
@@ -590,7 +621,7 @@ fn response_stream(
     kind: BodyKind,
     masking: Masking,
     limit: usize,
-    mcp_session: Option<String>,
+    (mcp_session, answers): Answering,
     get_stream: bool,
 ) -> ResponseStream {
     let parse = match (ctx.target.protocol, &kind) {
@@ -608,6 +639,7 @@ fn response_stream(
     ResponseStream {
         parse,
         mcp_session,
+        answers,
         limit,
         masking,
         kind: masks.then_some(kind),
@@ -621,6 +653,7 @@ struct HeldStream {
     masking: Masking,
     limit: usize,
     session: Option<String>,
+    answers: Arc<Vec<(Value, Option<String>)>>,
 }
 
 fn accepts_sse(headers: &HeaderMap) -> bool {
@@ -786,7 +819,7 @@ async fn held_sse(
             kind,
             held.masking,
             held.limit,
-            held.session.clone(),
+            (held.session.clone(), held.answers.clone()),
             false,
         );
         let ready = gather_ready(&mut body, Bytes::new());
@@ -849,7 +882,7 @@ async fn send_events(
         BodyKind::Sse,
         held.masking,
         held.limit,
-        held.session.clone(),
+        (held.session.clone(), held.answers.clone()),
         false,
     );
     let mut text = String::new();
@@ -979,6 +1012,8 @@ fn masked_record(
 struct ResponseStream {
     parse: ResponseParse,
     mcp_session: Option<String>,
+    /// The requests this answers (id, method), for a message too large to read.
+    answers: Arc<Vec<(Value, Option<String>)>>,
     limit: usize,
     masking: Masking,
     /// The body's kind when it is masked; None when it passes through untouched.
@@ -995,6 +1030,8 @@ enum ResponseParse {
     SseForRecord(Arc<Mutex<SseParser>>),
     /// A JSON body, gathered up to the body limit and parsed at its end.
     Json(Vec<u8>),
+    /// A JSON body over the limit: its size so far. Recorded as truncated at its end.
+    JsonTooLarge(u64),
 }
 
 /// Streams one response body to the client: each frame is masked (per SSE event, whole JSON
@@ -1090,8 +1127,22 @@ async fn pump(
     if let Some((endpoint, _)) = legacy {
         ctx.mcp_sessions.unregister_legacy_stream(&endpoint);
     }
-    if let ResponseParse::Json(buf) = stream.parse {
-        record_mcp_in(ctx, vec![buf], session, "json").await;
+    match stream.parse {
+        ResponseParse::Json(buf) => record_mcp_in(ctx, vec![buf], session, "json").await,
+        ResponseParse::JsonTooLarge(bytes) => {
+            let truncated = mcp::truncated_answers(
+                &stream.answers,
+                bytes,
+                stream.limit as u64,
+                session,
+                "json",
+            );
+            record_later(ctx, move || {
+                truncated.into_iter().map(RecordBody::McpMessage).collect()
+            })
+            .await;
+        }
+        _ => {}
     }
     upstream_error
 }
@@ -1217,20 +1268,23 @@ async fn deliver(
     };
     if let ResponseParse::SseForRecord(parser) = &stream.parse {
         let (parser, session) = (parser.clone(), session.map(str::to_string));
+        let (answers, limit) = (stream.answers.clone(), stream.limit as u64);
         // The chunk and the messages in it, in one handoff.
         record_later(ctx, move || {
-            let events = parser
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .feed(&recorded);
-            let messages = mcp_records(
+            let mut parser = parser.lock().unwrap_or_else(PoisonError::into_inner);
+            let events = parser.feed(&recorded);
+            let mut records = vec![RecordBody::Data(DataChunk::new(Direction::Down, recorded))];
+            records.extend(mcp_records(
                 events.iter().map(|event| event.data.as_bytes()),
                 session.as_deref(),
                 "sse",
-            );
-            std::iter::once(RecordBody::Data(DataChunk::new(Direction::Down, recorded)))
-                .chain(messages)
-                .collect()
+            ));
+            for bytes in parser.take_oversized() {
+                let truncated =
+                    mcp::truncated_answers(&answers, bytes, limit, session.as_deref(), "sse");
+                records.extend(truncated.into_iter().map(RecordBody::McpMessage));
+            }
+            records
         })
         .await;
         return out.send(ctx, forwarded).await;
@@ -1246,12 +1300,25 @@ async fn deliver(
                 }
                 datas.push(event.data.into_bytes());
             }
+            let oversized = parser.take_oversized();
             record_mcp_in(ctx, datas, session, "sse").await;
+            for bytes in oversized {
+                let truncated =
+                    mcp::truncated_answers(&[], bytes, stream.limit as u64, session, "sse");
+                record_later(ctx, move || {
+                    truncated.into_iter().map(RecordBody::McpMessage).collect()
+                })
+                .await;
+            }
         }
         ResponseParse::Json(buf) if buf.len() + recorded.len() <= stream.limit => {
             buf.extend_from_slice(&recorded)
         }
-        ResponseParse::Json(_) => stream.parse = ResponseParse::None,
+        ResponseParse::Json(buf) => {
+            let seen = (buf.len() + recorded.len()) as u64;
+            stream.parse = ResponseParse::JsonTooLarge(seen);
+        }
+        ResponseParse::JsonTooLarge(seen) => *seen += recorded.len() as u64,
         ResponseParse::None | ResponseParse::SseForRecord(_) => {}
     }
     out.send(ctx, forwarded).await

@@ -8,7 +8,7 @@ use std::{
 use serde_json::{Value, json};
 
 use crate::{
-    recording::record::{Direction, McpMessage},
+    recording::record::{Direction, McpMessage, Truncated},
     telemetry::events::{InternalEvent, McpSessionEnded},
 };
 
@@ -222,7 +222,44 @@ pub fn summarize(
         method: fields.method.map(str::to_string),
         transport: transport.into(),
         policy: None,
+        truncated: None,
     }
+}
+
+/// The records of answers too large to read: one for each request they answer (id and
+/// method), or one without an id when no request is known (a GET stream).
+pub fn truncated_answers(
+    answers: &[(Value, Option<String>)],
+    bytes: u64,
+    limit: u64,
+    mcp_session_id: Option<&str>,
+    transport: &str,
+) -> Vec<McpMessage> {
+    let unknown = [(Value::Null, None)];
+    let answered = if answers.is_empty() {
+        &unknown[..]
+    } else {
+        answers
+    };
+    answered
+        .iter()
+        .map(|(id, method)| McpMessage {
+            direction: Direction::Down,
+            mcp_session_id: mcp_session_id.map(str::to_string),
+            message_kind: if id.is_null() { "unknown" } else { "response" }.into(),
+            jsonrpc_id: (!id.is_null()).then(|| id.clone()),
+            method: method.clone(),
+            tool: None,
+            arguments: None,
+            resource_uri: None,
+            prompt: None,
+            result: None,
+            error: None,
+            transport: transport.into(),
+            policy: None,
+            truncated: Some(Truncated { bytes, limit }),
+        })
+        .collect()
 }
 
 /// A JSON-RPC error response the gateway sends itself.

@@ -1,6 +1,7 @@
 //! Incremental Server-Sent Events parsing, so each event can be recorded as it passes while
-//! the bytes are forwarded untouched. Pending bytes are bounded: a stream that never ends an
-//! event is still forwarded, just no longer parsed.
+//! the bytes are forwarded untouched. Pending bytes are bounded: an event larger than the
+//! bound is forwarded but not parsed, and counted (`take_oversized`) so that the record says
+//! so; parsing resumes with the next event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SseEvent {
     pub id: Option<String>,
@@ -13,8 +14,16 @@ pub struct SseParser {
     /// How far `pending` was already searched for a separator, so each byte is scanned once.
     scanned: usize,
     max_pending: usize,
-    overflowed: bool,
+    /// Inside an event over `max_pending`: its size so far. Only the last few of its bytes
+    /// are kept in `pending`, where a separator may begin.
+    skipping: Option<u64>,
+    /// Sizes of the events skipped for their size since the last `take_oversized`.
+    oversized: Vec<u64>,
 }
+
+/// A separator is at most this long: the bytes kept while skipping, so one that straddles
+/// reads is still found.
+const SEPARATOR_TAIL: usize = 3;
 
 impl SseParser {
     pub fn new(max_pending: usize) -> Self {
@@ -22,25 +31,47 @@ impl SseParser {
             pending: Vec::new(),
             scanned: 0,
             max_pending,
-            overflowed: false,
+            skipping: None,
+            oversized: Vec::new(),
         }
     }
 
     /// True between events: something can be inserted into the stream here.
     pub fn at_boundary(&self) -> bool {
-        self.pending.is_empty() && !self.overflowed
+        self.pending.is_empty() && self.skipping.is_none()
+    }
+
+    /// The sizes of the events too large to parse since the last call.
+    pub fn take_oversized(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.oversized)
     }
 
     /// Feeds bytes; returns the events they complete.
     pub fn feed(&mut self, bytes: &[u8]) -> Vec<SseEvent> {
-        if self.overflowed {
-            return Vec::new();
-        }
-        self.pending.extend_from_slice(bytes);
         let mut events = Vec::new();
+        if let Some(skipped) = self.skipping.take() {
+            let kept = self.pending.len();
+            self.pending.extend_from_slice(bytes);
+            match find_event_end(&self.pending, 0) {
+                None => {
+                    self.skipping = Some(skipped + bytes.len() as u64);
+                    self.keep_separator_tail();
+                    return events;
+                }
+                Some((end, separator)) => {
+                    // `skipped` already counts the kept tail.
+                    self.oversized
+                        .push((skipped + end as u64).saturating_sub(kept as u64));
+                    self.pending.drain(..end + separator);
+                    self.scanned = 0;
+                }
+            }
+        } else {
+            self.pending.extend_from_slice(bytes);
+        }
         let mut start = 0;
         // A separator may straddle reads: re-check the last 3 bytes already scanned.
-        let mut from = self.scanned.saturating_sub(3);
+        let mut from = self.scanned.saturating_sub(SEPARATOR_TAIL);
         while let Some((end, separator)) = find_event_end(&self.pending[start..], from) {
             if let Some(event) = parse_event(&self.pending[start..start + end]) {
                 events.push(event);
@@ -51,10 +82,16 @@ impl SseParser {
         self.pending.drain(..start);
         self.scanned = self.pending.len();
         if self.pending.len() > self.max_pending {
-            self.overflowed = true;
-            self.pending = Vec::new();
+            self.skipping = Some(self.pending.len() as u64);
+            self.keep_separator_tail();
         }
         events
+    }
+
+    fn keep_separator_tail(&mut self) {
+        let cut = self.pending.len().saturating_sub(SEPARATOR_TAIL);
+        self.pending.drain(..cut);
+        self.scanned = 0;
     }
 }
 
@@ -137,10 +174,16 @@ mod tests {
     }
 
     #[test]
-    fn an_endless_event_stops_parsing_but_not_the_stream() {
+    fn an_oversized_event_is_counted_and_parsing_resumes_after_it() {
         let mut p = SseParser::new(16);
         assert!(p.feed(b"data: 0123456789012345678901234567890").is_empty());
-        assert!(p.overflowed);
-        assert!(p.feed(b"\n\n").is_empty());
+        assert!(!p.at_boundary());
+        assert!(p.feed(b"0123456789\r\n\r").is_empty());
+        let after = p.feed(b"\ndata: next\n\n");
+        assert_eq!(after.len(), 1);
+        assert_eq!(after[0].data, "next");
+        assert_eq!(p.take_oversized(), vec![47]);
+        assert!(p.at_boundary());
+        assert!(p.take_oversized().is_empty());
     }
 }

@@ -8,6 +8,7 @@
 //! Sequence numbers are given by the writer, in the order records reach it, so both relay
 //! directions of a session can send concurrently without reordering anything.
 pub mod chain;
+pub mod head;
 pub mod record;
 pub mod sessions;
 pub mod spool;
@@ -16,7 +17,7 @@ pub mod verify;
 
 use std::{
     collections::HashMap,
-    io,
+    fs, io,
     panic::AssertUnwindSafe,
     path::{Path, PathBuf},
     sync::{
@@ -135,12 +136,14 @@ impl Recorder {
             )
         })?;
         let (segment, offset) = writer.position();
+        let head = HeadKeeper::start(dir, &sealer, segment)?;
         let (committed_tx, committed) = watch::channel(Position { segment, offset });
         let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
         let priority = Arc::new(PriorityHandle::default());
         let writer_loop = WriteLoop {
             priority: priority.clone(),
             writer,
+            head,
             dir: dir.to_path_buf(),
             sealer,
             spool: spool.clone(),
@@ -494,9 +497,98 @@ fn next_command(rx: &mut mpsc::Receiver<Command>, quiet_polls: &mut u32) -> Opti
     }
 }
 
+/// Keeps the signed store head (head.rs) in step with the segments written.
+struct HeadKeeper {
+    entries: Vec<head::SegmentEntry>,
+    written_at: Instant,
+    dirty: bool,
+}
+
+/// How often the head is rewritten while records flow (and at every segment roll).
+const HEAD_INTERVAL: Duration = Duration::from_secs(1);
+
+impl HeadKeeper {
+    /// The head as the store had it, any segment on disk it does not list (a store from
+    /// before the head, or the last second before a crash), and the new active segment.
+    fn start(dir: &Path, sealer: &Sealer, active: u64) -> io::Result<Self> {
+        let mut entries = head::load_entries(dir, &sealer.verifying_key());
+        for (index, path) in store::list_segments(dir)? {
+            let bytes = fs::metadata(&path)?.len();
+            match entries.iter_mut().find(|e| e.index == index) {
+                Some(entry) => entry.bytes = entry.bytes.max(bytes),
+                None => entries.push(head::SegmentEntry {
+                    index,
+                    bytes,
+                    frames: 0,
+                    last_frame: None,
+                }),
+            }
+        }
+        entries.sort_by_key(|e| e.index);
+        if let Some(entry) = entries.iter_mut().find(|e| e.index == active) {
+            // A new segment is always empty.
+            entry.last_frame = None;
+        }
+        let mut keeper = HeadKeeper {
+            entries,
+            written_at: Instant::now(),
+            dirty: true,
+        };
+        keeper.write(dir, sealer)?;
+        Ok(keeper)
+    }
+
+    /// Notes a batch of `count` frames just written at the end of the active segment.
+    fn wrote(&mut self, (index, end): (u64, u64), frames: &[u8], count: u64) {
+        let Some(last) = head::last_frame_start(frames) else {
+            return;
+        };
+        if self.entries.last().is_none_or(|e| e.index != index) {
+            self.entries.push(head::SegmentEntry {
+                index,
+                bytes: 0,
+                frames: 0,
+                last_frame: None,
+            });
+            // A finished segment goes into the head at once.
+            self.written_at = Instant::now() - HEAD_INTERVAL;
+        }
+        let entry = self.entries.last_mut().expect("just pushed");
+        entry.bytes = end;
+        entry.frames += count;
+        // Hashed when the head is written, from the page cache.
+        entry.last_frame = Some((end - frames.len() as u64 + last, String::new()));
+        self.dirty = true;
+    }
+
+    fn write_if_due(&mut self, dir: &Path, sealer: &Sealer, now: bool) {
+        if self.dirty
+            && (now || self.written_at.elapsed() >= HEAD_INTERVAL)
+            && let Err(e) = self.write(dir, sealer)
+        {
+            tracing::warn!(dir = %dir.display(), error = %e, "the store head could not be written; verify cannot vouch for the newest segments until it is");
+        }
+    }
+
+    fn write(&mut self, dir: &Path, sealer: &Sealer) -> io::Result<()> {
+        for entry in &mut self.entries {
+            if let Some((offset, hash)) = &mut entry.last_frame
+                && hash.is_empty()
+            {
+                *hash = head::frame_hash(&store::segment_path(dir, entry.index), *offset)?;
+            }
+        }
+        head::write(dir, &self.entries, sealer)?;
+        self.written_at = Instant::now();
+        self.dirty = false;
+        Ok(())
+    }
+}
+
 struct WriteLoop {
     priority: Arc<PriorityHandle>,
     writer: SegmentWriter,
+    head: HeadKeeper,
     dir: PathBuf,
     sealer: Sealer,
     spool: Arc<SpoolState>,
@@ -560,6 +652,10 @@ impl WriteLoop {
                 || !acks.is_empty()
                 || (unsynced || !frames.is_empty()) && last_sync.elapsed() >= self.fsync_interval;
             let result = self.write(&frames, must_sync);
+            if result.is_ok() {
+                self.head.wrote(self.writer.position(), &frames, records);
+                self.head.write_if_due(&self.dir, &self.sealer, false);
+            }
             match &result {
                 Ok(()) => {
                     if records > 0 || must_sync {
@@ -592,6 +688,7 @@ impl WriteLoop {
             }
             priority.follow(rx.len(), false);
         }
+        self.head.write_if_due(&self.dir, &self.sealer, true);
         if unsynced && let Err(error) = self.writer.sync() {
             RecordWriteFailed {
                 error: &error,

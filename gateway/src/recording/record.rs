@@ -324,6 +324,19 @@ pub struct McpMessage {
     pub transport: String,
     /// The policy decision, for client requests.
     pub policy: Option<crate::policy::Decision>,
+    /// Set when the message was too large to read as JSON-RPC (over the target's
+    /// `max_body_bytes`). Its id, and as `method` the method of the request it answers, then
+    /// come from that request; its bytes are in the session's data records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub truncated: Option<Truncated>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Truncated {
+    /// The message's size.
+    pub bytes: u64,
+    /// The limit it went over.
+    pub limit: u64,
 }
 
 fn to_base64<S: Serializer>(data: &Bytes, s: S) -> Result<S::Ok, S::Error> {
