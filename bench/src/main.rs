@@ -46,8 +46,22 @@ enum Mode {
     },
     /// Masking throughput per core: one-pass engine vs a naive per-pattern loop.
     Masking,
+    /// Memory of 10,000 idle sessions, and after they close: nginx vs Interlock.
+    Idle {
+        #[arg(long)]
+        interlock: PathBuf,
+    },
+    /// The idle load generator: opens COUNT sessions to ADDR and holds them until stdin closes.
+    IdleClient {
+        addr: SocketAddr,
+        count: usize,
+        /// Send each a request head that never ends, instead of an echoed byte.
+        #[arg(long)]
+        half_request: bool,
+    },
 }
 
+mod idle;
 mod masking;
 mod mcp;
 mod stream;
@@ -83,6 +97,12 @@ fn main() -> Result<()> {
             interlock,
         }) => mcp::client(direct, nginx, interlock),
         Some(Mode::Masking) => masking::run(),
+        Some(Mode::Idle { interlock }) => idle::orchestrate(&interlock),
+        Some(Mode::IdleClient {
+            addr,
+            count,
+            half_request,
+        }) => idle::client(addr, count, half_request),
         None => orchestrate(&cli.interlock.context("--interlock BIN is required")?),
     }
 }

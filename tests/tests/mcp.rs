@@ -78,6 +78,28 @@ fn server_everything_streamable_http_through_interlock_records_every_message() {
         "{:#?}",
         gw.sessions()
     );
+
+    // The conversation read back, from its first message (`initialize` has no session id
+    // yet), numbered once across its connections.
+    let mcp_session = msgs
+        .iter()
+        .find_map(|m| m["mcp_session_id"].as_str())
+        .unwrap();
+    let out = gw.cli(&["replay", "--mcp", mcp_session]).output().unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    let first = shown
+        .lines()
+        .find(|l| l.starts_with("#1 "))
+        .unwrap_or_default();
+    assert!(
+        first.contains("MCP client -> server  request") && first.ends_with("initialize"),
+        "{shown}"
+    );
+    let numbers: Vec<usize> = shown
+        .lines()
+        .filter_map(|l| l.strip_prefix('#')?.split(' ').next()?.parse().ok())
+        .collect();
+    assert_eq!(numbers, (1..=numbers.len()).collect::<Vec<_>>(), "{shown}");
 }
 
 #[test]
@@ -684,4 +706,40 @@ fn answers_too_large_to_read_are_recorded_as_truncated() {
             );
         }
     }
+}
+
+/// On an http target, `bytes_up` and `bytes_down` are the client's bytes on the wire, heads
+/// included, as curl itself counts them.
+#[test]
+fn http_sessions_count_the_bytes_on_the_wire_heads_included() {
+    let server = HttpServer::start(std::net::SocketAddr::from(([127, 0, 0, 1], free_port())));
+    let gw = Gateway::start_with_protocol(
+        &[Target {
+            name: "web",
+            address: server.addr,
+        }],
+        "http",
+        "",
+    );
+    let url = format!("http://{}/index.html", server.addr);
+    let out = gw.wrap(&[
+        "curl",
+        "-sS",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{size_request} %{size_header} %{size_download}",
+        &url,
+    ]);
+    let counted: Vec<u64> = String::from_utf8_lossy(&out.stdout)
+        .split(' ')
+        .map(|n| n.trim().parse().unwrap())
+        .collect();
+    let sessions = gw.wait_sessions_ended(1);
+    assert_eq!(sessions[0]["bytes_up"], counted[0], "{sessions:#?}");
+    assert_eq!(
+        sessions[0]["bytes_down"],
+        counted[1] + counted[2],
+        "{sessions:#?}"
+    );
 }

@@ -115,6 +115,44 @@ fn a_deleted_truncated_or_replaced_segment_is_named_and_shipped_ones_are_not() {
         "the store head is missing",
     );
 
+    // Replaying one session opens only the segments its index names: garbage in every
+    // other segment goes unread (a whole-store listing reports it).
+    let copy = tempfile::tempdir().unwrap();
+    let records = copy.path().join("records");
+    copy_store(&store, &records);
+    let first_session = gw.sessions()[0]["id"].as_str().unwrap().to_string();
+    let mut garbled = 0;
+    for segment in &all {
+        let index: u64 = segment.file_name().unwrap().to_str().unwrap()[..20]
+            .parse()
+            .unwrap();
+        let listed = fs::read_to_string(records.join(format!("index/{index:020}.sessions")))
+            .unwrap_or_else(|_| panic!("segment {index} has an index"));
+        if !listed.lines().any(|id| id == first_session) {
+            fs::write(
+                records.join("segments").join(segment.file_name().unwrap()),
+                b"garbage",
+            )
+            .unwrap();
+            garbled += 1;
+        }
+    }
+    assert!(garbled > 0);
+    let config = copy.path().join("interlock.yaml");
+    fs::write(&config, "recording:\n  dir: ./records\n").unwrap();
+    let replay = Command::new(interlock_bin())
+        .args(["replay", &first_session, "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(replay.status.success());
+    assert!(
+        String::from_utf8_lossy(&replay.stderr).is_empty(),
+        "only the session's own segments were read: {}",
+        String::from_utf8_lossy(&replay.stderr)
+    );
+    assert!(String::from_utf8_lossy(&replay.stdout).contains("GET /index.html"));
+
     // Shipped through segment `middle` and removed from the spool: still verifiable.
     let copy = tempfile::tempdir().unwrap();
     let records = copy.path().join("records");

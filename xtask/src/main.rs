@@ -150,5 +150,10 @@ fn bench() -> Result<()> {
     step("running benchmarks: masking throughput per core (one pass vs naive per-pattern loop)");
     run(Command::new(&bench).arg("masking"))?;
     step("running benchmarks: MCP direct vs nginx (reverse proxy) vs Interlock (mcp mode)");
-    run(Command::new(&bench).arg("mcp").arg("--interlock").arg(&bin))
+    run(Command::new(&bench).arg("mcp").arg("--interlock").arg(&bin))?;
+    step("running benchmarks: memory of 10,000 idle sessions, nginx vs Interlock");
+    run(Command::new(&bench)
+        .arg("idle")
+        .arg("--interlock")
+        .arg(&bin))
 }

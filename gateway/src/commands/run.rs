@@ -14,7 +14,6 @@ use crate::{
     admin::{Admin, control},
     config::{Config, FailMode},
     ebpf::Dataplane,
-    protocols::mcp::McpSessions,
     proxy::{Proxy, upstream::TcpConnector, workers::Workers},
     recording::{
         Recorder, WriterOptions,
@@ -149,7 +148,7 @@ pub async fn run(config_path: &Path) -> Result<()> {
     tokio::spawn(sweep_vanished_cgroups(
         dataplane.clone(),
         control,
-        proxy.mcp_sessions.clone(),
+        proxy.clone(),
         stop_services.clone(),
     ));
 
@@ -261,6 +260,16 @@ async fn reload_policy<C: crate::proxy::upstream::UpstreamConnector>(
     }
 }
 
+/// The allocator keeps what sessions freed for reuse, in per-thread arenas it does not shrink
+/// on its own: after a burst, hand the free pages back to the kernel.
+fn give_back_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim has no preconditions; it only releases free memory.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Keeps HOST_ADDRS current: a connect to an address the host gains is matched within this.
 const HOST_ADDRS_REFRESH: Duration = Duration::from_secs(2);
 
@@ -277,11 +286,12 @@ async fn refresh_host_addrs(dataplane: Arc<Dataplane>, stop: CancellationToken) 
     }
 }
 
-/// Forgets vanished cgroups, ended adopted registrations and idle MCP sessions.
+/// Forgets vanished cgroups, ended adopted registrations and idle MCP sessions, and gives
+/// memory back after a burst of sessions ended.
 async fn sweep_vanished_cgroups(
     dataplane: Arc<Dataplane>,
     control: Arc<control::ControlServer<TcpConnector>>,
-    mcp_sessions: Arc<McpSessions>,
+    proxy: Arc<Proxy<TcpConnector>>,
     stop: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(SWEEP_INTERVAL);
@@ -290,7 +300,11 @@ async fn sweep_vanished_cgroups(
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        mcp_sessions.expire_idle();
+        let (open, peak) = proxy.take_session_peak();
+        if open < peak / 2 {
+            give_back_freed_memory();
+        }
+        proxy.mcp_sessions.expire_idle();
         control.sweep_adopted().await;
         match dataplane.forget_vanished_cgroups() {
             Ok(0) => {}

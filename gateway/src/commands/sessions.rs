@@ -41,9 +41,13 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-fn open(config: &Config, from: Source) -> Result<Store> {
+/// The store, or with `session` only what that session's records may be in.
+fn open(config: &Config, from: Source, session: Option<&str>) -> Result<Store> {
     let store = match from {
-        Source::File => Store::open(&config.recording.dir)?,
+        Source::File => match session {
+            Some(id) => Store::open_session(&config.recording.dir, id)?,
+            None => Store::open(&config.recording.dir)?,
+        },
         Source::Kinesis => {
             let kinesis = kinesis_config(config)?;
             let (records, incomplete) = runtime()?.block_on(async {
@@ -68,7 +72,7 @@ fn open(config: &Config, from: Source) -> Result<Store> {
 }
 
 pub fn list(config: &Config, from: Source, json: bool) -> Result<()> {
-    let sessions = open(config, from)?.sessions();
+    let sessions = open(config, from, None)?.sessions();
     if json {
         println!("{}", serde_json::to_string_pretty(&sessions)?);
         return Ok(());
@@ -97,7 +101,8 @@ pub fn list(config: &Config, from: Source, json: bool) -> Result<()> {
 /// Prints one session's records. With `mcp`, the id is an `Mcp-Session-Id`, and the MCP
 /// conversation is gathered from every connection that carried it, in time order.
 pub fn replay(config: &Config, from: Source, id: &str, mcp: bool, json: bool) -> Result<()> {
-    let store = open(config, from)?;
+    // An MCP conversation spans connections anywhere in the store.
+    let store = open(config, from, (!mcp).then_some(id))?;
     let records = if mcp {
         store.mcp_session_records(id)
     } else {
@@ -109,11 +114,16 @@ pub fn replay(config: &Config, from: Source, id: &str, mcp: bool, json: bool) ->
     if json {
         println!("{}", serde_json::to_string_pretty(&records)?);
     } else if mcp {
-        println!("MCP session {id}: {} messages", records.len());
-        for record in &records {
+        println!(
+            "MCP session {id}: {} messages, numbered in time order; [connection:seq] is the \
+             record (`interlock replay CONNECTION`)",
+            records.len()
+        );
+        for (number, record) in records.iter().enumerate() {
             if let RecordBody::McpMessage(m) = &record.body {
                 let ts = record.ts.format(&Rfc3339).unwrap_or_default();
-                print!("{}", render_mcp(record.seq, &ts, m));
+                let heading = format!("#{} [{}:{}]", number + 1, record.session_id, record.seq);
+                print!("{}", render_mcp(&heading, &ts, m));
             }
         }
     } else {
@@ -140,7 +150,7 @@ pub fn verify(
         }
         None => Sealer::load(&config.recording.signing_key_path().0, false)?.verifying_key(),
     };
-    let store = open(config, from)?;
+    let store = open(config, from, None)?;
     let mut verdicts = verify::verify(&store.records, &store.damaged, &key);
     if let Some(id) = session_id {
         verdicts.retain(|v| v.session_id == id);
@@ -290,7 +300,9 @@ pub fn render(records: &[&Record]) -> String {
                     let _ = writeln!(out, "    {name}: {value}");
                 }
             }
-            RecordBody::McpMessage(m) => out.push_str(&render_mcp(record.seq, &ts, m)),
+            RecordBody::McpMessage(m) => {
+                out.push_str(&render_mcp(&format!("#{}", record.seq), &ts, m))
+            }
             RecordBody::Masked(masked) => {
                 let counts: Vec<String> = masked
                     .detectors
@@ -379,7 +391,7 @@ pub fn render(records: &[&Record]) -> String {
 }
 
 /// One MCP message as a line of conversation.
-fn render_mcp(seq: u64, ts: &str, m: &crate::recording::record::McpMessage) -> String {
+fn render_mcp(heading: &str, ts: &str, m: &crate::recording::record::McpMessage) -> String {
     let arrow = match m.direction {
         Direction::Up => "MCP client -> server",
         Direction::Down => "MCP server -> client",
@@ -389,7 +401,7 @@ fn render_mcp(seq: u64, ts: &str, m: &crate::recording::record::McpMessage) -> S
         .as_ref()
         .map(|id| format!(" id={id}"))
         .unwrap_or_default();
-    let mut line = format!("\n#{seq} {ts}  {arrow}  {}{id}", m.message_kind);
+    let mut line = format!("\n{heading} {ts}  {arrow}  {}{id}", m.message_kind);
     if let Some(method) = &m.method {
         line.push_str(&format!(" {method}"));
     }

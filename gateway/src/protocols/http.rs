@@ -178,6 +178,69 @@ impl HttpSession {
     }
 }
 
+/// The client connection, counting the bytes that cross its socket each way: the session's
+/// `bytes_up` and `bytes_down` are the client's bytes on the wire, heads included.
+struct Counted {
+    client: TcpStream,
+    ctx: Arc<HttpSession>,
+}
+
+impl tokio::io::AsyncRead for Counted {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.client).poll_read(cx, buf);
+        let read = (buf.filled().len() - before) as u64;
+        self.ctx.bytes_up.fetch_add(read, Ordering::Relaxed);
+        polled
+    }
+}
+
+impl tokio::io::AsyncWrite for Counted {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.client).poll_write(cx, buf);
+        if let Poll::Ready(Ok(written)) = &polled {
+            self.ctx
+                .bytes_down
+                .fetch_add(*written as u64, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.client).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(written)) = &polled {
+            self.ctx
+                .bytes_down
+                .fetch_add(*written as u64, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.client.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.client).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.client).poll_shutdown(cx)
+    }
+}
+
 pub async fn serve(
     client: TcpStream,
     upstream: TcpStream,
@@ -220,7 +283,13 @@ pub async fn serve(
             .timer(TokioTimer::new())
             // Also bounds an idle keep-alive connection: the wait for the next request's head.
             .header_read_timeout(ctx.target.header_read_timeout)
-            .serve_connection(TokioIo::new(client), service)
+            .serve_connection(
+                TokioIo::new(Counted {
+                    client,
+                    ctx: ctx.clone()
+                }),
+                service
+            )
     );
     let mut stopped = pin!(hard_stop.cancelled());
     // The client side, the upstream side and every response pump run in this one task, so
@@ -456,19 +525,13 @@ async fn send_upstream(
     sender: &tokio::sync::Mutex<SendRequest<Full<Bytes>>>,
     request: Request<Full<Bytes>>,
 ) -> Result<Response<Incoming>, String> {
-    let body_len = hyper::body::Body::size_hint(request.body())
-        .exact()
-        .unwrap_or(0);
     let mut sender = sender.lock().await;
     if ctx.upstream_stale.swap(false, Ordering::Relaxed) {
         *sender = redial(ctx).await?;
     }
     let unsent = match sender.ready().await {
         Ok(()) => match sender.try_send_request(request).await {
-            Ok(response) => {
-                ctx.bytes_up.fetch_add(body_len, Ordering::Relaxed);
-                return Ok(response);
-            }
+            Ok(response) => return Ok(response),
             // Not a byte of it went out, so it can go again.
             Err(mut e) => match e.take_message() {
                 Some(request) => request,
@@ -479,12 +542,7 @@ async fn send_upstream(
     };
     *sender = redial(ctx).await?;
     sender.ready().await.map_err(|e| e.to_string())?;
-    let response = sender
-        .send_request(unsent)
-        .await
-        .map_err(|e| e.to_string())?;
-    ctx.bytes_up.fetch_add(body_len, Ordering::Relaxed);
-    Ok(response)
+    sender.send_request(unsent).await.map_err(|e| e.to_string())
 }
 
 /// A new upstream connection, driven by the session's task like the first.
@@ -602,9 +660,7 @@ enum Outlet<'a> {
 
 impl Outlet<'_> {
     /// Fails once the client is gone.
-    async fn send(&mut self, ctx: &HttpSession, data: Bytes) -> Result<(), ()> {
-        ctx.bytes_down
-            .fetch_add(data.len() as u64, Ordering::Relaxed);
+    async fn send(&mut self, data: Bytes) -> Result<(), ()> {
         match self {
             Outlet::Stream(tx) => tx.send_data(data).await.map_err(|_| ()),
             Outlet::Whole(whole) => {
@@ -775,7 +831,7 @@ async fn held_sse(
             _ = ticks.tick() => {
                 let comment = Bytes::from_static(b": held for approval\n\n");
                 record_data(&ctx, Direction::Down, comment.clone()).await;
-                if out.send(&ctx, comment).await.is_ok() {
+                if out.send(comment).await.is_ok() {
                     continue;
                 }
             }
@@ -1287,7 +1343,7 @@ async fn deliver(
             records
         })
         .await;
-        return out.send(ctx, forwarded).await;
+        return out.send(forwarded).await;
     }
     record_data(ctx, Direction::Down, recorded.clone()).await;
     match &mut stream.parse {
@@ -1321,7 +1377,7 @@ async fn deliver(
         ResponseParse::JsonTooLarge(seen) => *seen += recorded.len() as u64,
         ResponseParse::None | ResponseParse::SseForRecord(_) => {}
     }
-    out.send(ctx, forwarded).await
+    out.send(forwarded).await
 }
 
 /// Writes queued gateway messages into an SSE stream, only between events.
@@ -1343,7 +1399,7 @@ async fn inject(
         .await;
         let event = Bytes::from(format!("event: message\ndata: {message}\n\n"));
         record_data(ctx, Direction::Down, event.clone()).await;
-        out.send(ctx, event).await?;
+        out.send(event).await?;
     }
     Ok(())
 }
@@ -1631,8 +1687,6 @@ async fn generated(
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     record_head(ctx, status, &headers, true).await;
     if !body.is_empty() {
-        ctx.bytes_down
-            .fetch_add(body.len() as u64, Ordering::Relaxed);
         record_data(ctx, Direction::Down, body.clone()).await;
     }
     let mut response = Response::new(Either::Left(Full::new(body)));

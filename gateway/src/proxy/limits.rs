@@ -11,24 +11,30 @@ use crate::config::Limits;
 /// admin sockets, Kinesis connections.
 const FD_RESERVE: u64 = 256;
 
-/// Raises the soft RLIMIT_NOFILE to the hard limit and returns the soft limit now in force.
+/// Raises RLIMIT_NOFILE as far as this process may: both limits to the kernel's ceiling
+/// (`fs.nr_open`, with CAP_SYS_RESOURCE, as the gateway has), else the soft limit to the hard
+/// one. Returns the soft limit now in force.
 pub fn raise_fd_limit() -> u64 {
+    let ceiling = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|n| n.trim().parse::<u64>().ok())
+        .unwrap_or(1 << 20);
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
-    // SAFETY: getrlimit and setrlimit with a valid rlimit struct.
+    // SAFETY: getrlimit and setrlimit with valid rlimit structs.
     unsafe {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
             return 1024;
         }
-        if limit.rlim_cur < limit.rlim_max {
+        for max in [ceiling.max(limit.rlim_max), limit.rlim_max] {
             let raised = libc::rlimit {
-                rlim_cur: limit.rlim_max,
-                rlim_max: limit.rlim_max,
+                rlim_cur: max,
+                rlim_max: max,
             };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                return raised.rlim_cur;
+            if max > limit.rlim_cur && libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                return max;
             }
         }
     }
@@ -68,21 +74,33 @@ pub struct SessionLimits {
     max_per_workload: usize,
     /// Open sessions by cgroup id; the node total is their sum.
     open: Mutex<(usize, HashMap<u64, usize>)>,
+    /// The most open at once since `take_peak`.
+    peak: std::sync::atomic::AtomicUsize,
 }
 
 impl SessionLimits {
-    /// `fd_limit` bounds the default node cap: each session holds two descriptors.
+    /// The default node cap is what the descriptors allow (two a session, after a reserve),
+    /// and no more than the eBPF maps can track.
     pub fn new(limits: &Limits, fd_limit: u64) -> Arc<Self> {
         let from_fds = (fd_limit.saturating_sub(FD_RESERVE) / 2).max(1) as usize;
+        let trackable = interlock_common::MAX_TRACKED_SOCKETS as usize;
         Arc::new(SessionLimits {
-            max_sessions: limits.max_sessions.unwrap_or(from_fds),
+            max_sessions: limits.max_sessions.unwrap_or(from_fds.min(trackable)),
             max_per_workload: limits.max_sessions_per_workload,
             open: Mutex::new((0, HashMap::new())),
+            peak: Default::default(),
         })
     }
 
     pub fn max_sessions(&self) -> usize {
         self.max_sessions
+    }
+
+    /// Sessions open now, and the most that were open at once since the last call.
+    pub fn take_peak(&self) -> (usize, usize) {
+        let open = self.open.lock().expect("limits lock").0;
+        let peak = self.peak.swap(open, std::sync::atomic::Ordering::Relaxed);
+        (open, peak.max(open))
     }
 
     /// A place for one more session of `cgroup_id`, held until the permit drops.
@@ -98,6 +116,8 @@ impl SessionLimits {
         }
         *mine += 1;
         *total += 1;
+        self.peak
+            .fetch_max(*total, std::sync::atomic::Ordering::Relaxed);
         Ok(SessionPermit {
             limits: self.clone(),
             cgroup_id,
@@ -138,18 +158,24 @@ mod tests {
             1 << 20,
         );
         let a1 = limits.try_acquire(1).unwrap();
-        let _a2 = limits.try_acquire(1).unwrap();
+        let a2 = limits.try_acquire(1).unwrap();
         assert_eq!(limits.try_acquire(1).err(), Some(Refusal::Workload(2)));
         let _b1 = limits.try_acquire(2).unwrap();
         assert_eq!(limits.try_acquire(3).err(), Some(Refusal::Node(3)));
         drop(a1);
-        let _a3 = limits.try_acquire(1).unwrap();
+        let a3 = limits.try_acquire(1).unwrap();
         assert!(limits.try_acquire(3).is_err());
+        assert_eq!(limits.take_peak(), (3, 3));
+        drop((a2, a3));
+        assert_eq!(limits.take_peak(), (1, 3), "the peak outlives the sessions");
+        assert_eq!(limits.take_peak(), (1, 1));
     }
 
     #[test]
-    fn the_node_cap_defaults_to_half_the_descriptors_left_after_the_reserve() {
+    fn the_node_cap_defaults_to_what_descriptors_and_maps_allow() {
         let limits = SessionLimits::new(&Limits::default(), 1_024 + FD_RESERVE);
         assert_eq!(limits.max_sessions(), 512);
+        let limits = SessionLimits::new(&Limits::default(), 1 << 20);
+        assert_eq!(limits.max_sessions(), 65_536);
     }
 }

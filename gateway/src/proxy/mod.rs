@@ -106,6 +106,11 @@ impl<C: UpstreamConnector> Proxy<C> {
         })
     }
 
+    /// Sessions open now, and the most open at once since the last call.
+    pub fn take_session_peak(&self) -> (usize, usize) {
+        self.limits.take_peak()
+    }
+
     /// Puts a new policy in force for requests from now on.
     pub fn set_policy(&self, policy: Policy) {
         *self.policy.write().expect("policy lock") = Arc::new(policy);

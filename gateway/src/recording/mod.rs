@@ -502,6 +502,8 @@ struct HeadKeeper {
     entries: Vec<head::SegmentEntry>,
     written_at: Instant,
     dirty: bool,
+    /// Sessions with records in the active segment: its index once it is finished.
+    sessions: std::collections::HashSet<Arc<str>>,
 }
 
 /// How often the head is rewritten while records flow (and at every segment roll).
@@ -533,17 +535,29 @@ impl HeadKeeper {
             entries,
             written_at: Instant::now(),
             dirty: true,
+            sessions: Default::default(),
         };
         keeper.write(dir, sealer)?;
         Ok(keeper)
     }
 
-    /// Notes a batch of `count` frames just written at the end of the active segment.
-    fn wrote(&mut self, (index, end): (u64, u64), frames: &[u8], count: u64) {
+    /// Notes a batch of `count` frames, of `sessions`, just written at the end of the active
+    /// segment.
+    fn wrote(
+        &mut self,
+        dir: &Path,
+        (index, end): (u64, u64),
+        frames: &[u8],
+        count: u64,
+        sessions: &mut Vec<Arc<str>>,
+    ) {
         let Some(last) = head::last_frame_start(frames) else {
             return;
         };
         if self.entries.last().is_none_or(|e| e.index != index) {
+            if let Some(finished) = self.entries.last().map(|e| e.index) {
+                self.write_index(dir, finished);
+            }
             self.entries.push(head::SegmentEntry {
                 index,
                 bytes: 0,
@@ -553,12 +567,31 @@ impl HeadKeeper {
             // A finished segment goes into the head at once.
             self.written_at = Instant::now() - HEAD_INTERVAL;
         }
+        self.sessions.extend(sessions.drain(..));
         let entry = self.entries.last_mut().expect("just pushed");
         entry.bytes = end;
         entry.frames += count;
         // Hashed when the head is written, from the page cache.
         entry.last_frame = Some((end - frames.len() as u64 + last, String::new()));
         self.dirty = true;
+    }
+
+    /// Writes the finished segment's session list, and starts the next one's.
+    fn write_index(&mut self, dir: &Path, index: u64) {
+        let sessions = std::mem::take(&mut self.sessions);
+        if let Err(e) = store::write_segment_index(dir, index, sessions.iter().map(|s| &**s)) {
+            tracing::warn!(dir = %dir.display(), segment = index, error = %e, "the segment's session index could not be written; replay reads that segment whole");
+        }
+    }
+
+    /// At stop: the active segment is finished too (the next start opens a new one).
+    fn finish(&mut self, dir: &Path, sealer: &Sealer) {
+        if let Some(active) = self.entries.last().map(|e| e.index)
+            && !self.sessions.is_empty()
+        {
+            self.write_index(dir, active);
+        }
+        self.write_if_due(dir, sealer, true);
     }
 
     fn write_if_due(&mut self, dir: &Path, sealer: &Sealer, now: bool) {
@@ -607,6 +640,7 @@ impl WriteLoop {
         let mut chains: HashMap<Arc<str>, ChainState> = HashMap::new();
         let mut stopping = false;
         let mut quiet_polls = 0;
+        let mut batch_sessions: Vec<Arc<str>> = Vec::new();
         while !stopping && let Some(first) = next_command(&mut rx, &mut quiet_polls) {
             let mut batch = vec![first];
             while batch.len() < MAX_BATCH {
@@ -631,6 +665,7 @@ impl WriteLoop {
                 let id = format!("spool-gap-{}", uuid::Uuid::now_v7());
                 let record = Record::new(&id, 0, gap.last, None, RecordBody::SpoolGap(gap));
                 SegmentWriter::frame_into(&mut frames, &record);
+                batch_sessions.push(id.into());
                 records += 1;
             }
             for command in batch {
@@ -646,6 +681,7 @@ impl WriteLoop {
                         continue;
                     }
                 };
+                batch_sessions.push(entry.session_id.clone());
                 records += chain_and_frame(&mut chains, &self.sealer, &mut frames, entry);
             }
             let must_sync = self.fsync == FsyncPolicy::Always
@@ -653,9 +689,12 @@ impl WriteLoop {
                 || (unsynced || !frames.is_empty()) && last_sync.elapsed() >= self.fsync_interval;
             let result = self.write(&frames, must_sync);
             if result.is_ok() {
-                self.head.wrote(self.writer.position(), &frames, records);
+                let position = self.writer.position();
+                self.head
+                    .wrote(&self.dir, position, &frames, records, &mut batch_sessions);
                 self.head.write_if_due(&self.dir, &self.sealer, false);
             }
+            batch_sessions.clear();
             match &result {
                 Ok(()) => {
                     if records > 0 || must_sync {
@@ -688,7 +727,7 @@ impl WriteLoop {
             }
             priority.follow(rx.len(), false);
         }
-        self.head.write_if_due(&self.dir, &self.sealer, true);
+        self.head.finish(&self.dir, &self.sealer);
         if unsynced && let Err(error) = self.writer.sync() {
             RecordWriteFailed {
                 error: &error,

@@ -1,5 +1,8 @@
 //! Reading sessions back from the store: summaries for `sessions list`, records for `replay`.
-use std::{collections::BTreeMap, path::Path};
+use std::{
+    collections::{BTreeMap, HashSet},
+    path::Path,
+};
 
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -8,6 +11,13 @@ use super::{
     record::{Direction, Record, RecordBody},
     store::{self, Damage, StoredRecord},
 };
+
+fn mcp(record: &Record) -> Option<&super::record::McpMessage> {
+    match &record.body {
+        RecordBody::McpMessage(m) => Some(m),
+        _ => None,
+    }
+}
 
 #[derive(Debug, Clone, Serialize)]
 pub struct SessionSummary {
@@ -42,12 +52,20 @@ pub struct Store {
 
 impl Store {
     pub fn open(dir: &Path) -> std::io::Result<Store> {
-        let (records, damage) = store::read_all(dir)?;
-        Ok(Store {
+        Ok(Store::from_read(store::read_all(dir)?))
+    }
+
+    /// Only what one session's replay needs: the segments that may hold it.
+    pub fn open_session(dir: &Path, session_id: &str) -> std::io::Result<Store> {
+        Ok(Store::from_read(store::read_session(dir, session_id)?))
+    }
+
+    fn from_read((records, damage): (Vec<StoredRecord>, Vec<Damage>)) -> Store {
+        Store {
             records,
             damaged: damage.iter().filter_map(|d| d.record.clone()).collect(),
             damage: damage.iter().map(Damage::to_string).collect(),
-        })
+        }
     }
 
     /// One summary per session, oldest first.
@@ -122,11 +140,33 @@ impl Store {
         self.records.iter().filter(|r| r.crc_ok).map(|r| &r.record)
     }
 
-    /// The MCP messages of one `Mcp-Session-Id`, from every connection, in time order.
+    /// The MCP messages of one `Mcp-Session-Id`, from every connection, in time order. The
+    /// `initialize` request goes out before the server assigns the id: a message without one
+    /// belongs to the conversation when its connection carries the conversation and its
+    /// JSON-RPC id is answered there with the session id.
     pub fn mcp_session_records(&self, mcp_session_id: &str) -> Vec<&Record> {
+        let in_session = |r: &&Record| {
+            mcp(r).is_some_and(|m| m.mcp_session_id.as_deref() == Some(mcp_session_id))
+        };
+        let answered: HashSet<(&str, String)> = self
+            .intact()
+            .filter(in_session)
+            .filter_map(|r| {
+                let id = mcp(r)?.jsonrpc_id.as_ref()?;
+                Some((r.session_id.as_str(), id.to_string()))
+            })
+            .collect();
+        let opens_it = |r: &&Record| {
+            mcp(r).is_some_and(|m| {
+                m.mcp_session_id.is_none()
+                    && m.jsonrpc_id.as_ref().is_some_and(|id| {
+                        answered.contains(&(r.session_id.as_str(), id.to_string()))
+                    })
+            })
+        };
         let mut records: Vec<&Record> = self
             .intact()
-            .filter(|r| matches!(&r.body, RecordBody::McpMessage(m) if m.mcp_session_id.as_deref() == Some(mcp_session_id)))
+            .filter(|r| in_session(r) || opens_it(r))
             .collect();
         records.sort_by_key(|r| r.ts);
         records

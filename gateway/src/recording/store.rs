@@ -219,13 +219,57 @@ pub struct StoredRecord {
 
 /// Everything readable in the store, in write order, plus what could not be read.
 pub fn read_all(dir: &Path) -> io::Result<(Vec<StoredRecord>, Vec<Damage>)> {
+    read_segments(dir, |_| true)
+}
+
+/// The records in the segments that may hold `session_id`: those whose index lists it, and
+/// those without an index (the active one, or older than indexes).
+pub fn read_session(dir: &Path, session_id: &str) -> io::Result<(Vec<StoredRecord>, Vec<Damage>)> {
+    read_segments(dir, |index| {
+        match fs::read_to_string(index_path(dir, index)) {
+            Ok(sessions) => sessions.lines().any(|id| id == session_id),
+            Err(_) => true,
+        }
+    })
+}
+
+fn read_segments(
+    dir: &Path,
+    wanted: impl Fn(u64) -> bool,
+) -> io::Result<(Vec<StoredRecord>, Vec<Damage>)> {
     let mut records = Vec::new();
     let mut damage = Vec::new();
-    for (_, path) in list_segments(dir)? {
-        let bytes = fs::read(&path)?;
-        read_segment(&path, &bytes, &mut records, &mut damage);
+    for (index, path) in list_segments(dir)? {
+        if wanted(index) {
+            let bytes = fs::read(&path)?;
+            read_segment(&path, &bytes, &mut records, &mut damage);
+        }
     }
     Ok((records, damage))
+}
+
+/// Where the list of sessions with records in a finished segment is kept, so that reading
+/// one session back opens only its segments.
+pub fn index_path(dir: &Path, index: u64) -> PathBuf {
+    dir.join("index").join(format!("{index:020}.sessions"))
+}
+
+/// Writes a finished segment's session list, one id a line.
+pub fn write_segment_index<'a>(
+    dir: &Path,
+    index: u64,
+    sessions: impl Iterator<Item = &'a str>,
+) -> io::Result<()> {
+    private_dir(&dir.join("index"))?;
+    let mut list: Vec<&str> = sessions.collect();
+    list.sort_unstable();
+    let path = index_path(dir, index);
+    let _ = fs::remove_file(&path);
+    let mut file = create_private_file(&path, OpenOptions::new().write(true))?;
+    for id in list {
+        writeln!(file, "{id}")?;
+    }
+    file.sync_data()
 }
 
 fn read_segment(
