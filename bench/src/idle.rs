@@ -16,7 +16,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
-use crate::{BenchGateway, Killed, free_port, start_echo_server, wait_listening};
+use crate::{BenchGateway, Killed, free_port, run_nginx, start_echo_server};
 
 const WANTED_SESSIONS: usize = 10_000;
 
@@ -220,11 +220,5 @@ fn start_nginx_for(
             dir = dir.display()
         ),
     )?;
-    let child = Command::new("nginx")
-        .args(["-e", "stderr", "-g", "daemon off;", "-c"])
-        .arg(&conf)
-        .spawn()
-        .context("nginx with the stream module is installed by `cargo xtask setup`")?;
-    wait_listening(listen)?;
-    Ok(Killed(child))
+    run_nginx(&conf, listen)
 }

@@ -306,9 +306,14 @@ fn start_nginx(dir: &Path, listen: SocketAddr, upstream: SocketAddr) -> Result<K
             dir = dir.display()
         ),
     )?;
+    run_nginx(&conf, listen)
+}
+
+/// nginx in the foreground with `conf`, once it listens on `listen`.
+pub(crate) fn run_nginx(conf: &Path, listen: SocketAddr) -> Result<Killed> {
     let child = Command::new("nginx")
         .args(["-e", "stderr", "-g", "daemon off;", "-c"])
-        .arg(&conf)
+        .arg(conf)
         .spawn()
         .context("nginx with the stream module is installed by `cargo xtask setup`")?;
     wait_listening(listen)?;

@@ -8,11 +8,10 @@ use std::{
     fs,
     net::SocketAddr,
     path::Path,
-    process::Command,
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Either, Full, StreamBody};
 use hyper::{
@@ -23,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     BenchGateway, Killed, Metric, free_port, peak_rss_mib, percentile, print_ratios, run_client,
-    wait_listening,
+    run_nginx,
 };
 
 const WARMUP_CALLS: usize = 200;
@@ -238,13 +237,7 @@ fn start_nginx(dir: &Path, listen: SocketAddr, upstream: SocketAddr) -> Result<K
             dir = dir.display()
         ),
     )?;
-    let child = Command::new("nginx")
-        .args(["-e", "stderr", "-g", "daemon off;", "-c"])
-        .arg(&conf)
-        .spawn()
-        .context("nginx is installed by `cargo xtask setup`")?;
-    wait_listening(listen)?;
-    Ok(Killed(child))
+    run_nginx(&conf, listen)
 }
 
 pub fn orchestrate(interlock: &Path) -> Result<()> {

@@ -681,7 +681,10 @@ impl WriteLoop {
                         continue;
                     }
                 };
-                batch_sessions.push(entry.session_id.clone());
+                // A session's records tend to come in runs: one index entry per run.
+                if batch_sessions.last() != Some(&entry.session_id) {
+                    batch_sessions.push(entry.session_id.clone());
+                }
                 records += chain_and_frame(&mut chains, &self.sealer, &mut frames, entry);
             }
             let must_sync = self.fsync == FsyncPolicy::Always
