@@ -158,6 +158,32 @@ fn restarted_gateway_intercepts_wrapped_processes_again(stop_old: fn(&mut Gatewa
         "wrap says what happened: {stderr}"
     );
     assert_eq!(gw.wait_sessions_ended(3).len(), 3);
+
+    // The record says it too, and verifies.
+    let verify = gw.cli(&["verify", "--json"]).output().unwrap();
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+    let verdicts: Value = serde_json::from_slice(&verify.stdout).unwrap();
+    let restart = verdicts["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|v| {
+            v["session_id"]
+                .as_str()
+                .filter(|id| id.starts_with("gateway-start-"))
+        })
+        .expect("a gateway-start record");
+    let replay = gw.cli(&["replay", restart]).output().unwrap();
+    let shown = String::from_utf8_lossy(&replay.stdout);
+    assert!(
+        shown
+            .contains("1 workloads intercepted again; their sessions open at the restart were cut"),
+        "{shown}"
+    );
 }
 
 #[test]

@@ -221,16 +221,25 @@ fn gateway_crash_replays_the_spool_and_shows_the_interrupted_session_unsealed() 
 
     gw.kill9();
     gw.launch();
-    // Whatever was not acknowledged before the crash is shipped after the restart.
+    // Whatever was not acknowledged before the crash is shipped after the restart, and so is
+    // the restarted gateway's record of taking the held session's workload over.
     let deadline = Instant::now() + Duration::from_secs(60);
-    let verdicts = loop {
-        let (_, verdicts) = verify_json(&gw, "kinesis");
-        if verdicts.len() == 21 || Instant::now() > deadline {
-            break verdicts;
+    let is_restart = |v: &Value| {
+        v["session_id"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("gateway-start-"))
+    };
+    let (verdicts, restarts) = loop {
+        let (_, all) = verify_json(&gw, "kinesis");
+        let (restarts, verdicts): (Vec<Value>, Vec<Value>) = all.into_iter().partition(is_restart);
+        if verdicts.len() == 21 && restarts.len() == 1 || Instant::now() > deadline {
+            break (verdicts, restarts);
         }
         thread::sleep(Duration::from_millis(300));
     };
     assert_eq!(verdicts.len(), 21, "{verdicts:#?}");
+    assert_eq!(restarts.len(), 1, "{restarts:#?}");
+    assert!(restarts[0]["problems"].as_array().unwrap().is_empty());
     let interrupted: Vec<&Value> = verdicts
         .iter()
         .filter(|v| !v["problems"].as_array().unwrap().is_empty())

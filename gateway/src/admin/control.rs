@@ -236,9 +236,8 @@ impl<C: UpstreamConnector> ControlServer<C> {
     /// next connections are intercepted (those open across the restart were cut with the
     /// old gateway). An adopted registration ends when its cgroup empties; the sweeper
     /// removes it.
-    pub async fn adopt_live_wraps(&self) -> Result<usize> {
+    pub async fn adopt_live_wraps(&self) -> Result<Vec<(u64, PathBuf)>> {
         let parent = cgroup::wrap_parent(self.dataplane.cgroup_root())?;
-        let mut adopted = 0;
         for wrap in cgroup::live_wraps(&parent, &self.gateway_tag) {
             let registered = async {
                 let proxy = self.proxy_for(wrap.pod_proxy).await?;
@@ -257,14 +256,13 @@ impl<C: UpstreamConnector> ControlServer<C> {
                         .lock()
                         .expect("adopted lock")
                         .push((wrap.cgroup_id, wrap.path));
-                    adopted += 1;
                 }
                 Err(e) => {
                     warn!(path = %wrap.path.display(), error = %format!("{e:#}"), "a live wrap cgroup could not be adopted; its processes connect unintercepted")
                 }
             }
         }
-        Ok(adopted)
+        Ok(self.adopted.lock().expect("adopted lock").clone())
     }
 
     /// Ends adopted registrations whose cgroup has emptied or gone (their wrap, which would

@@ -18,6 +18,7 @@ use crate::{
     recording::{
         Recorder, WriterOptions,
         chain::Sealer,
+        record::{RecordBody, RegistrationsAdopted},
         spool::{Checkpoint, SpoolReader, SpoolState},
         store,
     },
@@ -125,11 +126,23 @@ pub async fn run(config_path: &Path) -> Result<()> {
         adopted: Default::default(),
     });
     let adopted = control.adopt_live_wraps().await?;
-    if adopted > 0 {
+    if !adopted.is_empty() {
         info!(
-            adopted,
+            adopted = adopted.len(),
             "wrap cgroups of a previous gateway registered again; sessions they had open then were cut"
         );
+        let event = recorder.session(&format!("gateway-start-{}", uuid::Uuid::now_v7()));
+        let adopted = RegistrationsAdopted {
+            node: config.node_name(),
+            cgroups: adopted
+                .into_iter()
+                .map(|(id, path)| (id, path.display().to_string()))
+                .collect(),
+        };
+        event
+            .record(RecordBody::RegistrationsAdopted(adopted))
+            .await
+            .context("recording the adopted registrations")?;
     }
     tokio::spawn(
         control

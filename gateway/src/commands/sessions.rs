@@ -352,6 +352,17 @@ pub fn render(records: &[&Record]) -> String {
                     decision.reason.as_deref().unwrap_or("-")
                 );
             }
+            RecordBody::RegistrationsAdopted(adopted) => {
+                let _ = writeln!(
+                    out,
+                    "gateway restart on {}: {} workloads intercepted again; their sessions open at the restart were cut",
+                    adopted.node,
+                    adopted.cgroups.len()
+                );
+                for (id, path) in &adopted.cgroups {
+                    let _ = writeln!(out, "    cgroup {id} {path}");
+                }
+            }
             RecordBody::SpoolGap(gap) => {
                 let _ = writeln!(
                     out,

@@ -97,6 +97,10 @@ pub enum RecordBody {
     /// Sessions that were let through unrecorded (`when_full: fail_open`), written as soon as
     /// the spool has room again. Its session id is `spool-gap-<uuid>`.
     SpoolGap(UnrecordedGap),
+    /// A gateway started and took over the live registrations of the one before it: their
+    /// sessions open then were cut, and their next connections are intercepted. Its session
+    /// id is `gateway-start-<uuid>`.
+    RegistrationsAdopted(RegistrationsAdopted),
     /// A request held for a human decision: what waits, for whom, and until when.
     HoldCreated(Hold),
     /// How a hold ended: approved or denied (by whom, why), timed out, or interrupted.
@@ -291,6 +295,13 @@ pub struct HoldDecision {
     pub approver: Option<Principal>,
     pub reason: Option<String>,
     pub waited_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RegistrationsAdopted {
+    pub node: String,
+    /// The adopted cgroups: (cgroup id, path).
+    pub cgroups: Vec<(u64, String)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

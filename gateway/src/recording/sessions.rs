@@ -108,7 +108,7 @@ impl Store {
                     }
                 }
                 // Reported by `interlock verify`; not a session.
-                RecordBody::SpoolGap(_) => {}
+                RecordBody::SpoolGap(_) | RecordBody::RegistrationsAdopted(_) => {}
                 RecordBody::HttpRequest(_)
                 | RecordBody::HttpResponse(_)
                 | RecordBody::McpMessage(_)
