@@ -75,10 +75,10 @@ fn ok(probe: &Value) -> bool {
     probe["status"].as_str().is_some_and(|s| s.contains("200"))
 }
 
-#[test]
-fn fail_open_lets_workloads_connect_directly_after_sigkill() {
+/// A fail-open gateway, and a wrapped script whose first probe went through it.
+fn open_gateway_past_its_first_probe() -> (HttpServer, Gateway, Script) {
     let server = HttpServer::start(SocketAddr::from(([127, 0, 0, 1], free_port())));
-    let mut gw = Gateway::start(
+    let gw = Gateway::start(
         &[Target {
             name: "web",
             address: server.addr,
@@ -89,6 +89,12 @@ fn fail_open_lets_workloads_connect_directly_after_sigkill() {
     let first = script.wait_phase(1);
     assert!(ok(&first), "{first}");
     assert_eq!(gw.wait_sessions_ended(1).len(), 1);
+    (server, gw, script)
+}
+
+#[test]
+fn fail_open_lets_workloads_connect_directly_after_sigkill() {
+    let (server, mut gw, script) = open_gateway_past_its_first_probe();
 
     gw.kill9();
     script.release(2);
@@ -112,18 +118,7 @@ fn fail_open_lets_workloads_connect_directly_after_sigkill() {
 /// A restarted gateway takes over the live wrap registrations, whether the old one was
 /// killed or stopped: the window without interception is the restart itself.
 fn restarted_gateway_intercepts_wrapped_processes_again(stop_old: fn(&mut Gateway)) {
-    let server = HttpServer::start(SocketAddr::from(([127, 0, 0, 1], free_port())));
-    let mut gw = Gateway::start(
-        &[Target {
-            name: "web",
-            address: server.addr,
-        }],
-        "fail_mode: open\n",
-    );
-    let script = Script::start(&gw, server.addr);
-    let first = script.wait_phase(1);
-    assert!(ok(&first), "{first}");
-    assert_eq!(gw.wait_sessions_ended(1).len(), 1);
+    let (_server, mut gw, script) = open_gateway_past_its_first_probe();
 
     stop_old(&mut gw);
     gw.launch();
