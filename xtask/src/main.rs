@@ -3,6 +3,7 @@
 //! failing command and what to do.
 mod cmd;
 mod demo;
+mod layers;
 mod setup;
 mod toolchain;
 
@@ -37,6 +38,8 @@ enum Task {
     Test,
     /// Run the benchmarks (root, release build).
     Bench,
+    /// Check the gateway's imports against the layer order in xtask/src/layers.rs.
+    Layers,
 }
 
 fn main() -> ExitCode {
@@ -47,6 +50,7 @@ fn main() -> ExitCode {
         Task::Demo => build(false).and_then(|bin| demo::demo(&bin)),
         Task::Test => test(),
         Task::Bench => bench(),
+        Task::Layers => layers::check(&root().join("gateway/src")),
     };
     match done {
         Ok(()) => ExitCode::SUCCESS,
