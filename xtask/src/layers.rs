@@ -48,11 +48,12 @@ pub const LAYERS: &[&str] = &[
 pub fn check(src: &Path) -> Result<()> {
     let files = module_files(src)?;
     let modules: BTreeSet<&str> = files.keys().map(String::as_str).collect();
-    let mut problems = Vec::new();
+    // A set: a module that uses one upward path twice is one problem.
+    let mut problems = BTreeSet::new();
     let mut edges: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
     for (module, text) in &files {
         let Some(rank) = layer_of(module) else {
-            problems.push(format!(
+            problems.insert(format!(
                 "module `{module}` is in no layer: add it to LAYERS in xtask/src/layers.rs"
             ));
             continue;
@@ -66,7 +67,7 @@ pub fn check(src: &Path) -> Result<()> {
             }
             let used_rank = layer_of(used).unwrap_or(usize::MAX);
             if used_rank > rank {
-                problems.push(format!(
+                problems.insert(format!(
                     "`{module}` (layer {}) uses `{path}` from layer {}: an import that runs upward",
                     LAYERS[rank],
                     LAYERS[used_rank.min(LAYERS.len() - 1)]
@@ -76,7 +77,7 @@ pub fn check(src: &Path) -> Result<()> {
         }
     }
     for circle in circles(&edges) {
-        problems.push(format!("import circle: {}", circle.join(" -> ")));
+        problems.insert(format!("import circle: {}", circle.join(" -> ")));
     }
     if !problems.is_empty() {
         for problem in &problems {
