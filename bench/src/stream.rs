@@ -11,14 +11,18 @@ use std::{
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use interlock::{
-    config::{FsyncPolicy, Kinesis},
+    recording::config::FsyncPolicy,
     recording::{
         Recorder, WriterOptions,
         chain::Sealer,
         record::{Direction, Outcome, SessionEnd, SessionStart},
         spool::{Checkpoint, Position, SpoolReader, SpoolState},
     },
-    sinks::kinesis::{config::client, service::KinesisService, sink::KinesisSink},
+    sinks::kinesis::{
+        config::{Kinesis, client},
+        service::KinesisService,
+        sink::KinesisSink,
+    },
 };
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;

@@ -10,14 +10,14 @@ pub struct ApprovalsConfig {
     /// How long a hold waits when its rule sets no `timeout`; then it is denied.
     #[serde(
         default = "default_timeout",
-        deserialize_with = "crate::config::duration"
+        deserialize_with = "crate::config::values::duration"
     )]
     pub default_timeout: Duration,
     /// Interval of SSE comment keep-alives on a held request, so that clients' read
     /// timeouts do not fire while a human decides.
     #[serde(
         default = "default_keepalive",
-        deserialize_with = "crate::config::duration"
+        deserialize_with = "crate::config::values::duration"
     )]
     pub keepalive: Duration,
     /// Approvers sign in with an OIDC ID token from this issuer.
@@ -61,7 +61,7 @@ pub struct WebhookConfig {
     pub url: String,
     #[serde(
         default = "default_webhook_timeout",
-        deserialize_with = "crate::config::duration"
+        deserialize_with = "crate::config::values::duration"
     )]
     pub timeout: Duration,
 }

@@ -27,7 +27,7 @@ pub enum Source {
     Kinesis,
 }
 
-fn kinesis_config(config: &Config) -> Result<&crate::config::Kinesis> {
+fn kinesis_config(config: &Config) -> Result<&crate::sinks::kinesis::config::Kinesis> {
     config
         .recording
         .kinesis

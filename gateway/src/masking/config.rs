@@ -30,14 +30,14 @@ pub struct MaskingConfig {
     /// masked as a text stream (detectors only, no JSON rules).
     #[serde(
         default = "default_max_buffer",
-        deserialize_with = "crate::config::byte_size"
+        deserialize_with = "crate::config::values::byte_size"
     )]
     pub max_buffer: u64,
     /// Plain-text streams are held back by this much so that a secret split across reads is
     /// still seen whole. Longer secrets split across reads can be missed.
     #[serde(
         default = "default_holdback",
-        deserialize_with = "crate::config::byte_size"
+        deserialize_with = "crate::config::values::byte_size"
     )]
     pub holdback: u64,
 }

@@ -34,12 +34,12 @@ use tokio_util::sync::CancellationToken;
 use super::{mcp, sse::SseParser};
 use crate::{
     approvals::{self, Approvals, HoldWait, Verdict},
-    config::{Protocol, Target},
     masking::{
         MaskApply, MaskReport, Masker,
         stream::{BodyKind, BodyMasker, Piece},
     },
     policy::{Action, Decision, Policy},
+    protocols::target::{Protocol, Target},
     proxy::relay::RelayResult,
     recording::{
         SessionRecorder,

@@ -25,16 +25,18 @@ use self::{
 };
 use crate::{
     approvals::Approvals,
-    config::{Config, Protocol, WhenFull},
+    config::Config,
     ebpf::{Dataplane, key_addr},
     identity::Workload,
     masking::Masker,
     policy::Policy,
+    protocols::target::Protocol,
     protocols::{
         self,
         http::{ClientWorkload, HttpSession, NodeServices, Redial},
         mcp::McpSessions,
     },
+    recording::config::WhenFull,
     recording::{
         Recorder,
         record::{Outcome, SessionEnd, SessionStart},

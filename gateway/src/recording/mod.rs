@@ -8,6 +8,7 @@
 //! Sequence numbers are given by the writer, in the order records reach it, so both relay
 //! directions of a session can send concurrently without reordering anything.
 pub mod chain;
+pub mod config;
 pub mod head;
 pub mod record;
 pub mod sessions;
@@ -34,16 +35,14 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use self::{
     chain::{Sealer, sha256_hex},
+    config::FsyncPolicy,
     record::{DataChunk, Direction, Record, RecordBody, SessionEnd, SessionStart},
     spool::{Position, SpoolState},
     store::SegmentWriter,
 };
-use crate::{
-    config::FsyncPolicy,
-    telemetry::events::{
-        InternalEvent, RecordBuildFailed, RecordWriteFailed, RecordsWritten, SpoolGapRecorded,
-        WriterPriorityUnchanged,
-    },
+use crate::telemetry::events::{
+    InternalEvent, RecordBuildFailed, RecordWriteFailed, RecordsWritten, SpoolGapRecorded,
+    WriterPriorityUnchanged,
 };
 
 /// With 16 KiB chunks this bounds the backlog a slow disk can build to 16 MiB.

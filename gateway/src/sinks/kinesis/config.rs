@@ -1,11 +1,53 @@
 //! Builds the Kinesis client: the default credential chain (on EKS: Pod Identity or IRSA),
 //! rustls with ring, explicit timeouts (the SDK sets none), and optional endpoint and region
-//! overrides for tests and VPC endpoints.
+//! overrides for tests and VPC endpoints. `Kinesis` is the `recording.kinesis` config section.
+use std::time::Duration;
+
 use aws_config::{BehaviorVersion, Region, retry::RetryConfig, timeout::TimeoutConfig};
 use aws_sdk_kinesis::Client;
 use aws_smithy_http_client::{Builder, tls};
 
-use crate::config::Kinesis;
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Kinesis {
+    pub stream: String,
+    /// Defaults to the SDK's chain (AWS_REGION, profile, IMDS).
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Override for tests or VPC endpoints, e.g. http://127.0.0.1:4567.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// How long a partly filled batch waits for more records.
+    #[serde(
+        default = "linger",
+        deserialize_with = "crate::config::values::duration"
+    )]
+    pub linger: Duration,
+    /// The stream's maximum record size (data plus partition key); larger records are split.
+    #[serde(
+        default = "max_record_bytes",
+        deserialize_with = "crate::config::values::byte_size"
+    )]
+    pub max_record_bytes: u64,
+    /// Timeout for one PutRecords or GetRecords call, retries included.
+    #[serde(
+        default = "kinesis_timeout",
+        deserialize_with = "crate::config::values::duration"
+    )]
+    pub timeout: Duration,
+}
+
+fn linger() -> Duration {
+    Duration::from_millis(200)
+}
+fn max_record_bytes() -> u64 {
+    1 << 20
+}
+fn kinesis_timeout() -> Duration {
+    Duration::from_secs(10)
+}
 
 pub async fn client(config: &Kinesis) -> Client {
     let http = Builder::new()

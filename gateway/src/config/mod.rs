@@ -1,29 +1,36 @@
 //! Gateway configuration: YAML (it lives in a ConfigMap), strict, with defaults for every
-//! optional key. Errors name the file, line, column and key, and say how to fix them.
+//! optional key. Errors name the file, line, column and key, and say how to fix them. Each
+//! section's types live with the module they configure; this module assembles them.
+pub mod values;
+
 use std::{
-    collections::HashMap,
-    fmt,
     net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     time::Duration,
 };
 
-use serde::{Deserialize, Deserializer, de};
+use serde::Deserialize;
+
+use crate::protocols::target::{Protocol, Target};
+use crate::{
+    recording::config::{FsyncPolicy, Spool},
+    sinks::kinesis::config::Kinesis,
+};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// The proxy listener for IPv4 targets (and for host processes).
-    #[serde(default = "defaults::listen", deserialize_with = "socket_addr")]
+    #[serde(default = "defaults::listen", deserialize_with = "values::socket_addr")]
     pub listen: SocketAddr,
     /// The proxy listener for IPv6 targets; `null` disables IPv6 interception.
     #[serde(
         default = "defaults::listen_v6",
-        deserialize_with = "optional_socket_addr"
+        deserialize_with = "values::optional_socket_addr"
     )]
     pub listen_v6: Option<SocketAddr>,
     /// Health, readiness and metrics.
-    #[serde(default = "defaults::admin", deserialize_with = "socket_addr")]
+    #[serde(default = "defaults::admin", deserialize_with = "values::socket_addr")]
     pub admin: SocketAddr,
     /// Unix socket through which root registers wrapped cgroups.
     #[serde(default = "defaults::control_socket")]
@@ -36,19 +43,28 @@ pub struct Config {
     /// Recorded in every session; defaults to $NODE_NAME, then the host name.
     #[serde(default)]
     pub node_name: Option<String>,
-    #[serde(default = "defaults::connect_timeout", deserialize_with = "duration")]
+    #[serde(
+        default = "defaults::connect_timeout",
+        deserialize_with = "values::duration"
+    )]
     pub upstream_connect_timeout: Duration,
     /// Threads that sessions run on, each session on one from start to end; by default one
     /// per CPU the gateway may use.
-    #[serde(default, deserialize_with = "worker_count")]
+    #[serde(default, deserialize_with = "values::worker_count")]
     pub workers: Option<std::num::NonZeroUsize>,
     /// How long SIGTERM waits for open sessions before cutting them.
-    #[serde(default = "defaults::drain_timeout", deserialize_with = "duration")]
+    #[serde(
+        default = "defaults::drain_timeout",
+        deserialize_with = "values::duration"
+    )]
     pub drain_timeout: Duration,
     /// MCP sessions without traffic for this long are forgotten (clients need not DELETE).
-    #[serde(default = "defaults::mcp_session_idle", deserialize_with = "duration")]
+    #[serde(
+        default = "defaults::mcp_session_idle",
+        deserialize_with = "values::duration"
+    )]
     pub mcp_session_idle: Duration,
-    #[serde(default, deserialize_with = "targets")]
+    #[serde(default, deserialize_with = "crate::protocols::target::targets")]
     pub targets: Vec<Target>,
     #[serde(default)]
     pub limits: Limits,
@@ -75,43 +91,6 @@ pub enum FailMode {
     Closed,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Target {
-    pub name: String,
-    /// `ip:port`, or `ip:*` for every port of the host (held as port 0).
-    #[serde(deserialize_with = "target_addr")]
-    pub address: SocketAddr,
-    #[serde(default)]
-    pub protocol: Protocol,
-    /// Largest HTTP request or JSON response body read for inspection (`http`, `mcp`).
-    #[serde(default = "defaults::max_body_bytes", deserialize_with = "byte_size")]
-    pub max_body_bytes: u64,
-    /// `http`/`mcp`: where secrets are masked (default: responses). Records are masked in
-    /// every mode.
-    #[serde(default)]
-    pub mask: Option<crate::masking::MaskApply>,
-    /// Keep clear text in the records of this target. Off unless said explicitly.
-    #[serde(default)]
-    pub record_raw: bool,
-    /// `http`/`mcp`: how long a client may take to send a request's head.
-    #[serde(
-        default = "defaults::header_read_timeout",
-        deserialize_with = "duration"
-    )]
-    pub header_read_timeout: Duration,
-    /// `http`/`mcp`: how long the upstream may take to answer a forwarded request with a
-    /// response head (a held request is not forwarded, and so not timed, while it waits).
-    #[serde(
-        default = "defaults::upstream_response_timeout",
-        deserialize_with = "duration"
-    )]
-    pub upstream_response_timeout: Duration,
-    /// A session in which no byte moves either way for this long is closed.
-    #[serde(default = "defaults::idle_timeout", deserialize_with = "duration")]
-    pub idle_timeout: Duration,
-}
-
 /// Caps that keep one workload from exhausting the gateway. Sessions over a cap are refused
 /// (recorded with outcome `refused`), and other workloads keep being served.
 #[derive(Debug, Clone, Deserialize)]
@@ -135,44 +114,6 @@ impl Default for Limits {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum Protocol {
-    /// Bytes relayed and recorded as they are.
-    #[default]
-    Tcp,
-    /// HTTP/1.1 understood: requests and responses recorded as such.
-    Http,
-    /// HTTP plus MCP: every JSON-RPC message recorded and checked against the policy.
-    Mcp,
-}
-
-impl fmt::Display for Protocol {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Protocol::Tcp => "tcp",
-            Protocol::Http => "http",
-            Protocol::Mcp => "mcp",
-        })
-    }
-}
-
-impl<'de> Deserialize<'de> for Protocol {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let name = String::deserialize(d)?;
-        match name.as_str() {
-            "tcp" => Ok(Protocol::Tcp),
-            "http" => Ok(Protocol::Http),
-            "mcp" => Ok(Protocol::Mcp),
-            "kubernetes" => Err(de::Error::custom(
-                "protocol `kubernetes` is not supported by this build yet; use tcp, http or mcp",
-            )),
-            other => Err(de::Error::custom(format!(
-                "unknown protocol `{other}`; expected tcp, http or mcp"
-            ))),
-        }
-    }
-}
-
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Recording {
@@ -180,7 +121,10 @@ pub struct Recording {
     #[serde(default = "defaults::recording_dir")]
     pub dir: PathBuf,
     /// A segment file is closed and a new one started past this size.
-    #[serde(default = "defaults::segment_bytes", deserialize_with = "byte_size")]
+    #[serde(
+        default = "defaults::segment_bytes",
+        deserialize_with = "values::byte_size"
+    )]
     pub segment_bytes: u64,
     /// ed25519 PKCS#8 PEM key that seals sessions (in Kubernetes, a Secret). When not set,
     /// `<dir>/signing.key` is used and generated on first start.
@@ -190,7 +134,10 @@ pub struct Recording {
     /// `session_start` and `session_end` are synced before they are acknowledged either way.
     #[serde(default)]
     pub fsync: FsyncPolicy,
-    #[serde(default = "defaults::fsync_interval", deserialize_with = "duration")]
+    #[serde(
+        default = "defaults::fsync_interval",
+        deserialize_with = "values::duration"
+    )]
     pub fsync_interval: Duration,
     #[serde(default)]
     pub spool: Spool,
@@ -223,64 +170,6 @@ impl Recording {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FsyncPolicy {
-    Always,
-    #[default]
-    Interval,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Spool {
-    /// Upper bound for the segment files (e.g. `10GiB`).
-    #[serde(default = "defaults::spool_max_bytes", deserialize_with = "byte_size")]
-    pub max_bytes: u64,
-    #[serde(default)]
-    pub when_full: WhenFull,
-}
-
-impl Default for Spool {
-    fn default() -> Self {
-        Spool {
-            max_bytes: defaults::spool_max_bytes(),
-            when_full: WhenFull::default(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum WhenFull {
-    /// Refuse new sessions; established ones carry on. Alerted by metric and log.
-    #[default]
-    FailClosed,
-    /// Let new sessions through unrecorded, and record how many once space returns.
-    FailOpen,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Kinesis {
-    pub stream: String,
-    /// Defaults to the SDK's chain (AWS_REGION, profile, IMDS).
-    #[serde(default)]
-    pub region: Option<String>,
-    /// Override for tests or VPC endpoints, e.g. http://127.0.0.1:4567.
-    #[serde(default)]
-    pub endpoint: Option<String>,
-    /// How long a partly filled batch waits for more records.
-    #[serde(default = "defaults::linger", deserialize_with = "duration")]
-    pub linger: Duration,
-    /// The stream's maximum record size (data plus partition key); larger records are split.
-    #[serde(default = "defaults::max_record_bytes", deserialize_with = "byte_size")]
-    pub max_record_bytes: u64,
-    /// Timeout for one PutRecords or GetRecords call, retries included.
-    #[serde(default = "defaults::kinesis_timeout", deserialize_with = "duration")]
-    pub timeout: Duration,
-}
-
 mod defaults {
     use super::*;
     pub fn listen() -> SocketAddr {
@@ -304,15 +193,6 @@ mod defaults {
     pub fn drain_timeout() -> Duration {
         Duration::from_secs(30)
     }
-    pub fn header_read_timeout() -> Duration {
-        Duration::from_secs(30)
-    }
-    pub fn upstream_response_timeout() -> Duration {
-        Duration::from_secs(120)
-    }
-    pub fn idle_timeout() -> Duration {
-        Duration::from_secs(600)
-    }
     pub fn max_sessions_per_workload() -> usize {
         1024
     }
@@ -325,23 +205,8 @@ mod defaults {
     pub fn fsync_interval() -> Duration {
         Duration::from_secs(1)
     }
-    pub fn spool_max_bytes() -> u64 {
-        10 << 30
-    }
-    pub fn linger() -> Duration {
-        Duration::from_millis(200)
-    }
-    pub fn max_record_bytes() -> u64 {
-        1 << 20
-    }
     pub fn mcp_session_idle() -> Duration {
         Duration::from_secs(30 * 60)
-    }
-    pub fn max_body_bytes() -> u64 {
-        8 << 20
-    }
-    pub fn kinesis_timeout() -> Duration {
-        Duration::from_secs(10)
     }
 }
 
@@ -591,93 +456,6 @@ fn strip_location(message: &str) -> String {
     }
 }
 
-fn socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
-    let text = String::deserialize(d)?;
-    parse_socket_addr(&text).map_err(de::Error::custom)
-}
-
-fn worker_count<'de, D: Deserializer<'de>>(
-    d: D,
-) -> Result<Option<std::num::NonZeroUsize>, D::Error> {
-    Option::<usize>::deserialize(d)?
-        .map(|n| {
-            std::num::NonZeroUsize::new(n).ok_or_else(|| {
-                de::Error::custom(
-                    "0 workers could serve no session; write at least 1, or null for one per CPU",
-                )
-            })
-        })
-        .transpose()
-}
-
-fn optional_socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
-    Option::<String>::deserialize(d)?
-        .map(|text| parse_socket_addr(&text).map_err(de::Error::custom))
-        .transpose()
-}
-
-pub fn parse_socket_addr(text: &str) -> Result<SocketAddr, String> {
-    let not_an_address = || {
-        format!(
-            "`{text}` is not an ip:port address; write a literal IP and port such as \
-             127.0.0.1:8080 or [::1]:8080 (host names are not resolved)"
-        )
-    };
-    let addr: SocketAddr = text.parse().map_err(|_| not_an_address())?;
-    if addr.port() == 0 {
-        return Err(format!("`{text}` has port 0; give the real port"));
-    }
-    Ok(addr)
-}
-
-/// A target address: `ip:port`, or `ip:*` for every port of that host (stored as port 0).
-fn target_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
-    let text = String::deserialize(d)?;
-    match text.strip_suffix(":*") {
-        Some(ip) => {
-            let ip = ip.trim_start_matches('[').trim_end_matches(']');
-            ip.parse::<std::net::IpAddr>()
-                .map(|ip| SocketAddr::new(ip, 0))
-                .map_err(|_| {
-                    de::Error::custom(format!(
-                        "`{text}` is not ip:* ; write e.g. 127.0.0.1:* or [::1]:*"
-                    ))
-                })
-        }
-        None => parse_socket_addr(&text).map_err(de::Error::custom),
-    }
-}
-
-/// A size as bytes, or with a unit: `10GiB`, `512MB`.
-pub(crate) fn byte_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Size {
-        Bytes(u64),
-        Text(String),
-    }
-    match Size::deserialize(d)? {
-        Size::Bytes(n) => Ok(n),
-        Size::Text(text) => text
-            .parse::<bytesize::ByteSize>()
-            .map(|b| b.as_u64())
-            .map_err(|e| {
-                de::Error::custom(format!(
-                    "`{text}` is not a size ({e}); write e.g. 10GiB or 512MiB"
-                ))
-            }),
-    }
-}
-
-pub(crate) fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let text = String::deserialize(d)?;
-    humantime::parse_duration(&text).map_err(|e| {
-        de::Error::custom(format!(
-            "`{text}` is not a duration ({e}); write e.g. 500ms, 5s or 2m"
-        ))
-    })
-}
-
 /// Whether a listener on `a` may be the one on `b`: the same address, or both on this host's
 /// loopback or wildcard (a listener there is reached through all of them).
 fn same_listener_host(a: IpAddr, b: IpAddr) -> bool {
@@ -690,56 +468,10 @@ fn same_listener_host(a: IpAddr, b: IpAddr) -> bool {
     a == b || (local(a) && local(b))
 }
 
-/// Deserializes the target list, rejecting duplicate names and addresses where they occur.
-fn targets<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Target>, D::Error> {
-    struct TargetsVisitor;
-    impl<'de> de::Visitor<'de> for TargetsVisitor {
-        type Value = Vec<Target>;
-        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-            f.write_str("a list of targets")
-        }
-        fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<Target>, A::Error> {
-            let mut targets: Vec<Target> = Vec::new();
-            let mut by_name = HashMap::new();
-            let mut by_addr = HashMap::new();
-            while let Some(target) = seq.next_element::<Target>()? {
-                let index = targets.len();
-                if target.name.is_empty() {
-                    return Err(de::Error::custom(format!(
-                        "targets[{index}] has an empty name"
-                    )));
-                }
-                if let Some(first) = by_name.insert(target.name.clone(), index) {
-                    return Err(de::Error::custom(format!(
-                        "duplicate target name `{}` in targets[{index}] (first used by \
-                         targets[{first}]); target names must be unique",
-                        target.name
-                    )));
-                }
-                if let Some(first) = by_addr.insert(target.address, index) {
-                    return Err(de::Error::custom(format!(
-                        "duplicate target address {} in targets[{index}] (first used by \
-                         targets[{first}]); each address can belong to one target only",
-                        target.address
-                    )));
-                }
-                if target.address.ip().is_unspecified() {
-                    return Err(de::Error::custom(format!(
-                        "target address {} is unspecified; give the address clients dial",
-                        target.address
-                    )));
-                }
-                targets.push(target);
-            }
-            Ok(targets)
-        }
-    }
-    d.deserialize_seq(TargetsVisitor)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::recording::config::WhenFull;
 
     fn error_of(yaml: &str) -> String {
         Config::parse(yaml)

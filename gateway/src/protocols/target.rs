@@ -1,0 +1,170 @@
+//! What the gateway intercepts: a named address with its protocol and per-target limits, as
+//! the `targets` section of the config writes it.
+use std::{collections::HashMap, fmt, net::SocketAddr, time::Duration};
+
+use serde::{Deserialize, Deserializer, de};
+
+use crate::config::values;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Target {
+    pub name: String,
+    /// `ip:port`, or `ip:*` for every port of the host (held as port 0).
+    #[serde(deserialize_with = "target_addr")]
+    pub address: SocketAddr,
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// Largest HTTP request or JSON response body read for inspection (`http`, `mcp`).
+    #[serde(
+        default = "defaults::max_body_bytes",
+        deserialize_with = "crate::config::values::byte_size"
+    )]
+    pub max_body_bytes: u64,
+    /// `http`/`mcp`: where secrets are masked (default: responses). Records are masked in
+    /// every mode.
+    #[serde(default)]
+    pub mask: Option<crate::masking::MaskApply>,
+    /// Keep clear text in the records of this target. Off unless said explicitly.
+    #[serde(default)]
+    pub record_raw: bool,
+    /// `http`/`mcp`: how long a client may take to send a request's head.
+    #[serde(
+        default = "defaults::header_read_timeout",
+        deserialize_with = "crate::config::values::duration"
+    )]
+    pub header_read_timeout: Duration,
+    /// `http`/`mcp`: how long the upstream may take to answer a forwarded request with a
+    /// response head (a held request is not forwarded, and so not timed, while it waits).
+    #[serde(
+        default = "defaults::upstream_response_timeout",
+        deserialize_with = "crate::config::values::duration"
+    )]
+    pub upstream_response_timeout: Duration,
+    /// A session in which no byte moves either way for this long is closed.
+    #[serde(
+        default = "defaults::idle_timeout",
+        deserialize_with = "crate::config::values::duration"
+    )]
+    pub idle_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Protocol {
+    /// Bytes relayed and recorded as they are.
+    #[default]
+    Tcp,
+    /// HTTP/1.1 understood: requests and responses recorded as such.
+    Http,
+    /// HTTP plus MCP: every JSON-RPC message recorded and checked against the policy.
+    Mcp,
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Http => "http",
+            Protocol::Mcp => "mcp",
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for Protocol {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        match name.as_str() {
+            "tcp" => Ok(Protocol::Tcp),
+            "http" => Ok(Protocol::Http),
+            "mcp" => Ok(Protocol::Mcp),
+            "kubernetes" => Err(de::Error::custom(
+                "protocol `kubernetes` is not supported by this build yet; use tcp, http or mcp",
+            )),
+            other => Err(de::Error::custom(format!(
+                "unknown protocol `{other}`; expected tcp, http or mcp"
+            ))),
+        }
+    }
+}
+
+/// A target address: `ip:port`, or `ip:*` for every port of that host (stored as port 0).
+fn target_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    let text = String::deserialize(d)?;
+    match text.strip_suffix(":*") {
+        Some(ip) => {
+            let ip = ip.trim_start_matches('[').trim_end_matches(']');
+            ip.parse::<std::net::IpAddr>()
+                .map(|ip| SocketAddr::new(ip, 0))
+                .map_err(|_| {
+                    de::Error::custom(format!(
+                        "`{text}` is not ip:* ; write e.g. 127.0.0.1:* or [::1]:*"
+                    ))
+                })
+        }
+        None => values::parse_socket_addr(&text).map_err(de::Error::custom),
+    }
+}
+
+/// Deserializes the target list, rejecting duplicate names and addresses where they occur.
+pub(crate) fn targets<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Target>, D::Error> {
+    struct TargetsVisitor;
+    impl<'de> de::Visitor<'de> for TargetsVisitor {
+        type Value = Vec<Target>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a list of targets")
+        }
+        fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<Target>, A::Error> {
+            let mut targets: Vec<Target> = Vec::new();
+            let mut by_name = HashMap::new();
+            let mut by_addr = HashMap::new();
+            while let Some(target) = seq.next_element::<Target>()? {
+                let index = targets.len();
+                if target.name.is_empty() {
+                    return Err(de::Error::custom(format!(
+                        "targets[{index}] has an empty name"
+                    )));
+                }
+                if let Some(first) = by_name.insert(target.name.clone(), index) {
+                    return Err(de::Error::custom(format!(
+                        "duplicate target name `{}` in targets[{index}] (first used by \
+                         targets[{first}]); target names must be unique",
+                        target.name
+                    )));
+                }
+                if let Some(first) = by_addr.insert(target.address, index) {
+                    return Err(de::Error::custom(format!(
+                        "duplicate target address {} in targets[{index}] (first used by \
+                         targets[{first}]); each address can belong to one target only",
+                        target.address
+                    )));
+                }
+                if target.address.ip().is_unspecified() {
+                    return Err(de::Error::custom(format!(
+                        "target address {} is unspecified; give the address clients dial",
+                        target.address
+                    )));
+                }
+                targets.push(target);
+            }
+            Ok(targets)
+        }
+    }
+    d.deserialize_seq(TargetsVisitor)
+}
+
+mod defaults {
+    use std::time::Duration;
+
+    pub fn header_read_timeout() -> Duration {
+        Duration::from_secs(30)
+    }
+    pub fn upstream_response_timeout() -> Duration {
+        Duration::from_secs(120)
+    }
+    pub fn idle_timeout() -> Duration {
+        Duration::from_secs(600)
+    }
+    pub fn max_body_bytes() -> u64 {
+        8 << 20
+    }
+}
