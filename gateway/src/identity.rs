@@ -2,7 +2,7 @@
 //! (Kubernetes pod identity and service-account tokens build on this later.)
 use std::fs;
 
-use crate::ebpf::cgroup;
+use crate::cgroup;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Workload {

@@ -1,12 +1,13 @@
 //! Policy: which MCP operations are allowed, denied or held. Part of the config file
 //! (`policy:`), validated by `check-config`, and reloaded on SIGHUP or when the file changes.
 //!
-//! Patterns are globs (`*`, `?`) unless written `re:<regex>`; both match the whole value.
+//! Matchers are `patterns::Pattern`s: globs, or `re:` regexes.
 //! Argument matchers take a dotted path into `arguments` (`path.to.key`, list items by index).
-use std::{collections::BTreeMap, fmt, time::Duration};
+use std::{collections::BTreeMap, time::Duration};
 
-use regex_automata::meta::Regex;
-use serde::{Deserialize, Deserializer, de};
+use serde::Deserialize;
+
+use crate::patterns::Pattern;
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -37,7 +38,7 @@ pub struct Rule {
     #[serde(default)]
     pub reason: Option<String>,
     /// How long a hold waits for a decision.
-    #[serde(default, deserialize_with = "optional_duration")]
+    #[serde(default, deserialize_with = "crate::config::values::optional_duration")]
     pub timeout: Option<Duration>,
     /// Overrides the target's masking for the calls this rule matches (and their answers).
     #[serde(default)]
@@ -67,74 +68,6 @@ pub struct Match {
     /// Argument values by dotted path.
     #[serde(default)]
     pub args: BTreeMap<String, Pattern>,
-}
-
-/// A glob or `re:` regex, compiled once, matching whole values.
-#[derive(Clone)]
-pub struct Pattern {
-    source: String,
-    /// The regex, before anchoring, so it can be embedded in a larger one.
-    body: String,
-    regex: Regex,
-}
-
-impl fmt::Debug for Pattern {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:?}", self.source)
-    }
-}
-
-impl Pattern {
-    pub fn new(source: &str) -> Result<Pattern, String> {
-        let body = match source.strip_prefix("re:") {
-            Some(re) => re.to_string(),
-            None => glob_to_regex(source),
-        };
-        let regex = Regex::new(&format!("^(?:{body})$"))
-            .map_err(|e| format!("`{source}` is not a valid pattern: {e}"))?;
-        Ok(Pattern {
-            source: source.to_string(),
-            body,
-            regex,
-        })
-    }
-
-    pub fn regex_body(&self) -> &str {
-        &self.body
-    }
-
-    pub fn is_match(&self, value: &str) -> bool {
-        self.regex.is_match(value)
-    }
-}
-
-fn glob_to_regex(glob: &str) -> String {
-    let mut out = String::new();
-    for c in glob.chars() {
-        match c {
-            '*' => out.push_str(".*"),
-            '?' => out.push('.'),
-            c => out.push_str(&regex_syntax::escape(c.encode_utf8(&mut [0; 4]))),
-        }
-    }
-    out
-}
-
-impl<'de> Deserialize<'de> for Pattern {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let source = String::deserialize(d)?;
-        Pattern::new(&source).map_err(de::Error::custom)
-    }
-}
-
-fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-    Option::<String>::deserialize(d)?
-        .map(|text| {
-            humantime::parse_duration(&text).map_err(|e| {
-                de::Error::custom(format!("`{text}` is not a duration ({e}); write e.g. 30s"))
-            })
-        })
-        .transpose()
 }
 
 /// What a policy decision is made about.

@@ -21,7 +21,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::{
-    ebpf::{Dataplane, ProxyAddrs, cgroup},
+    cgroup,
+    ebpf::{Dataplane, ProxyAddrs},
     proxy::{Proxy, upstream::UpstreamConnector},
     telemetry::events::{
         CgroupAdopted, CgroupRegistered, CgroupUnregistered, ControlRequestRejected, InternalEvent,

@@ -122,7 +122,7 @@ pub async fn run(config_path: &Path) -> Result<()> {
         proxy: proxy.clone(),
         listen_v4: config.listen,
         listen_v6: config.listen_v6,
-        gateway_tag: crate::ebpf::cgroup::gateway_tag(&config.control_socket),
+        gateway_tag: crate::cgroup::gateway_tag(&config.control_socket),
         adopted: Default::default(),
     });
     let adopted = control.adopt_live_wraps().await?;

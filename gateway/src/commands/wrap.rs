@@ -12,7 +12,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::{
     admin::control::{ControlRequest, ControlResponse},
-    ebpf::cgroup,
+    cgroup,
 };
 
 /// Runs `command` intercepted and returns the exit code to pass through.

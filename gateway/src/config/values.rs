@@ -74,3 +74,15 @@ pub(crate) fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::E
         ))
     })
 }
+
+pub(crate) fn optional_duration<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Duration>, D::Error> {
+    Option::<String>::deserialize(d)?
+        .map(|text| {
+            humantime::parse_duration(&text).map_err(|e| {
+                de::Error::custom(format!("`{text}` is not a duration ({e}); write e.g. 30s"))
+            })
+        })
+        .transpose()
+}

@@ -4,7 +4,6 @@
 //! the kernel detaches everything and workloads connect directly. `fail_mode: closed` pins
 //! links and maps under `bpffs_dir`, so they outlive the process and keep redirecting to a
 //! listener that is gone, which refuses the connection until a gateway is back.
-pub mod cgroup;
 
 use std::{
     collections::HashSet,
@@ -27,7 +26,10 @@ use aya::{
 use interlock_common::{AddrKey, InterceptConfig, NOT_A_TARGET, Origin, Settings, names};
 use tracing::{info, warn};
 
-use crate::config::{Config, FailMode};
+use crate::{
+    cgroup,
+    config::{Config, FailMode},
+};
 
 /// The object built by `cargo xtask build-ebpf`, embedded by build.rs (empty when it was not
 /// built, so that userspace still compiles for `cargo clippy` and unit tests).

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Deserializer, de};
 
-use crate::policy::Pattern;
+use crate::patterns::Pattern;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

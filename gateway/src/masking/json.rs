@@ -5,7 +5,7 @@
 use std::{borrow::Cow, collections::BTreeMap};
 
 use super::{MaskReport, Masker, NotJson, config::MaskingConfig};
-use crate::policy::Pattern;
+use crate::patterns::Pattern;
 
 pub struct JsonRules {
     keys: Vec<Pattern>,

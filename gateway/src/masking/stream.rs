@@ -191,7 +191,7 @@ impl<'m> BodyMasker<'m> {
 
 /// The end (separator included) of the first complete event at or after `from`.
 fn event_end(buf: &[u8], from: usize) -> Option<usize> {
-    crate::protocols::sse::find_event_end(buf, from).map(|(end, separator)| end + separator)
+    crate::sse::find_event_end(buf, from).map(|(end, separator)| end + separator)
 }
 
 /// Masks one event's `data` (joined, as JSON when it is JSON) and writes the event again,

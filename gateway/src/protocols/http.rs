@@ -31,7 +31,8 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{mcp, sse::SseParser};
+use super::mcp;
+use crate::sse::SseParser;
 use crate::{
     approvals::{self, Approvals, HoldWait, Verdict},
     masking::{

@@ -2,5 +2,4 @@
 //! and SSE) on top of it.
 pub mod http;
 pub mod mcp;
-pub mod sse;
 pub mod target;

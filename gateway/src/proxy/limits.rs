@@ -5,7 +5,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use crate::config::Limits;
+use crate::{config::Limits, vocabulary::Refusal};
 
 /// Descriptors kept for the gateway itself: listeners, the record store, the control and
 /// admin sockets, Kinesis connections.
@@ -39,34 +39,6 @@ pub fn raise_fd_limit() -> u64 {
         }
     }
     limit.rlim_cur
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
-    /// The node's cap, `limits.max_sessions`.
-    Node(usize),
-    /// The workload's cap, `limits.max_sessions_per_workload`.
-    Workload(usize),
-}
-
-impl Refusal {
-    pub fn kind(self) -> &'static str {
-        match self {
-            Refusal::Node(_) => "node",
-            Refusal::Workload(_) => "workload",
-        }
-    }
-
-    pub fn describe(self) -> String {
-        match self {
-            Refusal::Node(n) => {
-                format!("the gateway is at limits.max_sessions ({n} open sessions on this node)")
-            }
-            Refusal::Workload(n) => {
-                format!("this workload is at limits.max_sessions_per_workload ({n} open sessions)")
-            }
-        }
-    }
 }
 
 pub struct SessionLimits {

@@ -4,7 +4,8 @@ use bytes::Bytes;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use time::OffsetDateTime;
 
-use super::{chain::Seal, spool::UnrecordedGap};
+use super::chain::Seal;
+pub use crate::vocabulary::{Direction, HoldOutcome, Outcome};
 
 pub const SCHEMA_VERSION: u32 = 1;
 
@@ -127,15 +128,6 @@ pub struct SessionStart {
     pub cmdline: Vec<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Direction {
-    /// Client to upstream.
-    Up,
-    /// Upstream to client.
-    Down,
-}
-
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DataChunk {
     pub direction: Direction,
@@ -170,46 +162,6 @@ pub struct SessionEnd {
     /// Signature over this record written without `seal`; see `chain`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seal: Option<Seal>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Outcome {
-    /// Both sides finished normally.
-    Closed,
-    /// The upstream refused the connection (RST to SYN).
-    UpstreamRefused,
-    /// The upstream did not answer within `upstream_connect_timeout`.
-    UpstreamTimeout,
-    /// The upstream could not be reached (no route, host down).
-    UpstreamUnreachable,
-    /// Either side reset the connection mid-session.
-    Reset,
-    /// Another I/O error ended the session.
-    Error,
-    /// The gateway shut down before the session finished.
-    Shutdown,
-    /// A timeout ended the session: idle, header read or upstream response (the error says
-    /// which and how long).
-    Timeout,
-    /// The gateway refused the session at a limit (the error names it); nothing was relayed.
-    Refused,
-}
-
-impl Outcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Closed => "closed",
-            Outcome::UpstreamRefused => "upstream_refused",
-            Outcome::UpstreamTimeout => "upstream_timeout",
-            Outcome::UpstreamUnreachable => "upstream_unreachable",
-            Outcome::Reset => "reset",
-            Outcome::Error => "error",
-            Outcome::Shutdown => "shutdown",
-            Outcome::Timeout => "timeout",
-            Outcome::Refused => "refused",
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -266,25 +218,14 @@ pub struct Principal {
     pub groups: Vec<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum HoldOutcome {
-    Approved,
-    Denied,
-    TimedOut,
-    /// The gateway stopped first: the request was denied.
-    Interrupted,
-}
-
-impl HoldOutcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            HoldOutcome::Approved => "approved",
-            HoldOutcome::Denied => "denied",
-            HoldOutcome::TimedOut => "timed_out",
-            HoldOutcome::Interrupted => "interrupted",
-        }
-    }
+/// Sessions that were not recorded, reported in a `spool_gap` record once space returns.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UnrecordedGap {
+    pub sessions: u64,
+    #[serde(with = "time::serde::rfc3339")]
+    pub first: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub last: OffsetDateTime,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

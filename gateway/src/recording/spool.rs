@@ -15,7 +15,10 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use tokio::sync::watch;
 
-use super::store::{self, FRAME_HEADER, MAX_FRAME};
+use super::{
+    record::UnrecordedGap,
+    store::{self, FRAME_HEADER, MAX_FRAME},
+};
 
 /// A place in the spool: a segment and a byte offset in it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -32,16 +35,6 @@ pub struct SpoolState {
     write_failing: AtomicBool,
     /// Sessions let through unrecorded under `when_full: fail_open`, not yet reported.
     unrecorded: Mutex<Option<UnrecordedGap>>,
-}
-
-/// Sessions that were not recorded, reported in a `spool_gap` record once space returns.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct UnrecordedGap {
-    pub sessions: u64,
-    #[serde(with = "time::serde::rfc3339")]
-    pub first: OffsetDateTime,
-    #[serde(with = "time::serde::rfc3339")]
-    pub last: OffsetDateTime,
 }
 
 impl SpoolState {

@@ -268,7 +268,7 @@ pub struct SessionRefusedAtLimit<'a> {
     pub peer: SocketAddr,
     pub cgroup_id: u64,
     pub process: &'a str,
-    pub refusal: crate::proxy::limits::Refusal,
+    pub refusal: crate::vocabulary::Refusal,
 }
 
 impl InternalEvent for SessionRefusedAtLimit<'_> {
@@ -360,7 +360,7 @@ impl InternalEvent for McpSessionEnded<'_> {
 
 pub struct SecretsMasked<'a> {
     pub target: &'a str,
-    pub direction: crate::recording::record::Direction,
+    pub direction: crate::vocabulary::Direction,
     pub detector: &'a str,
     pub count: u64,
 }
@@ -368,8 +368,8 @@ pub struct SecretsMasked<'a> {
 impl InternalEvent for SecretsMasked<'_> {
     fn emit(self) {
         let direction = match self.direction {
-            crate::recording::record::Direction::Up => "request",
-            crate::recording::record::Direction::Down => "response",
+            crate::vocabulary::Direction::Up => "request",
+            crate::vocabulary::Direction::Down => "response",
         };
         debug!(
             target_name = self.target,
@@ -412,7 +412,7 @@ impl InternalEvent for HoldOpened<'_> {
 pub struct HoldDecided<'a> {
     pub target: &'a str,
     pub hold_id: &'a str,
-    pub outcome: crate::recording::record::HoldOutcome,
+    pub outcome: crate::vocabulary::HoldOutcome,
     pub waited: Duration,
 }
 
