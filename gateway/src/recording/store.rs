@@ -347,9 +347,26 @@ mod tests {
 
     #[test]
     fn the_store_is_private_whatever_the_umask() {
+        // The umask is process-wide, and the other tests' stores would be refused as too open
+        // while it is 0: the test runs alone in a child of this test binary.
+        const CHILD: &str = "INTERLOCK_TEST_UMASK_CHILD";
+        if std::env::var_os(CHILD).is_none() {
+            let name = "recording::store::tests::the_store_is_private_whatever_the_umask";
+            let child = std::process::Command::new(std::env::current_exe().unwrap())
+                .args(["--exact", name, "--test-threads=1"])
+                .env(CHILD, "1")
+                .output()
+                .unwrap();
+            assert!(
+                child.status.success(),
+                "the umask test failed in its child:\n{}{}",
+                String::from_utf8_lossy(&child.stdout),
+                String::from_utf8_lossy(&child.stderr)
+            );
+            return;
+        }
         let dir = tempfile::tempdir().unwrap();
         let store = dir.path().join("records");
-        // The umask is process-wide; other tests only ever get files more open meanwhile.
         // SAFETY: umask has no preconditions.
         let before = unsafe { libc::umask(0) };
         let writer = SegmentWriter::open(&store, 1 << 20);
