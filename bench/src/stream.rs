@@ -11,6 +11,7 @@ use std::{
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use interlock::{
+    identity::Workload,
     recording::config::FsyncPolicy,
     recording::{
         Recorder, WriterOptions,
@@ -47,11 +48,13 @@ fn start_record() -> SessionStart {
         protocol: "tcp".into(),
         original_dst: "127.0.0.1:1".into(),
         client_addr: "127.0.0.1:2".into(),
-        cgroup_id: 1,
-        cgroup: None,
-        pid: 1,
-        process: "bench".into(),
-        cmdline: vec![],
+        workload: Workload {
+            cgroup_id: 1,
+            cgroup: None,
+            pid: 1,
+            process: "bench".into(),
+            cmdline: vec![],
+        },
     }
 }
 

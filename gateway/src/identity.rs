@@ -2,15 +2,22 @@
 //! (Kubernetes pod identity and service-account tokens build on this later.)
 use std::fs;
 
+use serde::{Deserialize, Serialize};
+
 use crate::cgroup;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The kernel-attested workload, as records, holds and policy all see it. Records flatten it:
+/// its fields sit beside the record's own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Workload {
     pub cgroup_id: u64,
-    /// cgroup path relative to the cgroup2 mount, if the process is still there.
+    /// The cgroup path relative to the cgroup2 mount, when the process still existed.
     pub cgroup: Option<String>,
+    /// Thread-group id (the process id) in the node's pid namespace.
     pub pid: u32,
+    /// /proc/PID/comm at connect time.
     pub process: String,
+    /// /proc/PID/cmdline at connect time.
     pub cmdline: Vec<String>,
 }
 

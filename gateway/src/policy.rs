@@ -7,7 +7,7 @@ use std::{collections::BTreeMap, time::Duration};
 
 use serde::Deserialize;
 
-use crate::patterns::Pattern;
+use crate::{identity::Workload, patterns::Pattern};
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -73,8 +73,7 @@ pub struct Match {
 /// What a policy decision is made about.
 pub struct Request<'a> {
     pub target: &'a str,
-    pub process: &'a str,
-    pub cgroup: &'a str,
+    pub workload: &'a Workload,
     pub method: &'a str,
     pub tool: Option<&'a str>,
     pub arguments: Option<&'a serde_json::Value>,
@@ -134,8 +133,9 @@ impl Match {
             Some(p) => value.is_some_and(|v| p.is_match(v)),
         };
         field(&self.target, Some(r.target))
-            && field(&self.process, Some(r.process))
-            && field(&self.cgroup, Some(r.cgroup))
+            && field(&self.process, Some(&r.workload.process))
+            // A workload whose cgroup is gone matches as the empty path, as it always has.
+            && field(&self.cgroup, Some(r.workload.cgroup.as_deref().unwrap_or("")))
             && field(&self.method, Some(r.method))
             && field(&self.tool, r.tool)
             && self.args.iter().all(|(path, pattern)| {
@@ -167,11 +167,18 @@ mod tests {
         serde_yaml_ng::from_str(yaml).unwrap()
     }
 
+    static PYTHON: std::sync::LazyLock<Workload> = std::sync::LazyLock::new(|| Workload {
+        cgroup_id: 7,
+        cgroup: Some("/x".into()),
+        pid: 1,
+        process: "python3".into(),
+        cmdline: vec!["python3".into()],
+    });
+
     fn call<'a>(tool: &'a str, args: &'a serde_json::Value) -> Request<'a> {
         Request {
             target: "demo-mcp",
-            process: "python3",
-            cgroup: "/x",
+            workload: &PYTHON,
             method: "tools/call",
             tool: Some(tool),
             arguments: Some(args),

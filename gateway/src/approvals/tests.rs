@@ -3,7 +3,7 @@ use std::time::Duration;
 use base64::Engine;
 
 use super::*;
-use crate::approvals::config::OidcConfig;
+use crate::{approvals::config::OidcConfig, identity::Workload};
 
 const LONG: Duration = Duration::from_secs(300);
 
@@ -19,9 +19,13 @@ fn hold(id: &str, requester: Option<Principal>) -> Hold {
         created_at: now,
         expires_at: now,
         target: "demo-mcp".into(),
-        process: "python3".into(),
-        pid: 1,
-        cgroup: "/x".into(),
+        workload: Workload {
+            cgroup_id: 7,
+            cgroup: Some("/x".into()),
+            pid: 1,
+            process: "python3".into(),
+            cmdline: vec!["python3".into()],
+        },
         requester,
         method: "tools/call".into(),
         tool: Some("trigger-x".into()),

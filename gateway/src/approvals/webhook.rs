@@ -41,8 +41,8 @@ impl Webhook {
             "text": format!(
                 "Interlock is holding `{what}` on target `{}` from `{}` (pid {}) by rule `{}`. Decide with `interlock approvals approve {id} --reason …` or `deny`; it is denied at {}.",
                 hold.target,
-                hold.process,
-                hold.pid,
+                hold.workload.process,
+                hold.workload.pid,
                 hold.rule.as_deref().unwrap_or("default"),
                 hold.expires_at,
                 id = hold.hold_id,

@@ -88,7 +88,7 @@ pub fn list(config: &Config, from: Source, json: bool) -> Result<()> {
             s.id,
             started,
             s.target,
-            format!("{} ({})", s.process, s.pid),
+            format!("{} ({})", s.workload.process, s.workload.pid),
             s.original_dst,
             s.bytes_up,
             s.bytes_down,
@@ -251,12 +251,12 @@ pub fn render(records: &[&Record]) -> String {
                 let _ = writeln!(
                     out,
                     "  who:    pid {} `{}`  cgroup {} (id {})",
-                    s.pid,
-                    s.process,
-                    s.cgroup.as_deref().unwrap_or("?"),
-                    s.cgroup_id
+                    s.workload.pid,
+                    s.workload.process,
+                    s.workload.cgroup.as_deref().unwrap_or("?"),
+                    s.workload.cgroup_id
                 );
-                let _ = writeln!(out, "  cmd:    {}", s.cmdline.join(" "));
+                let _ = writeln!(out, "  cmd:    {}", s.workload.cmdline.join(" "));
                 let _ = writeln!(
                     out,
                     "  what:   {} -> {} (target {}, {})",

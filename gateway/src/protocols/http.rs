@@ -32,7 +32,6 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::mcp;
-use crate::sse::SseParser;
 use crate::{
     approvals::{self, Approvals, HoldWait, Verdict},
     masking::{
@@ -51,6 +50,7 @@ use crate::{
     },
     telemetry::events::{InternalEvent, SecretsMasked},
 };
+use crate::{identity::Workload, sse::SseParser};
 
 type ProxyBody = Either<Full<Bytes>, Channel<Bytes, std::io::Error>>;
 type Pump = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -96,7 +96,7 @@ impl Driven {
 pub struct HttpSession {
     pub session: SessionRecorder,
     pub target: Target,
-    pub workload: ClientWorkload,
+    pub workload: Workload,
     pub policy: Arc<Policy>,
     bytes_up: AtomicU64,
     bytes_down: AtomicU64,
@@ -114,13 +114,6 @@ pub struct HttpSession {
     mcp_sessions: Arc<mcp::McpSessions>,
     masker: Arc<Masker>,
     approvals: Arc<Approvals>,
-}
-
-/// The kernel-attested workload behind the connection, as policy and holds see it.
-pub struct ClientWorkload {
-    pub pid: u32,
-    pub process: String,
-    pub cgroup: String,
 }
 
 /// Where masking applies to one exchange: the target's setting, or a matching rule's.
@@ -141,7 +134,7 @@ impl HttpSession {
     pub fn new(
         session: SessionRecorder,
         target: Target,
-        workload: ClientWorkload,
+        workload: Workload,
         policy: Arc<Policy>,
         services: NodeServices,
         redial: Redial,
@@ -741,9 +734,7 @@ async fn open_hold(
         created_at,
         expires_at: created_at + timeout,
         target: ctx.target.name.clone(),
-        process: ctx.workload.process.clone(),
-        pid: ctx.workload.pid,
-        cgroup: ctx.workload.cgroup.clone(),
+        workload: ctx.workload.clone(),
         requester: approvals::requester_of(header_str(headers, "authorization")),
         method: held.method.clone(),
         tool: held.tool.clone(),
@@ -1465,8 +1456,7 @@ fn evaluate_mcp(ctx: &HttpSession, headers: &HeaderMap, body: &Bytes) -> McpEval
             },
             None => ctx.policy.decide(&crate::policy::Request {
                 target: &ctx.target.name,
-                process: &ctx.workload.process,
-                cgroup: &ctx.workload.cgroup,
+                workload: &ctx.workload,
                 method,
                 tool: fields.tool,
                 arguments: fields.arguments,

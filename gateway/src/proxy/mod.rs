@@ -33,7 +33,7 @@ use crate::{
     protocols::target::Protocol,
     protocols::{
         self,
-        http::{ClientWorkload, HttpSession, NodeServices, Redial},
+        http::{HttpSession, NodeServices, Redial},
         mcp::McpSessions,
     },
     recording::config::WhenFull,
@@ -211,19 +211,13 @@ impl<C: UpstreamConnector> Proxy<C> {
         let session_id = uuid::Uuid::now_v7().to_string();
         let session = self.recorder.session(&session_id);
         let started = Instant::now();
-        let (pid, process) = (workload.pid, workload.process.clone());
-        let cgroup = workload.cgroup.clone().unwrap_or_default();
         let start = SessionStart {
             node: self.node.clone(),
             target: target.name.clone(),
             protocol: target.protocol.to_string(),
             original_dst: original_dst.to_string(),
             client_addr: peer.to_string(),
-            cgroup_id: workload.cgroup_id,
-            cgroup: workload.cgroup,
-            pid: workload.pid,
-            process: workload.process,
-            cmdline: workload.cmdline,
+            workload: workload.clone(),
         };
         let _permit = match self.limits.try_acquire(origin.cgroup_id) {
             Ok(permit) => permit,
@@ -232,7 +226,7 @@ impl<C: UpstreamConnector> Proxy<C> {
                     session_id: &session_id,
                     peer,
                     cgroup_id: origin.cgroup_id,
-                    process: &process,
+                    process: &workload.process,
                     refusal,
                 }
                 .emit();
@@ -270,8 +264,8 @@ impl<C: UpstreamConnector> Proxy<C> {
                 target: &target.name,
                 client: peer,
                 original_dst,
-                pid,
-                process: &process,
+                pid: workload.pid,
+                process: &workload.process,
             }
             .emit();
         }
@@ -311,11 +305,7 @@ impl<C: UpstreamConnector> Proxy<C> {
                         let (http, pumps) = HttpSession::new(
                             session.clone(),
                             target.clone(),
-                            ClientWorkload {
-                                pid,
-                                process,
-                                cgroup,
-                            },
+                            workload,
                             policy,
                             NodeServices {
                                 mcp_sessions: self.mcp_sessions.clone(),

@@ -770,6 +770,7 @@ pub(crate) fn test_recorder(dir: &Path) -> (Recorder, RecorderThread, watch::Rec
 #[cfg(test)]
 mod tests {
     use super::{record::Outcome, *};
+    use crate::identity::Workload;
 
     fn session_start() -> SessionStart {
         SessionStart {
@@ -778,11 +779,13 @@ mod tests {
             protocol: "tcp".into(),
             original_dst: "127.0.0.1:1".into(),
             client_addr: "127.0.0.1:2".into(),
-            cgroup_id: 7,
-            cgroup: None,
-            pid: 1,
-            process: "p".into(),
-            cmdline: vec![],
+            workload: Workload {
+                cgroup_id: 7,
+                cgroup: None,
+                pid: 1,
+                process: "p".into(),
+                cmdline: vec![],
+            },
         }
     }
 

@@ -5,6 +5,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use time::OffsetDateTime;
 
 use super::chain::Seal;
+use crate::identity::Workload;
 pub use crate::vocabulary::{Direction, HoldOutcome, Outcome};
 
 pub const SCHEMA_VERSION: u32 = 1;
@@ -117,15 +118,8 @@ pub struct SessionStart {
     pub original_dst: String,
     /// The client's source address as the proxy saw it.
     pub client_addr: String,
-    pub cgroup_id: u64,
-    /// The cgroup path relative to the cgroup2 mount, when the process still existed.
-    pub cgroup: Option<String>,
-    /// Thread-group id (the process id) in the node's pid namespace.
-    pub pid: u32,
-    /// /proc/PID/comm at connect time.
-    pub process: String,
-    /// /proc/PID/cmdline at connect time.
-    pub cmdline: Vec<String>,
+    #[serde(flatten)]
+    pub workload: Workload,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -193,10 +187,8 @@ pub struct Hold {
     #[serde(with = "time::serde::rfc3339")]
     pub expires_at: OffsetDateTime,
     pub target: String,
-    /// The kernel-attested workload: process name, pid and cgroup.
-    pub process: String,
-    pub pid: u32,
-    pub cgroup: String,
+    #[serde(flatten)]
+    pub workload: Workload,
     /// Who the workload's own bearer token names, if it sent one (not verified here; used
     /// to refuse self-approval).
     pub requester: Option<Principal>,
@@ -331,9 +323,13 @@ mod tests {
                 created_at: ts,
                 expires_at: ts,
                 target: "t".into(),
-                process: "p".into(),
-                pid: 1,
-                cgroup: "/c".into(),
+                workload: Workload {
+                    cgroup_id: 7,
+                    cgroup: Some("/c".into()),
+                    pid: 1,
+                    process: "p".into(),
+                    cmdline: vec!["p".into()],
+                },
                 requester: None,
                 method: "tools/call".into(),
                 tool: Some("x".into()),

@@ -11,6 +11,7 @@ use super::{
     record::{Direction, Record, RecordBody},
     store::{self, Damage, StoredRecord},
 };
+use crate::identity::Workload;
 
 fn mcp(record: &Record) -> Option<&super::record::McpMessage> {
     match &record.body {
@@ -26,11 +27,8 @@ pub struct SessionSummary {
     pub target: String,
     pub original_dst: String,
     pub client_addr: String,
-    pub cgroup_id: u64,
-    pub cgroup: Option<String>,
-    pub pid: u32,
-    pub process: String,
-    pub cmdline: Vec<String>,
+    #[serde(flatten)]
+    pub workload: Workload,
     #[serde(with = "time::serde::rfc3339")]
     pub started_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339::option")]
@@ -82,11 +80,7 @@ impl Store {
                             target: s.target.clone(),
                             original_dst: s.original_dst.clone(),
                             client_addr: s.client_addr.clone(),
-                            cgroup_id: s.cgroup_id,
-                            cgroup: s.cgroup.clone(),
-                            pid: s.pid,
-                            process: s.process.clone(),
-                            cmdline: s.cmdline.clone(),
+                            workload: s.workload.clone(),
                             started_at: record.ts,
                             ended_at: None,
                             bytes_up: 0,
