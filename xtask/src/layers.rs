@@ -168,6 +168,10 @@ fn imports(module: &str, text: &str) -> Vec<String> {
             .chars()
             .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == ':')
             .collect();
+        // The head of a use tree (`crate::a::{…}`) names no item: the tree was read above.
+        if code[at + path.len()..].starts_with('{') {
+            continue;
+        }
         paths.extend(resolve(module, path.trim_end_matches(':')));
     }
     paths
@@ -289,10 +293,15 @@ mod tests {
 
     #[test]
     fn use_trees_expand_and_resolve() {
-        let text =
-            "use crate::{a::{B as Z, c::D}, e};\nuse super::{f, g::H};\nlet x = crate::k::L;";
+        let text = "use crate::{a::{B as Z, c::D}, e};\nuse super::{f, g::H};\n\
+                    use crate::m::{n, o::{self, P}};\nlet x = crate::k::L;";
         let got = imports("x::y", text);
-        assert_eq!(got, ["a::B", "a::c::D", "e", "x::f", "x::g::H", "k::L"]);
+        assert_eq!(
+            got,
+            [
+                "a::B", "a::c::D", "e", "x::f", "x::g::H", "m::n", "m::o", "m::o::P", "k::L"
+            ]
+        );
     }
 
     #[test]

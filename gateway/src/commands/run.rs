@@ -255,7 +255,9 @@ async fn reload_policy<C: crate::proxy::upstream::UpstreamConnector>(
         };
         match Config::load(&path) {
             // Approvers are set up at start; a reload changes only the policy.
-            Ok(config) if config.policy.can_hold() && proxy.approvals.verifier.is_none() => {
+            Ok(config)
+                if config.policy.can_hold() && proxy.services.desk.approvals.verifier.is_none() =>
+            {
                 warn!(
                     why,
                     "policy not reloaded: it holds requests, but this gateway started without approvals.oidc, so nobody could decide them; restart it with approvals configured"
@@ -317,7 +319,7 @@ async fn sweep_vanished_cgroups(
         if open < peak / 2 {
             give_back_freed_memory();
         }
-        proxy.mcp_sessions.expire_idle();
+        proxy.services.desk.sessions.expire_idle();
         control.sweep_adopted().await;
         match dataplane.forget_vanished_cgroups() {
             Ok(0) => {}

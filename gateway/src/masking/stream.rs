@@ -21,6 +21,7 @@ impl Piece {
 }
 
 /// How a body is read for masking, chosen from its content type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BodyKind {
     Sse,
     Json,

@@ -1,7 +1,6 @@
 //! The node proxy: listeners, the accept path (origin lookup, identity, durable session
 //! start) and the hand-off to the relay.
 pub mod limits;
-pub mod relay;
 pub mod upstream;
 pub mod workers;
 
@@ -30,11 +29,10 @@ use crate::{
     identity::Workload,
     masking::Masker,
     policy::Policy,
-    protocols::target::Protocol,
     protocols::{
-        self,
-        http::{HttpSession, NodeServices, Redial},
-        mcp::McpSessions,
+        self, NodeServices, copy,
+        http::upstream::Redial,
+        mcp::{holds::HoldDesk, sessions::McpSessions},
     },
     recording::config::WhenFull,
     recording::{
@@ -64,9 +62,7 @@ pub struct Proxy<C> {
     listeners: tokio::sync::Mutex<HashSet<SocketAddr>>,
     /// The policy in force; replaced whole on reload, so a request sees one version.
     policy: RwLock<Arc<Policy>>,
-    pub mcp_sessions: Arc<McpSessions>,
-    masker: Arc<Masker>,
-    pub approvals: Arc<Approvals>,
+    pub services: NodeServices,
     limits: Arc<SessionLimits>,
 }
 
@@ -92,8 +88,13 @@ impl<C: UpstreamConnector> Proxy<C> {
         Arc::new(Proxy {
             workers,
             limits,
-            masker,
-            approvals,
+            services: NodeServices {
+                masker,
+                desk: Arc::new(HoldDesk {
+                    approvals,
+                    sessions: Arc::new(McpSessions::new(config.mcp_session_idle)),
+                }),
+            },
             node: config.node_name(),
             dataplane,
             recorder,
@@ -103,7 +104,6 @@ impl<C: UpstreamConnector> Proxy<C> {
             sessions: TaskTracker::new(),
             listeners: tokio::sync::Mutex::new(HashSet::new()),
             policy: RwLock::new(Arc::new(config.policy.clone())),
-            mcp_sessions: Arc::new(McpSessions::new(config.mcp_session_idle)),
             config,
         })
     }
@@ -200,8 +200,14 @@ impl<C: UpstreamConnector> Proxy<C> {
             spool.note_unrecorded();
             match self.connector.connect(original_dst).await {
                 Ok(upstream) => drop(
-                    relay::relay(client, upstream, None, &self.hard_stop, target.idle_timeout)
-                        .await,
+                    copy::relay(
+                        client.into_split(),
+                        upstream.into_split(),
+                        None,
+                        &self.hard_stop,
+                        target.idle_timeout,
+                    )
+                    .await,
                 ),
                 Err(_) => reset(client),
             }
@@ -289,42 +295,22 @@ impl<C: UpstreamConnector> Proxy<C> {
                 end(connect_failure_outcome(&e), 0, 0, Some(e.to_string()))
             }
             (Ok(()), Ok(upstream)) => {
-                let r = match target.protocol {
-                    Protocol::Tcp => {
-                        relay::relay(
-                            client,
-                            upstream,
-                            Some(&session),
-                            &self.hard_stop,
-                            target.idle_timeout,
-                        )
-                        .await
-                    }
-                    Protocol::Http | Protocol::Mcp => {
-                        let policy = self.policy.read().expect("policy lock").clone();
-                        let (http, pumps) = HttpSession::new(
-                            session.clone(),
-                            target.clone(),
-                            workload,
-                            policy,
-                            NodeServices {
-                                mcp_sessions: self.mcp_sessions.clone(),
-                                masker: self.masker.clone(),
-                                approvals: self.approvals.clone(),
-                            },
-                            self.redial(original_dst),
-                        );
-                        protocols::http::serve(
-                            client,
-                            upstream,
-                            Arc::new(http),
-                            pumps,
-                            &self.hard_stop,
-                        )
-                        .await
-                    }
+                let serving = protocols::Session {
+                    recorder: session.clone(),
+                    target: target.clone(),
+                    workload,
+                    policy: self.policy.read().expect("policy lock").clone(),
+                    hard_stop: self.hard_stop.clone(),
                 };
-                end(r.outcome, r.bytes_up, r.bytes_down, r.error)
+                let redial = self.redial(original_dst);
+                let r = protocols::serve(client, upstream, redial, serving, &self.services).await;
+                let outcome = r.outcome();
+                end(
+                    outcome,
+                    r.bytes_up,
+                    r.bytes_down,
+                    r.error.map(|e| e.to_string()),
+                )
             }
         };
         SessionEnded {

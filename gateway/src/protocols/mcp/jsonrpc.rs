@@ -1,136 +1,30 @@
 //! MCP messages: JSON-RPC 2.0, single or batched, summarised for the record and the policy.
-use std::{
-    collections::HashMap,
-    sync::Mutex,
-    time::{Duration, Instant},
-};
-
 use serde_json::{Value, json};
 
 use crate::{
-    recording::record::{Direction, McpMessage, Truncated},
-    telemetry::events::{InternalEvent, McpSessionEnded},
+    recording::record::{McpMessage, Truncated},
+    vocabulary::Direction,
 };
 
-/// MCP sessions seen on this node, by `Mcp-Session-Id`. A session ends with DELETE or, since
-/// TypeScript clients never send one, after `idle` without traffic.
-pub struct McpSessions {
-    idle: Duration,
-    sessions: Mutex<HashMap<String, Tracked>>,
-    /// Legacy HTTP+SSE streams by their POST endpoint (`/message?sessionId=…`): responses to
-    /// POSTs travel on the GET stream, so a denial is injected there.
-    legacy_streams: Mutex<HashMap<String, tokio::sync::mpsc::UnboundedSender<Value>>>,
-}
-
-struct Tracked {
-    target: String,
-    last_seen: Instant,
-}
-
-impl McpSessions {
-    pub fn new(idle: Duration) -> Self {
-        McpSessions {
-            idle,
-            sessions: Mutex::new(HashMap::new()),
-            legacy_streams: Mutex::new(HashMap::new()),
-        }
-    }
-
-    pub fn touch(&self, id: &str, target: &str) {
-        let mut sessions = self.sessions.lock().expect("sessions lock");
-        match sessions.get_mut(id) {
-            Some(tracked) => tracked.last_seen = Instant::now(),
-            None => {
-                sessions.insert(
-                    id.into(),
-                    Tracked {
-                        target: target.into(),
-                        last_seen: Instant::now(),
-                    },
-                );
-                crate::telemetry::metrics()
-                    .mcp_sessions_active
-                    .set(sessions.len() as i64);
-            }
-        }
-    }
-
-    pub fn close(&self, id: &str) {
-        let mut sessions = self.sessions.lock().expect("sessions lock");
-        if let Some(tracked) = sessions.remove(id) {
-            McpSessionEnded {
-                id,
-                target: &tracked.target,
-                how: "deleted",
-                active: sessions.len(),
-            }
-            .emit();
-        }
-    }
-
-    /// Forgets sessions idle for longer than the limit; returns how many.
-    pub fn expire_idle(&self) -> usize {
-        let mut sessions = self.sessions.lock().expect("sessions lock");
-        let expired: Vec<(String, String)> = sessions
-            .iter()
-            .filter(|(_, t)| t.last_seen.elapsed() > self.idle)
-            .map(|(id, t)| (id.clone(), t.target.clone()))
-            .collect();
-        for (id, target) in &expired {
-            sessions.remove(id);
-            McpSessionEnded {
-                id,
-                target,
-                how: "idle",
-                active: sessions.len(),
-            }
-            .emit();
-        }
-        expired.len()
-    }
-
-    /// A legacy GET stream announced `endpoint`; messages sent here are written into it.
-    pub fn register_legacy_stream(
-        &self,
-        endpoint: &str,
-    ) -> tokio::sync::mpsc::UnboundedReceiver<Value> {
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        self.legacy_streams
-            .lock()
-            .expect("streams lock")
-            .insert(endpoint.into(), tx);
-        rx
-    }
-
-    pub fn unregister_legacy_stream(&self, endpoint: &str) {
-        self.legacy_streams
-            .lock()
-            .expect("streams lock")
-            .remove(endpoint);
-    }
-
-    /// Whether `uri` is the POST endpoint of an open legacy stream.
-    pub fn is_legacy_endpoint(&self, uri: &str) -> bool {
-        self.legacy_streams
-            .lock()
-            .expect("streams lock")
-            .contains_key(uri)
-    }
-
-    /// Sends `message` down the legacy stream whose endpoint is `uri`; false if there is none.
-    pub fn inject_legacy(&self, uri: &str, message: Value) -> bool {
-        self.legacy_streams
-            .lock()
-            .expect("streams lock")
-            .get(uri)
-            .is_some_and(|tx| tx.send(message).is_ok())
-    }
+/// Why a body is not JSON-RPC; the text goes back to the client in a parse error.
+#[derive(Debug, thiserror::Error)]
+pub enum JsonRpcError {
+    #[error("empty JSON-RPC batch")]
+    EmptyBatch,
+    #[error("body is not JSON: {0}")]
+    NotJson(serde_json::Error),
+    #[error("JSON-RPC message is not an object")]
+    NotAnObject,
+    #[error("JSON-RPC message lacks \"jsonrpc\": \"2.0\"")]
+    NoVersion,
+    #[error("JSON-RPC message has neither a method nor a result or error")]
+    NeitherMethodNorResult,
 }
 
 /// The messages of a JSON-RPC body (a single object or a batch array).
-pub fn parse_messages(body: &[u8]) -> Result<Vec<Value>, String> {
+pub fn parse_messages(body: &[u8]) -> Result<Vec<Value>, JsonRpcError> {
     match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Array(batch)) if batch.is_empty() => Err("empty JSON-RPC batch".into()),
+        Ok(Value::Array(batch)) if batch.is_empty() => Err(JsonRpcError::EmptyBatch),
         Ok(Value::Array(batch)) => {
             batch.iter().try_for_each(check)?;
             Ok(batch)
@@ -139,21 +33,19 @@ pub fn parse_messages(body: &[u8]) -> Result<Vec<Value>, String> {
             check(&single)?;
             Ok(vec![single])
         }
-        Err(e) => Err(format!("body is not JSON: {e}")),
+        Err(e) => Err(JsonRpcError::NotJson(e)),
     }
 }
 
-fn check(message: &Value) -> Result<(), String> {
-    let object = message
-        .as_object()
-        .ok_or("JSON-RPC message is not an object")?;
+fn check(message: &Value) -> Result<(), JsonRpcError> {
+    let object = message.as_object().ok_or(JsonRpcError::NotAnObject)?;
     if object.get("jsonrpc") != Some(&Value::from("2.0")) {
-        return Err("JSON-RPC message lacks \"jsonrpc\": \"2.0\"".into());
+        return Err(JsonRpcError::NoVersion);
     }
     let has_method = object.get("method").is_some_and(Value::is_string);
     let is_response = object.contains_key("result") || object.contains_key("error");
     if !has_method && !is_response {
-        return Err("JSON-RPC message has neither a method nor a result or error".into());
+        return Err(JsonRpcError::NeitherMethodNorResult);
     }
     Ok(())
 }
@@ -275,18 +167,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sessions_end_by_delete_or_idleness() {
-        let sessions = McpSessions::new(Duration::from_millis(30));
-        sessions.touch("a", "t");
-        sessions.touch("b", "t");
-        sessions.close("a");
-        assert_eq!(sessions.sessions.lock().unwrap().len(), 1);
-        std::thread::sleep(Duration::from_millis(50));
-        assert_eq!(sessions.expire_idle(), 1);
-        assert_eq!(sessions.sessions.lock().unwrap().len(), 0);
-    }
-
-    #[test]
     fn single_batch_and_bad_messages() {
         let call = br#"{"jsonrpc":"2.0","id":0,"method":"tools/call","params":{"name":"echo","arguments":{"message":"hi"}}}"#;
         let m = parse_messages(call).unwrap();
@@ -308,12 +188,14 @@ mod tests {
         assert!(
             parse_messages(b"{\"id\":1}")
                 .unwrap_err()
+                .to_string()
                 .contains("jsonrpc")
         );
         assert!(parse_messages(b"[]").is_err());
         assert!(
             parse_messages(b"not json")
                 .unwrap_err()
+                .to_string()
                 .contains("not JSON")
         );
     }

@@ -1,49 +1,77 @@
-//! Byte-for-byte relay between client and upstream, recording each chunk before forwarding it.
-//! Both directions run concurrently so neither can block the other; half-closes are passed on.
+//! The copy loop: relays bytes between a client and an upstream, recording each chunk before
+//! it is forwarded. It runs over any stream: tcp sessions and upgraded HTTP connections
+//! (WebSocket) alike. Both directions run concurrently so neither can block the other, and
+//! half-closes are passed on.
 use std::{
+    future::Future,
     io,
     sync::atomic::{AtomicU64, Ordering},
     time::Duration,
 };
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use tokio::{
-    io::AsyncWriteExt,
-    net::{
-        TcpStream,
-        tcp::{OwnedReadHalf, OwnedWriteHalf},
-    },
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
+    net::tcp::OwnedReadHalf,
     time::{Instant, sleep},
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::recording::{
-    SessionRecorder,
-    record::{Direction, Outcome},
-};
+use super::error::{SessionError, SessionResult};
+use crate::{recording::SessionRecorder, vocabulary::Direction};
 
 /// Read size per chunk. Each chunk becomes one data record.
 const CHUNK: usize = 16 * 1024;
 
-#[derive(Debug)]
-pub struct RelayResult {
-    pub bytes_up: u64,
-    pub bytes_down: u64,
-    pub outcome: Outcome,
-    pub error: Option<String>,
+/// Where one direction's bytes come from, a chunk at a time; None at the end.
+pub trait Source: Send {
+    fn next_chunk(&mut self) -> impl Future<Output = io::Result<Option<Bytes>>> + Send;
+}
+
+/// A TCP socket waits for data before it takes a buffer: an idle session holds none.
+impl Source for OwnedReadHalf {
+    async fn next_chunk(&mut self) -> io::Result<Option<Bytes>> {
+        loop {
+            self.readable().await?;
+            let mut buf = BytesMut::with_capacity(CHUNK);
+            match self.try_read_buf(&mut buf) {
+                Ok(0) => return Ok(None),
+                Ok(_) => return Ok(Some(buf.freeze())),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// Any other stream (an upgraded connection) is read into a buffer it holds while it waits.
+pub struct AnyStream<R>(pub R);
+
+impl<R: AsyncRead + Unpin + Send> Source for AnyStream<R> {
+    async fn next_chunk(&mut self) -> io::Result<Option<Bytes>> {
+        let mut buf = BytesMut::with_capacity(CHUNK);
+        match self.0.read_buf(&mut buf).await? {
+            0 => Ok(None),
+            _ => Ok(Some(buf.freeze())),
+        }
+    }
 }
 
 /// Relays until both sides are done, or neither sends a byte for `idle_timeout`. `session`
 /// is None only for sessions let through unrecorded under `when_full: fail_open`.
-pub async fn relay(
-    client: TcpStream,
-    upstream: TcpStream,
+pub async fn relay<CR, CW, UR, UW>(
+    (client_read, client_write): (CR, CW),
+    (upstream_read, upstream_write): (UR, UW),
     session: Option<&SessionRecorder>,
     hard_stop: &CancellationToken,
     idle_timeout: Duration,
-) -> RelayResult {
-    let (client_read, client_write) = client.into_split();
-    let (upstream_read, upstream_write) = upstream.into_split();
+) -> SessionResult
+where
+    CR: Source,
+    UR: Source,
+    CW: AsyncWrite + Unpin + Send,
+    UW: AsyncWrite + Unpin + Send,
+{
     let bytes_up = AtomicU64::new(0);
     let bytes_down = AtomicU64::new(0);
     let up = pump(
@@ -68,78 +96,45 @@ pub async fn relay(
     let mut moved_at_last_check = 0;
 
     let (mut up_done, mut down_done) = (false, false);
-    let failure = loop {
+    let error = loop {
         tokio::select! {
             result = &mut up, if !up_done => match result {
                 Ok(()) => up_done = true,
-                Err(e) => break Some((classify(&e), e.to_string())),
+                Err(e) => break Some(SessionError::Io(e)),
             },
             result = &mut down, if !down_done => match result {
                 Ok(()) => down_done = true,
-                Err(e) => break Some((classify(&e), e.to_string())),
+                Err(e) => break Some(SessionError::Io(e)),
             },
             () = &mut idle => {
                 if moved() == moved_at_last_check {
-                    break Some((
-                        Outcome::Timeout,
-                        format!("idle for {}: no byte either way (idle_timeout)", humantime::format_duration(idle_timeout)),
-                    ));
+                    break Some(SessionError::Idle(idle_timeout));
                 }
                 moved_at_last_check = moved();
                 idle.as_mut().reset(Instant::now() + idle_timeout);
             }
-            _ = hard_stop.cancelled() => {
-                break Some((Outcome::Shutdown, "gateway shut down before the session ended".into()));
-            }
+            _ = hard_stop.cancelled() => break Some(SessionError::Shutdown),
         }
         if up_done && down_done {
             break None;
         }
     };
-    let (outcome, error) = match failure {
-        None => (Outcome::Closed, None),
-        Some((outcome, error)) => (outcome, Some(error)),
-    };
-    RelayResult {
+    SessionResult {
         bytes_up: bytes_up.load(Ordering::Relaxed),
         bytes_down: bytes_down.load(Ordering::Relaxed),
-        outcome,
         error,
     }
 }
 
-fn classify(e: &io::Error) -> Outcome {
-    match e.kind() {
-        io::ErrorKind::ConnectionReset
-        | io::ErrorKind::ConnectionAborted
-        | io::ErrorKind::BrokenPipe => Outcome::Reset,
-        _ => Outcome::Error,
-    }
-}
-
-/// Copies one direction until EOF, then half-closes the other side. A buffer exists only
-/// while there is something to read: an idle session holds none.
+/// Copies one direction until EOF, then half-closes the other side.
 async fn pump(
-    from: OwnedReadHalf,
-    mut to: OwnedWriteHalf,
+    mut from: impl Source,
+    mut to: impl AsyncWrite + Unpin,
     direction: Direction,
     session: Option<&SessionRecorder>,
     counter: &AtomicU64,
 ) -> io::Result<()> {
-    loop {
-        from.readable().await?;
-        let mut buf = BytesMut::with_capacity(CHUNK);
-        match from.try_read_buf(&mut buf) {
-            Ok(0) => {
-                // A peer that already went away cannot take our FIN; that is not an error.
-                let _ = to.shutdown().await;
-                return Ok(());
-            }
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(e),
-        }
-        let chunk = buf.freeze();
+    while let Some(chunk) = from.next_chunk().await? {
         counter.fetch_add(chunk.len() as u64, Ordering::Relaxed);
         // Recorded before it is forwarded: what reaches the peer is always in the record.
         if let Some(session) = session {
@@ -147,6 +142,9 @@ async fn pump(
         }
         to.write_all(&chunk).await?;
     }
+    // A peer that already went away cannot take our FIN; that is not an error.
+    let _ = to.shutdown().await;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -154,7 +152,10 @@ mod tests {
     use tokio::io::AsyncReadExt;
 
     use super::*;
-    use crate::recording::{record::RecordBody, store};
+    use crate::{
+        recording::{record::RecordBody, store},
+        vocabulary::Outcome,
+    };
 
     /// Real TCP sockets on loopback, in-process: an echo-like peer that answers after the
     /// client half-closes, which only works if half-close is propagated.
@@ -185,8 +186,8 @@ mod tests {
         let (client, _) = proxy_listener.accept().await.unwrap();
         let upstream = tokio::net::TcpStream::connect(upstream_addr).await.unwrap();
         let result = relay(
-            client,
-            upstream,
+            client.into_split(),
+            upstream.into_split(),
             Some(&session),
             &CancellationToken::new(),
             Duration::from_secs(60),
@@ -195,7 +196,7 @@ mod tests {
         upstream_task.await.unwrap();
         assert_eq!(client_task.await.unwrap(), vec![7u8; 200_000]);
         assert_eq!((result.bytes_up, result.bytes_down), (100_000, 200_000));
-        assert_eq!(result.outcome, Outcome::Closed);
+        assert_eq!(result.outcome(), Outcome::Closed);
 
         drop(session);
         writer.stop(&recorder).await;

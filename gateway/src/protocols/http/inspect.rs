@@ -1,0 +1,132 @@
+//! What a protocol inspector plugs into the HTTP layer: a decision on each request before
+//! anything goes upstream, and a reader for each answer as it streams back. MCP is one
+//! inspector; a target of protocol `http` gets `Plain`, which records and forwards.
+use std::{future::Future, pin::Pin, sync::Arc};
+
+use bytes::Bytes;
+use hyper::{
+    Response,
+    http::{request, response},
+};
+
+use super::{reply::ProxyBody, upstream::Upstream};
+use crate::{
+    masking::stream::BodyKind,
+    protocols::l7::{Exchange, Masking},
+    vocabulary::Direction,
+};
+
+pub trait Inspector: Send + Sync + 'static {
+    /// What the inspector keeps of a forwarded request, to read its answer.
+    type Answering: Send + 'static;
+    type Reader: ResponseReader;
+
+    /// Decides a request whose complete body is `body`. The inspector records the body (with
+    /// `ExchangeLog::request_body`, under the masking it chose) and what it read in it.
+    fn on_request(
+        &self,
+        exchange: &Arc<Exchange>,
+        upstream: &Arc<Upstream>,
+        head: &request::Parts,
+        body: Bytes,
+    ) -> impl Future<Output = Verdict<Self::Answering>> + Send;
+
+    /// A reader for the answer to a forwarded request; `get_stream` for a GET's answer.
+    fn on_response(
+        &self,
+        exchange: &Exchange,
+        answering: Self::Answering,
+        head: &response::Parts,
+        kind: BodyKind,
+        get_stream: bool,
+    ) -> Self::Reader;
+}
+
+/// What becomes of one request.
+pub enum Verdict<A> {
+    /// Send it upstream.
+    Forward(Forward<A>),
+    /// Refused or answered by the gateway, in the protocol's own terms; nothing goes upstream.
+    Answer(Response<ProxyBody>),
+    /// Waits for a human decision, then is forwarded or answered. Nothing has gone upstream
+    /// yet, so the upstream response timeout does not run while it waits.
+    Hold(Pin<Box<dyn Future<Output = Verdict<A>> + Send>>),
+}
+
+pub struct Forward<A> {
+    /// The body to send: masked when the masking says requests are.
+    pub body: Bytes,
+    pub masking: Masking,
+    pub answering: A,
+}
+
+/// Reads one response body as it streams. Every piece passes through `on_piece` as it is
+/// recorded (masked unless `record_raw`), before it is forwarded.
+pub trait ResponseReader: Send + 'static {
+    /// Records the piece, and whatever the inspector reads in it.
+    fn on_piece(&mut self, exchange: &Exchange, recorded: Bytes)
+    -> impl Future<Output = ()> + Send;
+
+    /// Resolves when the gateway has something to write into this stream; never, for most.
+    fn injection(&mut self) -> impl Future<Output = ()> + Send;
+
+    /// What the gateway writes into the stream now, recorded; called between events only.
+    fn inject(&mut self, exchange: &Exchange) -> impl Future<Output = Vec<Bytes>> + Send;
+
+    /// Records what the inspector gathered once the body ends, complete or not.
+    fn finish(self, exchange: &Exchange) -> impl Future<Output = ()> + Send;
+}
+
+/// The inspector of `http` targets: every request is recorded and forwarded as it is.
+pub struct Plain;
+
+impl Inspector for Plain {
+    type Answering = ();
+    type Reader = PlainReader;
+
+    async fn on_request(
+        &self,
+        exchange: &Arc<Exchange>,
+        _upstream: &Arc<Upstream>,
+        _head: &request::Parts,
+        body: Bytes,
+    ) -> Verdict<()> {
+        let masking = exchange.target_masking();
+        let body = exchange.log.request_body(body, masking).await;
+        Verdict::Forward(Forward {
+            body,
+            masking,
+            answering: (),
+        })
+    }
+
+    fn on_response(
+        &self,
+        _exchange: &Exchange,
+        (): (),
+        _head: &response::Parts,
+        _kind: BodyKind,
+        _get_stream: bool,
+    ) -> PlainReader {
+        PlainReader
+    }
+}
+
+/// Records each piece of an answer and reads nothing in it.
+pub struct PlainReader;
+
+impl ResponseReader for PlainReader {
+    async fn on_piece(&mut self, exchange: &Exchange, recorded: Bytes) {
+        exchange.log.data(Direction::Down, recorded).await;
+    }
+
+    async fn injection(&mut self) {
+        std::future::pending().await
+    }
+
+    async fn inject(&mut self, _exchange: &Exchange) -> Vec<Bytes> {
+        Vec::new()
+    }
+
+    async fn finish(self, _exchange: &Exchange) {}
+}

@@ -1,0 +1,66 @@
+//! One request from the client: its head recorded, its body read whole (bounded by the
+//! target's `max_body_bytes`), the inspector's verdict on it, and then its way upstream.
+use std::sync::Arc;
+
+use http_body_util::{BodyExt, Limited};
+use hyper::{Request, Response, StatusCode, body::Incoming};
+
+use super::{
+    inspect::{Inspector, Verdict},
+    reply::{ProxyBody, generated_text},
+    response,
+    upstream::{Upstream, upstream_request},
+};
+use crate::protocols::l7::Exchange;
+
+pub async fn handle<I: Inspector>(
+    mut request: Request<Incoming>,
+    exchange: &Arc<Exchange>,
+    upstream: &Arc<Upstream>,
+    inspector: &I,
+) -> Response<ProxyBody> {
+    // Taken before anything else: an answer of 101 hands this connection to a tunnel.
+    let client_upgrade = hyper::upgrade::on(&mut request);
+    let (head, body) = request.into_parts();
+    exchange.log.request_head(&head).await;
+    let limit = exchange.target.max_body_bytes as usize;
+    let body = match Limited::new(body, limit).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) => {
+            let (status, message) = if e.is::<http_body_util::LengthLimitError>() {
+                (
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!(
+                        "request body over the {limit}-byte limit (max_body_bytes of target {})",
+                        exchange.target.name
+                    ),
+                )
+            } else {
+                (
+                    StatusCode::BAD_REQUEST,
+                    format!("request body ended early: {e}"),
+                )
+            };
+            return generated_text(exchange, status, message).await;
+        }
+    };
+    let mut verdict = inspector.on_request(exchange, upstream, &head, body).await;
+    loop {
+        match verdict {
+            Verdict::Hold(decided) => verdict = decided.await,
+            Verdict::Answer(answer) => return answer,
+            Verdict::Forward(forward) => {
+                let request = upstream_request(&head, forward.body.clone());
+                return response::forward(
+                    exchange,
+                    upstream,
+                    inspector,
+                    request,
+                    forward,
+                    client_upgrade,
+                )
+                .await;
+            }
+        }
+    }
+}
