@@ -6,14 +6,35 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use anyhow::{Context, Result, bail};
+/// Why the cgroup of a process, or the cgroup2 mount, could not be found.
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    /// Not a `source`: the message already says it, and `{:#}` would print it twice.
+    #[error("reading {path}: {error}")]
+    Read { path: String, error: io::Error },
+    #[error(
+        "no cgroup2 filesystem is mounted; Interlock needs cgroup v2 (mount it with \
+         `mount -t cgroup2 none /sys/fs/cgroup`)"
+    )]
+    NoCgroup2,
+    #[error("no cgroup v2 entry in /proc/{0}/cgroup")]
+    NotInCgroup2(String),
+}
+
+type Result<T> = std::result::Result<T, CgroupError>;
+
+fn read_error(path: impl Into<String>) -> impl FnOnce(io::Error) -> CgroupError {
+    let path = path.into();
+    move |error| CgroupError::Read { path, error }
+}
 
 /// The cgroup2 mount point, read from /proc/self/mountinfo. Nodes usually mount it at
 /// /sys/fs/cgroup; hybrid hosts at /sys/fs/cgroup/unified.
 pub fn cgroup2_mount() -> Result<PathBuf> {
-    let file = fs::File::open("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
+    const MOUNTINFO: &str = "/proc/self/mountinfo";
+    let file = fs::File::open(MOUNTINFO).map_err(read_error(MOUNTINFO))?;
     for line in io::BufReader::new(file).lines() {
-        let line = line?;
+        let line = line.map_err(read_error(MOUNTINFO))?;
         // Fields: id parent major:minor root mount-point options [optional...] - fstype ...
         let Some((left, right)) = line.split_once(" - ") else {
             continue;
@@ -24,10 +45,7 @@ pub fn cgroup2_mount() -> Result<PathBuf> {
             return Ok(PathBuf::from(unescape_mount_path(mount_point)));
         }
     }
-    bail!(
-        "no cgroup2 filesystem is mounted; Interlock needs cgroup v2 \
-         (mount it with `mount -t cgroup2 none /sys/fs/cgroup`)"
-    )
+    Err(CgroupError::NoCgroup2)
 }
 
 /// mountinfo escapes spaces and a few other bytes as octal (`\040`).
@@ -52,18 +70,18 @@ fn unescape_mount_path(raw: &str) -> String {
 
 /// The cgroup2 path of a process relative to the mount, from /proc/PID/cgroup (`0::/path`).
 pub fn cgroup_of(pid: &str) -> Result<PathBuf> {
-    let text = fs::read_to_string(format!("/proc/{pid}/cgroup"))
-        .with_context(|| format!("reading /proc/{pid}/cgroup"))?;
+    let path = format!("/proc/{pid}/cgroup");
+    let text = fs::read_to_string(&path).map_err(read_error(path))?;
     text.lines()
         .find_map(|l| l.strip_prefix("0::"))
         .map(|p| PathBuf::from(p.trim_start_matches('/')))
-        .context("no cgroup v2 entry in /proc/PID/cgroup")
+        .ok_or_else(|| CgroupError::NotInCgroup2(pid.to_string()))
 }
 
 /// The cgroup id the kernel reports through `bpf_get_current_cgroup_id`: the directory's inode.
 pub fn cgroup_id(path: &Path) -> Result<u64> {
     Ok(fs::metadata(path)
-        .with_context(|| format!("stat {}", path.display()))?
+        .map_err(read_error(path.display().to_string()))?
         .ino())
 }
 
@@ -75,7 +93,7 @@ pub fn wrap_parent(mount: &Path) -> Result<PathBuf> {
 }
 
 /// Ids of every cgroup under `root`; used to forget registrations whose cgroup is gone.
-pub fn all_cgroup_ids(root: &Path) -> Result<std::collections::HashSet<u64>> {
+pub fn all_cgroup_ids(root: &Path) -> std::collections::HashSet<u64> {
     let mut ids = std::collections::HashSet::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
@@ -92,7 +110,7 @@ pub fn all_cgroup_ids(root: &Path) -> Result<std::collections::HashSet<u64>> {
             }
         }
     }
-    Ok(ids)
+    ids
 }
 
 /// Kills every process in the cgroup (cgroup v2 `cgroup.kill`, Linux 5.14).

@@ -111,6 +111,8 @@ fn test() -> Result<()> {
     run(Command::new("cargo")
         .args(["fmt", "--all", "--", "--check"])
         .current_dir(&root))?;
+    step("module layers: no upward import, no circle");
+    layers::check(&root.join("gateway/src"))?;
     step("cargo clippy -D warnings");
     run(Command::new("cargo")
         .args(["clippy", "--locked", "--workspace", "--all-targets"])

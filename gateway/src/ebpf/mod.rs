@@ -248,7 +248,7 @@ impl Dataplane {
     /// pinned map still holds the old gateway's registrations), and empty wrap cgroups that
     /// no registration owns (left by a wrap or a gateway that was killed).
     pub fn forget_vanished_cgroups(&self) -> Result<usize> {
-        let live = cgroup::all_cgroup_ids(&self.cgroup_root)?;
+        let live = cgroup::all_cgroup_ids(&self.cgroup_root);
         let stale: Vec<u64> = self
             .intercepted_cgroups()
             .into_iter()

@@ -92,3 +92,5 @@ pub async fn serve(
         }
     }
 }
+#[cfg(test)]
+mod tests;

@@ -1,5 +1,5 @@
 //! The node proxy: listeners, the accept path (origin lookup, identity, durable session
-//! start) and the hand-off to the relay.
+//! start) and the hand-off to `protocols::serve`.
 pub mod limits;
 pub mod upstream;
 pub mod workers;

@@ -1,9 +1,13 @@
 //! Tamper evidence. Each record carries `prev_hash`, the SHA-256 of the previous record's
 //! exact bytes as written, so a session is a hash chain. `session_end` carries an ed25519
 //! seal over its own bytes (written without the seal), which covers the whole chain.
-use std::{fs, io::Write, os::unix::fs::OpenOptionsExt, path::Path};
+use std::{
+    fs,
+    io::{self, Write},
+    os::unix::fs::OpenOptionsExt,
+    path::{Path, PathBuf},
+};
 
-use anyhow::{Context, Result, bail};
 use base64::{Engine, engine::general_purpose::STANDARD as BASE64};
 use ed25519_dalek::{
     Signature, Signer, SigningKey, VerifyingKey,
@@ -11,6 +15,43 @@ use ed25519_dalek::{
 };
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+/// Why the signing key could not be loaded or made. Not `source`s: each message already
+/// says its cause, and `{:#}` would print it twice.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("reading the signing key {}: {error}; check recording.signing_key", path.display())]
+    Read { path: PathBuf, error: io::Error },
+    #[error(
+        "{} is not an ed25519 PKCS#8 PEM private key ({error}); create one with \
+         `openssl genpkey -algorithm ed25519 -out {}`", path.display(), path.display()
+    )]
+    NotAKey {
+        path: PathBuf,
+        error: ed25519_dalek::pkcs8::Error,
+    },
+    #[error("no OS randomness for a new signing key: {0}")]
+    NoRandomness(getrandom::Error),
+    #[error("encoding the new signing key: {0}")]
+    Encode(ed25519_dalek::pkcs8::Error),
+    #[error("creating the signing key {}: {error}", path.display())]
+    Create { path: PathBuf, error: io::Error },
+}
+
+/// Why a seal does not verify.
+#[derive(Debug, thiserror::Error)]
+pub enum SealError {
+    #[error("unknown seal algorithm `{0}`")]
+    UnknownAlgorithm(String),
+    #[error("sealed with key {sealed} but verifying with key {verifying}")]
+    OtherKey { sealed: String, verifying: String },
+    #[error("seal signature is not base64: {0}")]
+    NotBase64(base64::DecodeError),
+    #[error("seal signature has the wrong length: {0}")]
+    WrongLength(ed25519_dalek::SignatureError),
+    #[error("seal signature does not match: {0}")]
+    Mismatch(ed25519_dalek::SignatureError),
+}
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -41,7 +82,7 @@ pub struct Sealer {
 impl Sealer {
     /// Loads the PKCS#8 PEM key (as `openssl genpkey -algorithm ed25519` writes it). With
     /// `create_if_missing`, a new key is generated there (mode 0600).
-    pub fn load(path: &Path, create_if_missing: bool) -> Result<Sealer> {
+    pub fn load(path: &Path, create_if_missing: bool) -> Result<Sealer, KeyError> {
         if !path.exists() && create_if_missing {
             generate_key(path)?;
             tracing::warn!(
@@ -50,19 +91,13 @@ impl Sealer {
                  recording.signing_key (in Kubernetes, a Secret)"
             );
         }
-        let pem = fs::read_to_string(path).with_context(|| {
-            format!(
-                "reading the signing key {}; check recording.signing_key",
-                path.display()
-            )
+        let pem = fs::read_to_string(path).map_err(|error| KeyError::Read {
+            path: path.to_path_buf(),
+            error,
         })?;
-        let key = SigningKey::from_pkcs8_pem(&pem).map_err(|e| {
-            anyhow::anyhow!(
-                "{} is not an ed25519 PKCS#8 PEM private key ({e}); create one with \
-                 `openssl genpkey -algorithm ed25519 -out {}`",
-                path.display(),
-                path.display()
-            )
+        let key = SigningKey::from_pkcs8_pem(&pem).map_err(|error| KeyError::NotAKey {
+            path: path.to_path_buf(),
+            error,
         })?;
         Ok(Sealer {
             key_id: key_id(&key.verifying_key()),
@@ -88,44 +123,45 @@ pub fn key_id(key: &VerifyingKey) -> String {
 }
 
 /// Checks a seal against the `session_end` bytes it was made over.
-pub fn check_seal(key: &VerifyingKey, seal: &Seal, unsealed_end: &[u8]) -> Result<()> {
+pub fn check_seal(key: &VerifyingKey, seal: &Seal, unsealed_end: &[u8]) -> Result<(), SealError> {
     if seal.alg != "ed25519" {
-        bail!("unknown seal algorithm `{}`", seal.alg);
+        return Err(SealError::UnknownAlgorithm(seal.alg.clone()));
     }
     if seal.key_id != key_id(key) {
-        bail!(
-            "sealed with key {} but verifying with key {}",
-            seal.key_id,
-            key_id(key)
-        );
+        return Err(SealError::OtherKey {
+            sealed: seal.key_id.clone(),
+            verifying: key_id(key),
+        });
     }
     let bytes = BASE64
         .decode(&seal.signature)
-        .context("seal signature is not base64")?;
-    let signature = Signature::from_slice(&bytes).context("seal signature has the wrong length")?;
+        .map_err(SealError::NotBase64)?;
+    let signature = Signature::from_slice(&bytes).map_err(SealError::WrongLength)?;
     key.verify_strict(unsealed_end, &signature)
-        .context("seal signature does not match")?;
-    Ok(())
+        .map_err(SealError::Mismatch)
 }
 
-fn generate_key(path: &Path) -> Result<()> {
+fn generate_key(path: &Path) -> Result<(), KeyError> {
     let mut seed = [0u8; 32];
-    getrandom::fill(&mut seed).map_err(|e| anyhow::anyhow!("no OS randomness: {e}"))?;
+    getrandom::fill(&mut seed).map_err(KeyError::NoRandomness)?;
     let pem = SigningKey::from_bytes(&seed)
         .to_pkcs8_pem(LineEnding::LF)
-        .map_err(|e| anyhow::anyhow!("encoding the new key: {e}"))?;
+        .map_err(KeyError::Encode)?;
+    let create = |error| KeyError::Create {
+        path: path.to_path_buf(),
+        error,
+    };
     if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir)?;
+        fs::create_dir_all(dir).map_err(create)?;
     }
     let mut file = fs::OpenOptions::new()
         .create_new(true)
         .write(true)
         .mode(0o600)
         .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    file.write_all(pem.as_bytes())?;
-    file.sync_all()?;
-    Ok(())
+        .map_err(create)?;
+    file.write_all(pem.as_bytes()).map_err(create)?;
+    file.sync_all().map_err(create)
 }
 
 #[cfg(test)]
