@@ -11,7 +11,6 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use tokio::{
     io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
@@ -21,8 +20,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::{
-    cgroup,
-    ebpf::{Dataplane, ProxyAddrs},
+    cgroup::{self, CgroupError},
+    ebpf::{Dataplane, DataplaneError, ProxyAddrs},
     proxy::{Proxy, upstream::UpstreamConnector},
     telemetry::events::{
         CgroupAdopted, CgroupRegistered, CgroupUnregistered, ControlRequestRejected, InternalEvent,
@@ -71,24 +70,56 @@ pub struct ControlServer<C> {
     pub adopted: std::sync::Mutex<Vec<(u64, PathBuf)>>,
 }
 
+/// Why the control socket or a registration failed. Not `source`s: each message already
+/// says its cause, and `{:#}` would print it twice.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error(
+        "another gateway is already running on control socket {}; stop it first or give this \
+         one a different control_socket", .0.display()
+    )]
+    AlreadyRunning(PathBuf),
+    #[error("{doing}: {error}")]
+    Io {
+        doing: String,
+        error: std::io::Error,
+    },
+    /// Already says what to do (`Proxy::ensure_listener`).
+    #[error("{0}")]
+    Listen(std::io::Error),
+    #[error("{0}")]
+    Dataplane(#[from] DataplaneError),
+    #[error("{0}")]
+    Cgroup(#[from] CgroupError),
+}
+
+type Result<T> = std::result::Result<T, ControlError>;
+
+fn io_error(doing: String) -> impl FnOnce(std::io::Error) -> ControlError {
+    move |error| ControlError::Io { doing, error }
+}
+
 /// Binds the control socket, refusing to steal it from a gateway that is still running.
 pub async fn bind(path: &Path) -> Result<UnixListener> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::create_dir_all(dir).map_err(io_error(format!("creating {}", dir.display())))?;
     }
     if path.exists() {
         if UnixStream::connect(path).await.is_ok() {
-            bail!(
-                "another gateway is already running on control socket {}; stop it first or \
-                 give this one a different control_socket",
-                path.display()
-            );
+            return Err(ControlError::AlreadyRunning(path.to_path_buf()));
         }
-        std::fs::remove_file(path)?;
+        std::fs::remove_file(path).map_err(io_error(format!(
+            "removing the stale control socket {}",
+            path.display()
+        )))?;
     }
-    let listener = UnixListener::bind(path)
-        .with_context(|| format!("binding control socket {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    let listener = UnixListener::bind(path).map_err(io_error(format!(
+        "binding control socket {}",
+        path.display()
+    )))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io_error(
+        format!("making control socket {} private", path.display()),
+    ))?;
     Ok(listener)
 }
 
@@ -191,7 +222,10 @@ impl<C: UpstreamConnector> ControlServer<C> {
             },
             Some(ip @ IpAddr::V4(_)) => {
                 let addr = SocketAddr::new(ip, self.listen_v4.port());
-                self.proxy.ensure_listener(addr).await?;
+                self.proxy
+                    .ensure_listener(addr)
+                    .await
+                    .map_err(ControlError::Listen)?;
                 ProxyAddrs {
                     v4: Some(addr),
                     v6: None,
@@ -200,7 +234,10 @@ impl<C: UpstreamConnector> ControlServer<C> {
             Some(ip @ IpAddr::V6(_)) => {
                 let port = self.listen_v6.map_or(self.listen_v4.port(), |a| a.port());
                 let addr = SocketAddr::new(ip, port);
-                self.proxy.ensure_listener(addr).await?;
+                self.proxy
+                    .ensure_listener(addr)
+                    .await
+                    .map_err(ControlError::Listen)?;
                 ProxyAddrs {
                     v4: None,
                     v6: Some(addr),
@@ -218,11 +255,11 @@ impl<C: UpstreamConnector> ControlServer<C> {
             pod_proxy,
         ));
         std::fs::create_dir(&path)
-            .with_context(|| format!("creating cgroup {}", path.display()))?;
+            .map_err(io_error(format!("creating cgroup {}", path.display())))?;
         let id = cgroup::cgroup_id(&path)?;
         if let Err(e) = self.dataplane.register_cgroup(id, proxy) {
             let _ = std::fs::remove_dir(&path);
-            return Err(e);
+            return Err(e.into());
         }
         CgroupRegistered {
             cgroup_id: id,
@@ -243,7 +280,7 @@ impl<C: UpstreamConnector> ControlServer<C> {
             let registered = async {
                 let proxy = self.proxy_for(wrap.pod_proxy).await?;
                 self.dataplane.register_cgroup(wrap.cgroup_id, proxy)?;
-                anyhow::Ok(proxy)
+                Ok::<_, ControlError>(proxy)
             };
             match registered.await {
                 Ok(proxy) => {

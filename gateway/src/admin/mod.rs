@@ -11,7 +11,6 @@ use std::{
     },
 };
 
-use anyhow::{Context, Result};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{
@@ -36,9 +35,14 @@ pub struct Admin {
 }
 
 impl Admin {
-    pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
-        TcpListener::bind(addr).await.with_context(|| {
-            format!("cannot bind the admin listener on {addr}; change `admin` in the config")
+    pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+        TcpListener::bind(addr).await.map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!(
+                    "cannot bind the admin listener on {addr}: {e}; change `admin` in the config"
+                ),
+            )
         })
     }
 

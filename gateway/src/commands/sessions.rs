@@ -226,11 +226,11 @@ pub fn tail(config: &Config, from_latest: bool) -> Result<()> {
         source::tail(&client, &kinesis.stream, from_latest, |raw| {
             stdout.write_all(raw)?;
             stdout.write_all(b"\n")?;
-            stdout.flush()?;
-            Ok(())
+            stdout.flush()
         })
         .await
-    })
+    })?;
+    Ok(())
 }
 
 /// The human form: who, what, when, then the data in both directions.

@@ -4,6 +4,11 @@
 //! the kernel detaches everything and workloads connect directly. `fail_mode: closed` pins
 //! links and maps under `bpffs_dir`, so they outlive the process and keep redirecting to a
 //! listener that is gone, which refuses the connection until a gateway is back.
+//!
+//! - `error`: why the dataplane could not start or change;
+//! - `pins`: the links and maps pinned in bpffs.
+pub mod error;
+mod pins;
 
 use std::{
     collections::HashSet,
@@ -14,18 +19,19 @@ use std::{
     sync::Mutex,
 };
 
-use anyhow::{Context, Result, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData},
-    programs::{
-        CgroupAttachMode, CgroupSock, CgroupSockAddr, SockOps,
-        links::{FdLink, PinnedLink},
-    },
+    programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr, SockOps, links::FdLink},
 };
 use interlock_common::{AddrKey, InterceptConfig, NOT_A_TARGET, Origin, Settings, names};
 use tracing::{info, warn};
 
+pub use self::{error::DataplaneError, pins::detach_pinned};
+use self::{
+    error::{Result, step},
+    pins::{pin_link, prepare_bpffs},
+};
 use crate::{
     cgroup,
     config::{Config, FailMode},
@@ -114,10 +120,7 @@ impl Dataplane {
     /// Loads, attaches and configures the programs for this gateway process.
     pub fn start(config: &Config) -> Result<Self> {
         if EBPF_OBJECT.is_empty() {
-            bail!(
-                "this interlock binary was built without its eBPF object; \
-                 build it with `cargo xtask build` (which runs `cargo xtask build-ebpf` first)"
-            );
+            return Err(DataplaneError::NoObject);
         }
         let cgroup_root = cgroup::cgroup2_mount()?;
         let pin_dir = (config.fail_mode == FailMode::Closed).then(|| config.bpffs_dir.clone());
@@ -145,14 +148,13 @@ impl Dataplane {
         for (name, path) in &map_pins {
             loader.map_pin_path(name, path.as_path());
         }
-        let mut ebpf = loader.load(EBPF_OBJECT).context(
-            "loading the eBPF object failed; the gateway needs root (CAP_BPF, CAP_NET_ADMIN, \
-             CAP_SYS_ADMIN) and a kernel with BTF (5.14 or newer, as the README says)",
-        )?;
+        let mut ebpf = loader.load(EBPF_OBJECT).map_err(DataplaneError::Load)?;
         start_ebpf_logger(&mut ebpf);
 
-        let root = fs::File::open(&cgroup_root)
-            .with_context(|| format!("opening cgroup2 root {}", cgroup_root.display()))?;
+        let root = fs::File::open(&cgroup_root).map_err(step(format!(
+            "opening cgroup2 root {}",
+            cgroup_root.display()
+        )))?;
         let links_dir = pin_dir.as_ref().map(|d| d.join("links"));
         attach_all(&mut ebpf, &root, links_dir.as_deref())?;
         write_settings(&mut ebpf, config)?;
@@ -184,14 +186,16 @@ impl Dataplane {
     fn set_targets(&self, config: &Config, host_addrs: &HashSet<IpAddr>) -> Result<()> {
         let keys = target_keys(config, host_addrs)?;
         let mut targets = self.targets.lock().expect("targets lock");
-        let stale: Vec<AddrKey> = targets.keys().filter_map(Result::ok).collect();
+        let stale: Vec<AddrKey> = targets.keys().filter_map(|key| key.ok()).collect();
         for key in stale {
-            targets.remove(&key)?;
+            targets
+                .remove(&key)
+                .map_err(step("removing a stale target from the TARGETS map"))?;
         }
         for (key, index) in keys {
             targets
                 .insert(key, index, 0)
-                .context("adding a target to the TARGETS map (is it full?)")?;
+                .map_err(step("adding a target to the TARGETS map (is it full?)"))?;
         }
         Ok(())
     }
@@ -199,7 +203,7 @@ impl Dataplane {
     /// Makes HOST_ADDRS hold the host's current non-loopback addresses; returns them.
     pub fn refresh_host_addrs(&self) -> Result<HashSet<IpAddr>> {
         let current: HashSet<IpAddr> = if_addrs::get_if_addrs()
-            .context("listing the host's network addresses")?
+            .map_err(step("listing the host's network addresses"))?
             .into_iter()
             .map(|interface| canonical_ip(interface.ip()))
             .filter(|ip| !ip.is_loopback())
@@ -207,13 +211,14 @@ impl Dataplane {
         let word_key = |ip: &IpAddr| addr_key(SocketAddr::new(*ip, 0)).addr;
         let wanted: HashSet<[u32; 4]> = current.iter().map(word_key).collect();
         let mut map = self.host_addrs.lock().expect("host addrs lock");
-        let stored: Vec<[u32; 4]> = map.keys().filter_map(Result::ok).collect();
+        let stored: Vec<[u32; 4]> = map.keys().filter_map(|key| key.ok()).collect();
         for gone in stored.iter().filter(|key| !wanted.contains(*key)) {
             let _ = map.remove(gone);
         }
         for key in wanted.iter().filter(|key| !stored.contains(key)) {
-            map.insert(*key, 1, 0)
-                .context("adding a host address to the HOST_ADDRS map (is it full?)")?;
+            map.insert(*key, 1, 0).map_err(step(
+                "adding a host address to the HOST_ADDRS map (is it full?)",
+            ))?;
         }
         Ok(current)
     }
@@ -223,7 +228,9 @@ impl Dataplane {
             .lock()
             .expect("intercept lock")
             .insert(cgroup_id, proxy.to_intercept_config(), 0)
-            .context("adding the cgroup to the INTERCEPT_CGROUPS map (is it full?)")
+            .map_err(step(
+                "adding the cgroup to the INTERCEPT_CGROUPS map (is it full?)",
+            ))
     }
 
     pub fn unregister_cgroup(&self, cgroup_id: u64) {
@@ -240,7 +247,7 @@ impl Dataplane {
             .lock()
             .expect("intercept lock")
             .keys()
-            .filter_map(Result::ok)
+            .filter_map(|key| key.ok())
             .collect()
     }
 
@@ -341,11 +348,13 @@ fn target_keys(config: &Config, host_addrs: &HashSet<IpAddr>) -> Result<Vec<(Add
         match keys.iter().find(|(k, ..)| *k == key) {
             // listen and listen_v6 share a port.
             Some((_, NOT_A_TARGET, ..)) if value == NOT_A_TARGET => continue,
-            Some((_, _, other, other_address)) => bail!(
-                "{other} ({other_address}) and {label} ({address}) are the same port of this \
-                 host: a listener there is reached through every address of the host, so keep \
-                 one of them"
-            ),
+            Some((_, _, other, other_address)) => {
+                return Err(DataplaneError::Invalid(format!(
+                    "{other} ({other_address}) and {label} ({address}) are the same port of \
+                     this host: a listener there is reached through every address of the host, \
+                     so keep one of them"
+                )));
+            }
             None => keys.push((key, value, label, address)),
         }
     }
@@ -363,10 +372,12 @@ fn write_settings(ebpf: &mut Ebpf, config: &Config) -> Result<()> {
     };
     let map = ebpf
         .map_mut(names::SETTINGS)
-        .context("map SETTINGS missing from object")?;
-    let mut array: Array<_, Settings> = Array::try_from(map)?;
-    array.set(0, settings, 0)?;
-    Ok(())
+        .ok_or_else(|| DataplaneError::Invalid("map SETTINGS missing from object".into()))?;
+    let mut array: Array<_, Settings> =
+        Array::try_from(map).map_err(step("opening the SETTINGS map"))?;
+    array
+        .set(0, settings, 0)
+        .map_err(step("writing the SETTINGS map"))
 }
 
 fn take_map<K: aya::Pod, V: aya::Pod>(
@@ -375,8 +386,8 @@ fn take_map<K: aya::Pod, V: aya::Pod>(
 ) -> Result<HashMap<MapData, K, V>> {
     let map = ebpf
         .take_map(name)
-        .with_context(|| format!("map {name} missing from object"))?;
-    HashMap::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
+        .ok_or_else(|| DataplaneError::Invalid(format!("map {name} missing from object")))?;
+    HashMap::try_from(map).map_err(step(format!("map {name} has an unexpected type")))
 }
 
 /// Loads and attaches one program at the cgroup2 root, pinning its link in closed mode.
@@ -384,12 +395,15 @@ macro_rules! attach_program {
     ($ebpf:expr, $ty:ty, $name:expr, $root:expr, $links_dir:expr) => {{
         let prog: &mut $ty = program($ebpf, $name)?;
         prog.load()
-            .with_context(|| format!("the verifier rejected {}", $name))?;
+            .map_err(step(format!("the verifier rejected {}", $name)))?;
         let id = prog
             .attach($root.as_fd(), CgroupAttachMode::Single)
-            .with_context(|| format!("attaching {} at the cgroup2 root", $name))?;
+            .map_err(step(format!("attaching {} at the cgroup2 root", $name)))?;
         if let Some(dir) = $links_dir {
-            pin_link(FdLink::try_from(prog.take_link(id)?)?, &dir.join($name))?;
+            let doing = || format!("taking the link of {} to pin it", $name);
+            let link = prog.take_link(id).map_err(step(doing()))?;
+            let link = FdLink::try_from(link).map_err(step(doing()))?;
+            pin_link(link, &dir.join($name))?;
         }
     }};
 }
@@ -414,95 +428,9 @@ where
 {
     let prog = ebpf
         .program_mut(name)
-        .with_context(|| format!("program {name} missing"))?;
-    Ok(prog.try_into()?)
-}
-
-/// Pins a new link, replacing (and so detaching) the one an earlier gateway pinned. The new
-/// link is attached before the old one goes, so there is no window without redirection.
-fn pin_link(link: FdLink, path: &Path) -> Result<()> {
-    if path.exists() {
-        let old = PinnedLink::from_pin(path)
-            .with_context(|| format!("opening pinned link {}", path.display()))?;
-        drop(old.unpin()?);
-    }
-    link.pin(path)
-        .with_context(|| format!("pinning link at {}", path.display()))?;
-    Ok(())
-}
-
-/// Makes sure `dir` is on a bpf filesystem, mounting bpffs at /sys/fs/bpf if needed.
-fn prepare_bpffs(dir: &Path) -> Result<()> {
-    const BPF_FS_MAGIC: i64 = 0xcafe4a11;
-    let bpffs_root = Path::new("/sys/fs/bpf");
-    if !dir.starts_with(bpffs_root) {
-        bail!("bpffs_dir {} must be under /sys/fs/bpf", dir.display());
-    }
-    if dir.to_string_lossy().contains('.') {
-        bail!(
-            "bpffs_dir {} contains a dot, which bpffs refuses in names; rename it",
-            dir.display()
-        );
-    }
-    if statfs_type(bpffs_root)? != BPF_FS_MAGIC {
-        // SAFETY: mount(2) with static, NUL-terminated arguments.
-        let rc = unsafe {
-            libc::mount(
-                c"bpffs".as_ptr(),
-                c"/sys/fs/bpf".as_ptr(),
-                c"bpf".as_ptr(),
-                0,
-                std::ptr::null(),
-            )
-        };
-        if rc != 0 {
-            bail!(
-                "fail_mode: closed needs bpffs at /sys/fs/bpf and mounting it failed: {}; \
-                 mount it on the host (`mount -t bpf bpffs /sys/fs/bpf`) and pass it to the pod",
-                std::io::Error::last_os_error()
-            );
-        }
-        info!("mounted bpffs at /sys/fs/bpf");
-    }
-    for sub in ["maps", "links"] {
-        fs::create_dir_all(dir.join(sub))
-            .with_context(|| format!("creating {}", dir.join(sub).display()))?;
-    }
-    Ok(())
-}
-
-fn statfs_type(path: &Path) -> Result<i64> {
-    use std::os::unix::ffi::OsStrExt;
-    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())?;
-    let mut buf: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: valid path and out-buffer.
-    if unsafe { libc::statfs(c_path.as_ptr(), &mut buf) } != 0 {
-        return Err(std::io::Error::last_os_error()).context("statfs /sys/fs/bpf");
-    }
-    Ok(buf.f_type as i64)
-}
-
-/// Unpins every link and map a closed-mode gateway left behind, which detaches the programs.
-pub fn detach_pinned(dir: &Path) -> Result<()> {
-    if !dir.exists() {
-        return Ok(());
-    }
-    let links = dir.join("links");
-    if links.exists() {
-        for entry in fs::read_dir(&links)? {
-            let path = entry?.path();
-            match PinnedLink::from_pin(&path) {
-                Ok(link) => drop(link.unpin()?),
-                Err(e) => {
-                    warn!(path = %path.display(), error = %e, "not a pinned link; removing file");
-                    fs::remove_file(&path)?;
-                }
-            }
-        }
-    }
-    fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
-    info!(dir = %dir.display(), "pinned programs and maps removed");
-    Ok(())
+        .ok_or_else(|| DataplaneError::Invalid(format!("program {name} missing from object")))?;
+    prog.try_into()
+        .map_err(step(format!("program {name} has an unexpected type")))
 }
 
 /// SO_NETNS_COOKIE (Linux 5.14); not yet exported by the libc crate.
@@ -510,7 +438,8 @@ const SO_NETNS_COOKIE: libc::c_int = 71;
 
 /// The cookie of the network namespace the gateway runs in (the host's).
 fn own_netns_cookie() -> Result<u64> {
-    let socket = std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
+    let socket = std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
+        .map_err(step("opening a socket to read the host's netns cookie"))?;
     let mut cookie: u64 = 0;
     let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
     use std::os::fd::AsRawFd;
@@ -525,8 +454,9 @@ fn own_netns_cookie() -> Result<u64> {
         )
     };
     if rc != 0 {
-        return Err(std::io::Error::last_os_error())
-            .context("reading SO_NETNS_COOKIE needs Linux 5.14 or newer");
+        return Err(step("reading SO_NETNS_COOKIE needs Linux 5.14 or newer")(
+            std::io::Error::last_os_error(),
+        ));
     }
     Ok(cookie)
 }

@@ -79,18 +79,27 @@ pub async fn serve(
         hard_stop,
     );
     let exchange = Arc::new(exchange);
+    // Boxed: the HTTP layer's state is far larger than the copy loop's, and every idle tcp
+    // session would otherwise carry room for it.
     match protocol {
         Protocol::Mcp => {
             let inspector = McpInspector {
                 policy,
                 desk: services.desk.clone(),
             };
-            http::serve(client, upstream, redial, exchange, pumps, inspector).await
+            Box::pin(http::serve(
+                client, upstream, redial, exchange, pumps, inspector,
+            ))
+            .await
         }
         Protocol::Http | Protocol::Tcp => {
-            http::serve(client, upstream, redial, exchange, pumps, Plain).await
+            Box::pin(http::serve(
+                client, upstream, redial, exchange, pumps, Plain,
+            ))
+            .await
         }
     }
 }
+
 #[cfg(test)]
 mod tests;

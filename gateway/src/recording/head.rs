@@ -9,9 +9,12 @@
 //! stops, so it can lag the newest second of writes: segments are checked to be at least as
 //! long as the head says.
 use std::{
+    collections::HashSet,
     fs,
     io::{self, Read, Seek, SeekFrom, Write},
     path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, Instant},
 };
 
 use base64::{Engine, engine::general_purpose::STANDARD as BASE64};
@@ -247,6 +250,127 @@ pub fn check(dir: &Path, key: &VerifyingKey, shipped_before: u64) -> io::Result<
         }
     }
     Ok(problems)
+}
+
+/// Keeps the signed store head in step with the segments the writer writes.
+pub(super) struct HeadKeeper {
+    entries: Vec<SegmentEntry>,
+    written_at: Instant,
+    dirty: bool,
+    /// Sessions with records in the active segment: its index once it is finished.
+    sessions: HashSet<Arc<str>>,
+}
+
+/// How often the head is rewritten while records flow (and at every segment roll).
+const HEAD_INTERVAL: Duration = Duration::from_secs(1);
+
+impl HeadKeeper {
+    /// The head as the store had it, any segment on disk it does not list (a store from
+    /// before the head, or the last second before a crash), and the new active segment.
+    pub(super) fn start(dir: &Path, sealer: &Sealer, active: u64) -> io::Result<Self> {
+        let mut entries = load_entries(dir, &sealer.verifying_key());
+        for (index, path) in store::list_segments(dir)? {
+            let bytes = fs::metadata(&path)?.len();
+            match entries.iter_mut().find(|e| e.index == index) {
+                Some(entry) => entry.bytes = entry.bytes.max(bytes),
+                None => entries.push(SegmentEntry {
+                    index,
+                    bytes,
+                    frames: 0,
+                    last_frame: None,
+                }),
+            }
+        }
+        entries.sort_by_key(|e| e.index);
+        if let Some(entry) = entries.iter_mut().find(|e| e.index == active) {
+            // A new segment is always empty.
+            entry.last_frame = None;
+        }
+        let mut keeper = HeadKeeper {
+            entries,
+            written_at: Instant::now(),
+            dirty: true,
+            sessions: Default::default(),
+        };
+        keeper.write(dir, sealer)?;
+        Ok(keeper)
+    }
+
+    /// Notes a batch of `count` frames, of `sessions`, just written at the end of the active
+    /// segment.
+    pub(super) fn wrote(
+        &mut self,
+        dir: &Path,
+        (index, end): (u64, u64),
+        frames: &[u8],
+        count: u64,
+        sessions: &mut Vec<Arc<str>>,
+    ) {
+        let Some(last) = last_frame_start(frames) else {
+            return;
+        };
+        if self.entries.last().is_none_or(|e| e.index != index) {
+            if let Some(finished) = self.entries.last().map(|e| e.index) {
+                self.write_index(dir, finished);
+            }
+            self.entries.push(SegmentEntry {
+                index,
+                bytes: 0,
+                frames: 0,
+                last_frame: None,
+            });
+            // A finished segment goes into the head at once.
+            self.written_at = Instant::now() - HEAD_INTERVAL;
+        }
+        self.sessions.extend(sessions.drain(..));
+        let entry = self.entries.last_mut().expect("just pushed");
+        entry.bytes = end;
+        entry.frames += count;
+        // Hashed when the head is written, from the page cache.
+        entry.last_frame = Some((end - frames.len() as u64 + last, String::new()));
+        self.dirty = true;
+    }
+
+    /// Writes the finished segment's session list, and starts the next one's.
+    fn write_index(&mut self, dir: &Path, index: u64) {
+        let sessions = std::mem::take(&mut self.sessions);
+        if let Err(e) = store::write_segment_index(dir, index, sessions.iter().map(|s| &**s)) {
+            tracing::warn!(dir = %dir.display(), segment = index, error = %e, "the segment's session index could not be written; replay reads that segment whole");
+        }
+    }
+
+    /// At stop: the active segment is finished too (the next start opens a new one).
+    pub(super) fn finish(&mut self, dir: &Path, sealer: &Sealer) {
+        if let Some(active) = self.entries.last().map(|e| e.index)
+            && !self.sessions.is_empty()
+        {
+            self.write_index(dir, active);
+        }
+        self.write_if_due(dir, sealer, true);
+    }
+
+    pub(super) fn write_if_due(&mut self, dir: &Path, sealer: &Sealer, now: bool) {
+        if self.dirty
+            && (now || self.written_at.elapsed() >= HEAD_INTERVAL)
+            && let Err(e) = self.write(dir, sealer)
+        {
+            tracing::warn!(dir = %dir.display(), error = %e, "the store head could not be written; verify cannot vouch for the newest segments until it is");
+        }
+    }
+
+    fn write(&mut self, dir: &Path, sealer: &Sealer) -> io::Result<()> {
+        for entry in &mut self.entries {
+            if let Some((offset, hash)) = &mut entry.last_frame
+                && hash.is_empty()
+            {
+                *hash = frame_hash(&store::segment_path(dir, entry.index), *offset)?;
+            }
+        }
+        write(dir, &self.entries, sealer)?;
+        self.written_at = Instant::now();
+        self.dirty = false;
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@
 pub mod chain;
 pub mod config;
 pub mod head;
+mod priority;
 pub mod record;
 pub mod sessions;
 pub mod spool;
@@ -18,13 +19,10 @@ pub mod verify;
 
 use std::{
     collections::HashMap,
-    fs, io,
+    io,
     panic::AssertUnwindSafe,
     path::{Path, PathBuf},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, AtomicI32, Ordering},
-    },
+    sync::Arc,
     thread,
     time::{Duration, Instant},
 };
@@ -36,13 +34,14 @@ use tokio::sync::{mpsc, oneshot, watch};
 use self::{
     chain::{Sealer, sha256_hex},
     config::FsyncPolicy,
+    head::HeadKeeper,
+    priority::{PriorityHandle, WriterPriority},
     record::{DataChunk, Direction, Record, RecordBody, SessionEnd, SessionStart},
     spool::{Position, SpoolState},
     store::SegmentWriter,
 };
 use crate::telemetry::events::{
     InternalEvent, RecordBuildFailed, RecordWriteFailed, RecordsWritten, SpoolGapRecorded,
-    WriterPriorityUnchanged,
 };
 
 /// With 16 KiB chunks this bounds the backlog a slow disk can build to 16 MiB.
@@ -338,143 +337,6 @@ fn chain_and_frame(
     framed
 }
 
-/// The writer runs at idle priority while it keeps up, so that encoding records (about as
-/// much CPU per call as forwarding it) only uses CPU no other thread wants. At normal
-/// priority that work landed on the cores the data path and its peers were about to run on
-/// (MCP bench on two cores, added p99 ~190 µs at normal priority, ~130 µs idle). An
-/// idle-priority thread gets almost nothing of a CPU that other load keeps busy, so it runs
-/// at normal priority while someone waits on a record (see `PriorityHandle::raise`) and
-/// while a backlog builds, until it has caught up. Nothing is lost meanwhile: a full
-/// channel makes the data path wait.
-struct WriterPriority {
-    idle: bool,
-    /// Set once the priority cannot change: it stays as it is, and that was said once.
-    fixed: bool,
-    handle: Arc<PriorityHandle>,
-}
-
-/// What senders share with the writer about its priority.
-#[derive(Default)]
-struct PriorityHandle {
-    /// The writer's kernel thread id once it runs at idle priority; 0 before.
-    tid: AtomicI32,
-    /// Set by a sender that raised the writer.
-    raised: AtomicBool,
-}
-
-impl PriorityHandle {
-    /// Raises the writer to normal priority for a record someone waits on: at idle priority
-    /// behind two busy loops on two cores, a TCP session's first byte (which waits for its
-    /// `session_start` on disk) took ~108 ms at p50 instead of ~0.6 ms.
-    fn raise(&self) {
-        let tid = self.tid.load(Ordering::Acquire);
-        if tid != 0 {
-            self.raised.store(true, Ordering::Release);
-            // A failure is reported by the writer when it cannot rise itself either.
-            let _ = set_policy(tid, false);
-        }
-    }
-}
-
-/// Sets a thread's scheduling policy: idle, or normal.
-fn set_policy(tid: libc::pid_t, idle: bool) -> io::Result<()> {
-    let policy = if idle {
-        libc::SCHED_IDLE
-    } else {
-        libc::SCHED_OTHER
-    };
-    let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: a plain syscall with a valid parameter.
-    match unsafe { libc::sched_setscheduler(tid, policy, &param) } {
-        0 => Ok(()),
-        _ => Err(io::Error::last_os_error()),
-    }
-}
-
-/// Leaving idle priority needs CAP_SYS_NICE, or an RLIMIT_NICE that allows nice 0.
-fn can_leave_idle_priority() -> bool {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes into the struct it is given.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NICE, &mut limit) } == 0 && limit.rlim_cur >= 20 {
-        return true;
-    }
-    const CAP_SYS_NICE: u32 = 23;
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
-            u64::from_str_radix(hex.trim(), 16).ok()
-        })
-        .is_some_and(|caps| caps & (1 << CAP_SYS_NICE) != 0)
-}
-
-impl WriterPriority {
-    /// Called on the writer thread. A writer that could not rise again stays at normal
-    /// priority: starving it would hold up every session start.
-    fn lowered(handle: Arc<PriorityHandle>) -> Self {
-        let mut priority = WriterPriority {
-            idle: false,
-            fixed: false,
-            handle,
-        };
-        if !can_leave_idle_priority() {
-            priority.fixed = true;
-            WriterPriorityUnchanged {
-                idle: true,
-                error: &io::Error::other(
-                    "without CAP_SYS_NICE it could not rise again when records back up",
-                ),
-            }
-            .emit();
-            return priority;
-        }
-        priority.set(true);
-        if priority.idle {
-            // SAFETY: gettid has no preconditions.
-            let tid = unsafe { libc::gettid() };
-            priority.handle.tid.store(tid, Ordering::Release);
-        }
-        priority
-    }
-
-    /// `waited_on`: someone waits on a record about to be written.
-    fn follow(&mut self, backlog: usize, waited_on: bool) {
-        if self.fixed {
-            return;
-        }
-        if self.handle.raised.swap(false, Ordering::AcqRel) {
-            self.idle = false;
-        }
-        let idle = if waited_on {
-            false
-        } else if self.idle {
-            backlog < BOOST_BACKLOG
-        } else {
-            backlog < BOOST_BACKLOG / 4
-        };
-        if idle != self.idle {
-            self.set(idle);
-        }
-    }
-
-    fn set(&mut self, idle: bool) {
-        match set_policy(0, idle) {
-            Ok(()) => self.idle = idle,
-            Err(error) => {
-                self.fixed = true;
-                WriterPriorityUnchanged {
-                    idle,
-                    error: &error,
-                }
-                .emit();
-            }
-        }
-    }
-}
-
 /// The next command: polled while records flow, waited for once they stop.
 fn next_command(rx: &mut mpsc::Receiver<Command>, quiet_polls: &mut u32) -> Option<Command> {
     loop {
@@ -496,127 +358,6 @@ fn next_command(rx: &mut mpsc::Receiver<Command>, quiet_polls: &mut u32) -> Opti
     }
 }
 
-/// Keeps the signed store head (head.rs) in step with the segments written.
-struct HeadKeeper {
-    entries: Vec<head::SegmentEntry>,
-    written_at: Instant,
-    dirty: bool,
-    /// Sessions with records in the active segment: its index once it is finished.
-    sessions: std::collections::HashSet<Arc<str>>,
-}
-
-/// How often the head is rewritten while records flow (and at every segment roll).
-const HEAD_INTERVAL: Duration = Duration::from_secs(1);
-
-impl HeadKeeper {
-    /// The head as the store had it, any segment on disk it does not list (a store from
-    /// before the head, or the last second before a crash), and the new active segment.
-    fn start(dir: &Path, sealer: &Sealer, active: u64) -> io::Result<Self> {
-        let mut entries = head::load_entries(dir, &sealer.verifying_key());
-        for (index, path) in store::list_segments(dir)? {
-            let bytes = fs::metadata(&path)?.len();
-            match entries.iter_mut().find(|e| e.index == index) {
-                Some(entry) => entry.bytes = entry.bytes.max(bytes),
-                None => entries.push(head::SegmentEntry {
-                    index,
-                    bytes,
-                    frames: 0,
-                    last_frame: None,
-                }),
-            }
-        }
-        entries.sort_by_key(|e| e.index);
-        if let Some(entry) = entries.iter_mut().find(|e| e.index == active) {
-            // A new segment is always empty.
-            entry.last_frame = None;
-        }
-        let mut keeper = HeadKeeper {
-            entries,
-            written_at: Instant::now(),
-            dirty: true,
-            sessions: Default::default(),
-        };
-        keeper.write(dir, sealer)?;
-        Ok(keeper)
-    }
-
-    /// Notes a batch of `count` frames, of `sessions`, just written at the end of the active
-    /// segment.
-    fn wrote(
-        &mut self,
-        dir: &Path,
-        (index, end): (u64, u64),
-        frames: &[u8],
-        count: u64,
-        sessions: &mut Vec<Arc<str>>,
-    ) {
-        let Some(last) = head::last_frame_start(frames) else {
-            return;
-        };
-        if self.entries.last().is_none_or(|e| e.index != index) {
-            if let Some(finished) = self.entries.last().map(|e| e.index) {
-                self.write_index(dir, finished);
-            }
-            self.entries.push(head::SegmentEntry {
-                index,
-                bytes: 0,
-                frames: 0,
-                last_frame: None,
-            });
-            // A finished segment goes into the head at once.
-            self.written_at = Instant::now() - HEAD_INTERVAL;
-        }
-        self.sessions.extend(sessions.drain(..));
-        let entry = self.entries.last_mut().expect("just pushed");
-        entry.bytes = end;
-        entry.frames += count;
-        // Hashed when the head is written, from the page cache.
-        entry.last_frame = Some((end - frames.len() as u64 + last, String::new()));
-        self.dirty = true;
-    }
-
-    /// Writes the finished segment's session list, and starts the next one's.
-    fn write_index(&mut self, dir: &Path, index: u64) {
-        let sessions = std::mem::take(&mut self.sessions);
-        if let Err(e) = store::write_segment_index(dir, index, sessions.iter().map(|s| &**s)) {
-            tracing::warn!(dir = %dir.display(), segment = index, error = %e, "the segment's session index could not be written; replay reads that segment whole");
-        }
-    }
-
-    /// At stop: the active segment is finished too (the next start opens a new one).
-    fn finish(&mut self, dir: &Path, sealer: &Sealer) {
-        if let Some(active) = self.entries.last().map(|e| e.index)
-            && !self.sessions.is_empty()
-        {
-            self.write_index(dir, active);
-        }
-        self.write_if_due(dir, sealer, true);
-    }
-
-    fn write_if_due(&mut self, dir: &Path, sealer: &Sealer, now: bool) {
-        if self.dirty
-            && (now || self.written_at.elapsed() >= HEAD_INTERVAL)
-            && let Err(e) = self.write(dir, sealer)
-        {
-            tracing::warn!(dir = %dir.display(), error = %e, "the store head could not be written; verify cannot vouch for the newest segments until it is");
-        }
-    }
-
-    fn write(&mut self, dir: &Path, sealer: &Sealer) -> io::Result<()> {
-        for entry in &mut self.entries {
-            if let Some((offset, hash)) = &mut entry.last_frame
-                && hash.is_empty()
-            {
-                *hash = head::frame_hash(&store::segment_path(dir, entry.index), *offset)?;
-            }
-        }
-        head::write(dir, &self.entries, sealer)?;
-        self.written_at = Instant::now();
-        self.dirty = false;
-        Ok(())
-    }
-}
-
 struct WriteLoop {
     priority: Arc<PriorityHandle>,
     writer: SegmentWriter,
@@ -631,7 +372,7 @@ struct WriteLoop {
 
 impl WriteLoop {
     fn run(mut self, mut rx: mpsc::Receiver<Command>) {
-        let mut priority = WriterPriority::lowered(self.priority.clone());
+        let mut priority = WriterPriority::lowered(self.priority.clone(), BOOST_BACKLOG);
         let mut frames = Vec::with_capacity(1 << 20);
         let mut acks = Vec::new();
         let mut last_sync = Instant::now();
@@ -769,7 +510,9 @@ pub(crate) fn test_recorder(dir: &Path) -> (Recorder, RecorderThread, watch::Rec
 
 #[cfg(test)]
 mod tests {
-    use super::{record::Outcome, *};
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::{priority::can_leave_idle_priority, record::Outcome, *};
     use crate::identity::Workload;
 
     fn session_start() -> SessionStart {

@@ -3,12 +3,31 @@
 //! hash chain.
 use std::{collections::HashMap, time::Duration};
 
-use anyhow::{Context, Result};
 use aws_sdk_kinesis::{Client, types::ShardIteratorType};
 use base64::{Engine, engine::general_purpose::STANDARD as BASE64};
 
 use super::request_builder::Chunk;
 use crate::recording::{record::Record, store::StoredRecord};
+
+/// Why the stream could not be read back. Not `source`s: each message already says its
+/// cause, and `{:#}` would print it twice.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("chunk {index} of {record} is out of range")]
+    ChunkOutOfRange { index: u32, record: String },
+    #[error("chunk data is not base64: {0}")]
+    ChunkNotBase64(base64::DecodeError),
+    #[error("stream record is not a record: {0}")]
+    NotARecord(serde_json::Error),
+    /// An SDK error with its whole cause chain, after what we were doing.
+    #[error("{doing}: {error}")]
+    Sdk { doing: String, error: String },
+    /// Whoever took the records stopped taking them.
+    #[error("{0}")]
+    Emit(std::io::Error),
+}
+
+type Result<T> = std::result::Result<T, SourceError>;
 
 /// Puts chunked records back together.
 #[derive(Default)]
@@ -26,16 +45,17 @@ impl Assembler {
             .pending
             .entry(chunk.chunk_of.clone())
             .or_insert_with(|| vec![None; chunk.count as usize]);
-        let slot = parts.get_mut(chunk.index as usize).with_context(|| {
-            format!(
-                "chunk {} of {} is out of range",
-                chunk.index, chunk.chunk_of
-            )
-        })?;
+        let slot =
+            parts
+                .get_mut(chunk.index as usize)
+                .ok_or_else(|| SourceError::ChunkOutOfRange {
+                    index: chunk.index,
+                    record: chunk.chunk_of.clone(),
+                })?;
         *slot = Some(
             BASE64
                 .decode(chunk.data)
-                .context("chunk data is not base64")?,
+                .map_err(SourceError::ChunkNotBase64)?,
         );
         if parts.iter().all(Option::is_some) {
             let parts = self.pending.remove(&chunk.chunk_of).expect("present");
@@ -51,15 +71,15 @@ impl Assembler {
 }
 
 /// An SDK error with its whole cause chain, after what we were doing.
-fn sdk_error(doing: String, e: impl std::error::Error + 'static) -> anyhow::Error {
-    anyhow::anyhow!(
-        "{doing}: {}",
-        aws_sdk_kinesis::error::DisplayErrorContext(e)
-    )
+fn sdk_error(doing: String, e: impl std::error::Error + 'static) -> SourceError {
+    SourceError::Sdk {
+        doing,
+        error: aws_sdk_kinesis::error::DisplayErrorContext(e).to_string(),
+    }
 }
 
 pub fn parse(raw: Vec<u8>) -> Result<StoredRecord> {
-    let record: Record = serde_json::from_slice(&raw).context("stream record is not a record")?;
+    let record: Record = serde_json::from_slice(&raw).map_err(SourceError::NotARecord)?;
     Ok(StoredRecord {
         record,
         raw,
@@ -140,7 +160,7 @@ pub async fn tail(
     client: &Client,
     stream: &str,
     from_latest: bool,
-    mut emit: impl FnMut(&[u8]) -> Result<()>,
+    mut emit: impl FnMut(&[u8]) -> std::io::Result<()>,
 ) -> Result<()> {
     let kind = if from_latest {
         ShardIteratorType::Latest
@@ -166,7 +186,7 @@ pub async fn tail(
             for record in output.records() {
                 idle = false;
                 if let Some(raw) = assembler.feed(record.data().as_ref())? {
-                    emit(&raw)?;
+                    emit(&raw).map_err(SourceError::Emit)?;
                 }
             }
             if let Some(next) = output.next_shard_iterator() {
