@@ -62,12 +62,15 @@ pub async fn serve(
     } = session;
     let protocol = target.protocol;
     if protocol == Protocol::Tcp {
+        // Bytes only: nothing else is kept for as long as the session is open.
+        let idle_timeout = target.idle_timeout;
+        drop((target, workload, policy, redial));
         return copy::relay(
             client.into_split(),
             upstream.into_split(),
             Some(&recorder),
             &hard_stop,
-            target.idle_timeout,
+            idle_timeout,
         )
         .await;
     }

@@ -50,7 +50,7 @@ pub async fn handle<I: Inspector>(
             Verdict::Hold(decided) => verdict = decided.await,
             Verdict::Answer(answer) => return answer,
             Verdict::Forward(forward) => {
-                let request = upstream_request(&head, forward.body.clone());
+                let request = upstream_request(head, forward.body.clone());
                 return response::forward(
                     exchange,
                     upstream,

@@ -127,35 +127,30 @@ async fn handshake(stream: TcpStream) -> Result<(SendRequest<Full<Bytes>>, Pump)
 /// The request as it goes upstream: HTTP/1.1 in origin form, whatever the client spoke, with
 /// the complete `body`. The proxy reads bodies, so it must get them uncompressed; the body is
 /// complete, so the client's Expect was already answered and its length is the body's own.
-pub fn upstream_request(head: &request::Parts, body: Bytes) -> Request<Full<Bytes>> {
-    let mut request = Request::new(Full::new(body));
-    *request.method_mut() = head.method.clone();
-    *request.version_mut() = Version::HTTP_11;
-    *request.headers_mut() = head.headers.clone();
-    let headers = request.headers_mut();
+pub fn upstream_request(mut head: request::Parts, body: Bytes) -> Request<Full<Bytes>> {
     for name in [
         header::ACCEPT_ENCODING,
         header::EXPECT,
         header::CONTENT_LENGTH,
         header::TRANSFER_ENCODING,
     ] {
-        headers.remove(name);
+        head.headers.remove(name);
     }
-    // An HTTP/2 client names the host in the :authority pseudo-header, which HTTP/1.1
-    // carries as Host.
-    if let Some(authority) = head.uri.authority()
-        && !headers.contains_key(header::HOST)
-        && let Ok(host) = HeaderValue::from_str(authority.as_str())
-    {
-        headers.insert(header::HOST, host);
-    }
-    *request.uri_mut() = match head.version {
-        Version::HTTP_2 => head
+    if head.version == Version::HTTP_2 {
+        // An HTTP/2 client names the host in the :authority pseudo-header, which HTTP/1.1
+        // carries as Host.
+        if let Some(authority) = head.uri.authority()
+            && !head.headers.contains_key(header::HOST)
+            && let Ok(host) = HeaderValue::from_str(authority.as_str())
+        {
+            head.headers.insert(header::HOST, host);
+        }
+        head.uri = head
             .uri
             .path_and_query()
             .cloned()
-            .map_or_else(|| Uri::from_static("/"), Uri::from),
-        _ => head.uri.clone(),
-    };
-    request
+            .map_or_else(|| Uri::from_static("/"), Uri::from);
+    }
+    head.version = Version::HTTP_11;
+    Request::from_parts(head, Full::new(body))
 }

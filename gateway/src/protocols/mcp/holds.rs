@@ -88,7 +88,7 @@ impl HoldDesk {
                 upstream.clone(),
                 wait,
                 stream,
-                upstream_request(head, body),
+                upstream_request(owned_head(head), body),
                 tx,
             )));
             let mut headers = HeaderMap::new();
@@ -336,6 +336,16 @@ enum EventSource {
     Upstream,
     /// The gateway's own refusal: nothing in it to mask.
     Gateway,
+}
+
+/// A copy of a request head, for a request that goes upstream once its hold is decided.
+fn owned_head(head: &request::Parts) -> request::Parts {
+    let mut copy = Request::new(());
+    *copy.method_mut() = head.method.clone();
+    *copy.uri_mut() = head.uri.clone();
+    *copy.version_mut() = head.version;
+    *copy.headers_mut() = head.headers.clone();
+    copy.into_parts().0
 }
 
 fn accepts_sse(headers: &HeaderMap) -> bool {
