@@ -34,9 +34,9 @@ use crate::{
         http::upstream::Redial,
         mcp::{holds::HoldDesk, sessions::McpSessions},
     },
-    recording::config::WhenFull,
     recording::{
         Recorder,
+        config::WhenFull,
         record::{Outcome, SessionEnd, SessionStart},
     },
     telemetry::events::{
