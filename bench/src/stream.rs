@@ -54,6 +54,7 @@ fn start_record() -> SessionStart {
             pid: 1,
             process: "bench".into(),
             cmdline: vec![],
+            pod: None,
         },
     }
 }

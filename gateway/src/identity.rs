@@ -1,10 +1,11 @@
 //! Who is behind a connection: the kernel-attested cgroup and process, read at accept time.
-//! (Kubernetes pod identity and service-account tokens build on this later.)
+//! A process in a pod is placed in it by its cgroup path (`kubelet`); the pod's names and
+//! service-account token build on this later.
 use std::fs;
 
 use serde::{Deserialize, Serialize};
 
-use crate::cgroup;
+use crate::{cgroup, kubelet::PodCgroup};
 
 /// The kernel-attested workload, as records, holds and policy all see it. Records flatten it:
 /// its fields sit beside the record's own.
@@ -19,6 +20,10 @@ pub struct Workload {
     pub process: String,
     /// /proc/PID/cmdline at connect time.
     pub cmdline: Vec<String>,
+    /// The Kubernetes pod (and container) that the cgroup path places the process in; absent
+    /// for processes outside pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<PodCgroup>,
 }
 
 impl Workload {
@@ -41,12 +46,14 @@ impl Workload {
         let cgroup = cgroup::cgroup_of(&pid.to_string())
             .ok()
             .map(|p| format!("/{}", p.display()));
+        let pod = cgroup.as_deref().and_then(PodCgroup::of);
         Workload {
             cgroup_id,
             cgroup,
             pid,
             process,
             cmdline,
+            pod,
         }
     }
 }

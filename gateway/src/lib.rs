@@ -6,6 +6,7 @@ pub mod commands;
 pub mod config;
 pub mod ebpf;
 pub mod identity;
+pub mod kubelet;
 pub mod masking;
 pub mod patterns;
 pub mod policy;

@@ -173,6 +173,7 @@ mod tests {
         pid: 1,
         process: "python3".into(),
         cmdline: vec!["python3".into()],
+        pod: None,
     });
 
     fn call<'a>(tool: &'a str, args: &'a serde_json::Value) -> Request<'a> {

@@ -19,6 +19,7 @@ pub const LAYERS: &[&str] = &[
     "patterns",
     "sse",
     "cgroup",
+    "kubelet",
     "identity",
     "telemetry",
     // Engines that know nothing of connections.

@@ -25,6 +25,7 @@ fn hold(id: &str, requester: Option<Principal>) -> Hold {
             pid: 1,
             process: "python3".into(),
             cmdline: vec!["python3".into()],
+            pod: None,
         },
         requester,
         method: "tools/call".into(),

@@ -184,6 +184,7 @@ impl Gateway {
                 pid: std::process::id(),
                 process: "test".into(),
                 cmdline: vec!["test".into()],
+                pod: None,
             },
             policy: Arc::new(config.policy.clone()),
             hard_stop: CancellationToken::new(),

@@ -528,6 +528,7 @@ mod tests {
                 pid: 1,
                 process: "p".into(),
                 cmdline: vec![],
+                pod: None,
             },
         }
     }

@@ -329,6 +329,7 @@ mod tests {
                     pid: 1,
                     process: "p".into(),
                     cmdline: vec!["p".into()],
+                    pod: None,
                 },
                 requester: None,
                 method: "tools/call".into(),
