@@ -118,8 +118,22 @@ pub fn kill_all(path: &Path) -> io::Result<()> {
     fs::write(path.join("cgroup.kill"), "1")
 }
 
+/// Whether no process is left in the cgroup or below it.
 pub fn is_empty(path: &Path) -> bool {
-    fs::read_to_string(path.join("cgroup.procs")).is_ok_and(|procs| procs.trim().is_empty())
+    // `populated` counts the cgroups below too: a process may have moved into one.
+    fs::read_to_string(path.join("cgroup.events"))
+        .is_ok_and(|events| events.lines().any(|l| l == "populated 0"))
+}
+
+/// Removes an empty cgroup and the cgroups below it, deepest first: cgroupfs removes a
+/// directory only once nothing is under it, and its files only with it.
+pub fn remove(path: &Path) -> io::Result<()> {
+    for entry in fs::read_dir(path)?.flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            remove(&entry.path())?;
+        }
+    }
+    fs::remove_dir(path)
 }
 
 /// Name prefix of the cgroups `interlock wrap` runs commands in.
@@ -190,7 +204,7 @@ pub fn remove_orphaned_wraps(parent: &Path, owned: &std::collections::HashSet<u6
         .flatten()
         .filter(|e| e.file_name().to_string_lossy().starts_with(WRAP_PREFIX))
         .filter(|e| e.metadata().is_ok_and(|m| !owned.contains(&m.ino())))
-        .filter(|e| fs::remove_dir(e.path()).is_ok())
+        .filter(|e| remove(&e.path()).is_ok())
         .count()
 }
 
@@ -233,8 +247,8 @@ mod tests {
         ] {
             let path = dir.path().join(wrap_name(&ours, id, pod_proxy));
             fs::create_dir(&path).unwrap();
-            // A cgroup with a process lists it in cgroup.procs.
-            fs::write(path.join("cgroup.procs"), "1\n").unwrap();
+            // A cgroup with a process in it or below says so in cgroup.events.
+            fs::write(path.join("cgroup.events"), "populated 1\nfrozen 0\n").unwrap();
             let live = live_wraps(dir.path(), &ours);
             assert_eq!(live.len(), 1);
             assert_eq!(live[0].pod_proxy, pod_proxy);
@@ -243,7 +257,7 @@ mod tests {
                 live_wraps(dir.path(), &theirs).is_empty(),
                 "another gateway's"
             );
-            fs::write(path.join("cgroup.procs"), "").unwrap();
+            fs::write(path.join("cgroup.events"), "populated 0\nfrozen 0\n").unwrap();
             assert!(
                 live_wraps(dir.path(), &ours).is_empty(),
                 "an empty cgroup is not live"

@@ -81,6 +81,50 @@ fn wrapped_client_goes_through_proxy_and_sees_original_peer() {
     assert_eq!(gw.metric("interlock_origin_lookup_misses_total"), Some(0.0));
 }
 
+/// A registered cgroup covers the cgroups below it, as a pod's cgroup covers its containers:
+/// a process that moves into a child cgroup of its wrap is still intercepted.
+#[test]
+fn a_process_in_a_cgroup_below_a_registered_one_is_intercepted() {
+    let server = HttpServer::start(loopback(free_port()));
+    let gw = Gateway::start(
+        &[Target {
+            name: "web",
+            address: server.addr,
+        }],
+        "",
+    );
+    let probe = probe_bin();
+    let mount = cgroup2_mount().unwrap();
+    let script = format!(
+        "cg={}$(sed -n 's/^0:://p' /proc/self/cgroup) && mkdir \"$cg/container\" && \
+         echo $$ > \"$cg/container/cgroup.procs\" && exec {} http {}",
+        mount.display(),
+        probe.display(),
+        server.addr
+    );
+    let out = gw.wrap(&["sh", "-c", &script]);
+    let probe = probe_json(&out);
+    assert!(probe["status"].as_str().unwrap().contains("200"), "{probe}");
+    let cgroup = probe["cgroup"].as_str().unwrap();
+    assert!(cgroup.ends_with("/container"), "{probe}");
+
+    let sessions = gw.wait_sessions_ended(1);
+    let s = &sessions[0];
+    assert_eq!(s["process"], "probe");
+    assert_eq!(s["cgroup"], probe["cgroup"]);
+    assert_eq!(
+        s["cgroup_id"], probe["cgroup_id"],
+        "the child's own id is recorded"
+    );
+    assert_eq!(s["original_dst"], server.addr.to_string());
+    assert_eq!(s["outcome"], "closed");
+
+    // The wrap cgroup went with the one below it.
+    let wrap = mount.join(cgroup.trim_start_matches('/'));
+    let wrap = wrap.parent().unwrap();
+    assert!(!wrap.exists(), "{} should be gone", wrap.display());
+}
+
 #[test]
 fn unwrapped_processes_and_non_targets_are_not_redirected() {
     let target = HttpServer::start(loopback(free_port()));

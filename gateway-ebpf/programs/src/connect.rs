@@ -1,6 +1,12 @@
 //! `cgroup/connect4` and `cgroup/connect6` (BPF_PROG_TYPE_CGROUP_SOCK_ADDR).
 //!
-//! Minimum kernel: 4.17 for the hooks, 5.7 for `bpf_get_netns_cookie` in them.
+//! Minimum kernel: 4.17 for the hooks, 5.7 for `bpf_get_netns_cookie` and
+//! `bpf_get_current_ancestor_cgroup_id` in them.
+//!
+//! Who is matched: a task whose cgroup, or any ancestor of it, is registered in
+//! INTERCEPT_CGROUPS, so that registering a pod's cgroup covers every container in it from
+//! the moment it exists. The ancestors are looked up only when the task's own cgroup is not
+//! registered: one helper call and one map lookup per level.
 //!
 //! What is matched: the exact destination, then a whole-host target (`ip:*`), then, when the
 //! destination is an address of this host (127.0.0.0/8, ::1, 0.0.0.0, ::, their v4-mapped
@@ -12,7 +18,9 @@ use aya_ebpf::{
     EbpfContext,
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
-        generated::{bpf_get_netns_cookie, bpf_get_socket_cookie},
+        generated::{
+            bpf_get_current_ancestor_cgroup_id, bpf_get_netns_cookie, bpf_get_socket_cookie,
+        },
     },
     macros::cgroup_sock_addr,
     programs::SockAddrContext,
@@ -24,6 +32,10 @@ use crate::maps::{HOST_ADDRS, INTERCEPT_CGROUPS, SOCK_ORIGINS, TARGETS, settings
 const ALLOW: i32 = 1;
 const REFUSE: i32 = 0;
 const SOCK_STREAM: u32 = 1;
+/// Cgroup levels below the root that are searched for a registered ancestor. Kubelet puts a
+/// container four levels down (kubepods, QoS class, pod, container); nested installs and
+/// wraps inside pods go a few deeper.
+const MAX_CGROUP_LEVELS: i32 = 16;
 
 #[cgroup_sock_addr(connect4)]
 pub fn connect4(ctx: SockAddrContext) -> i32 {
@@ -97,8 +109,7 @@ fn redirect_for(
         return None;
     }
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    // SAFETY: a copy out of the map; the value is plain data.
-    let cfg = unsafe { INTERCEPT_CGROUPS.get(&cgroup_id) }.copied()?;
+    let cfg = intercept_config(cgroup_id)?;
     let settings = settings();
     let on_loopback = dst.is_loopback_or_unspecified();
     // A pod's loopback is its own: the host's service at the same address is not the target.
@@ -130,6 +141,27 @@ fn redirect_for(
         return Some(Redirect::Untracked);
     }
     Some(Redirect::To(cfg))
+}
+
+/// The registration of the task's cgroup or, failing that, of its nearest registered ancestor.
+#[inline(always)]
+fn intercept_config(cgroup_id: u64) -> Option<InterceptConfig> {
+    // SAFETY: copies out of the map; the value is plain data.
+    if let Some(cfg) = unsafe { INTERCEPT_CGROUPS.get(&cgroup_id) } {
+        return Some(*cfg);
+    }
+    let mut nearest = None;
+    // Level 0 is the root, never registered. Past the task's own depth the helper returns 0.
+    for level in 1..MAX_CGROUP_LEVELS {
+        let ancestor = unsafe { bpf_get_current_ancestor_cgroup_id(level) };
+        if ancestor == 0 || ancestor == cgroup_id {
+            break;
+        }
+        if let Some(cfg) = unsafe { INTERCEPT_CGROUPS.get(&ancestor) } {
+            nearest = Some(*cfg);
+        }
+    }
+    nearest
 }
 
 /// The target a destination belongs to: an exact one, a whole host (a target written `ip:*`,

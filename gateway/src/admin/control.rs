@@ -337,7 +337,7 @@ impl<C: UpstreamConnector> ControlServer<C> {
         }
         self.dataplane.unregister_cgroup(id);
         CgroupUnregistered { cgroup_id: id }.emit();
-        match std::fs::remove_dir(path) {
+        match cgroup::remove(path) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => warn!(
