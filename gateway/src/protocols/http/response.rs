@@ -223,7 +223,7 @@ async fn pump<R: ResponseReader>(
     let mut masker = stream
         .kind
         .take()
-        .map(|kind| BodyMasker::new(&exchange.masker, kind));
+        .map(|kind| BodyMasker::new(exchange.masker(), kind));
     let mut complete = false;
     let mut upstream_error = None;
     let mut ready = Some(ready);

@@ -46,6 +46,10 @@ impl ExchangeLog {
         self.session.id()
     }
 
+    pub fn masker(&self) -> &Arc<Masker> {
+        &self.masker
+    }
+
     /// The recorder itself, for bytes relayed as they are (an upgraded tunnel).
     pub fn session(&self) -> &SessionRecorder {
         &self.session

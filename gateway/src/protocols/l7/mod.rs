@@ -34,7 +34,6 @@ pub struct Exchange {
     pub log: ExchangeLog,
     pub target: Target,
     pub workload: Workload,
-    pub masker: Arc<Masker>,
     /// The client's bytes on the wire each way, heads included.
     bytes_up: AtomicU64,
     bytes_down: AtomicU64,
@@ -57,12 +56,11 @@ impl Exchange {
         hard_stop: CancellationToken,
     ) -> (Self, mpsc::UnboundedReceiver<Pump>) {
         let (pumps, queue) = mpsc::unbounded_channel();
-        let log = ExchangeLog::new(session, masker.clone(), &target);
+        let log = ExchangeLog::new(session, masker, &target);
         let exchange = Exchange {
             log,
             target,
             workload,
-            masker,
             bytes_up: AtomicU64::new(0),
             bytes_down: AtomicU64::new(0),
             client_gone: CancellationToken::new(),
@@ -71,6 +69,11 @@ impl Exchange {
             tunnel_end: Mutex::new(None),
         };
         (exchange, queue)
+    }
+
+    /// The node's masker, shared with the exchange log.
+    pub fn masker(&self) -> &Arc<Masker> {
+        self.log.masker()
     }
 
     /// Runs `pump` on the connection's own task, so that it crosses no thread.

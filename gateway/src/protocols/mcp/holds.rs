@@ -146,7 +146,7 @@ impl HoldDesk {
             && let Some(arguments) = &mut arguments
         {
             exchange
-                .masker
+                .masker()
                 .mask_value(arguments, &mut MaskReport::default());
         }
         let created_at = time::OffsetDateTime::now_utc();
@@ -258,7 +258,9 @@ impl HoldDesk {
                 let recorded = if held.masking.record_raw {
                     None
                 } else {
-                    exchange.masker.mask_body(&body, &mut MaskReport::default())
+                    exchange
+                        .masker()
+                        .mask_body(&body, &mut MaskReport::default())
                 };
                 exchange
                     .log
@@ -302,7 +304,7 @@ impl HoldDesk {
         for message in messages {
             text.push_str(&format!("event: message\ndata: {message}\n\n"));
         }
-        let mut masker = BodyMasker::new(&exchange.masker, BodyKind::Sse);
+        let mut masker = BodyMasker::new(exchange.masker(), BodyKind::Sse);
         let pieces = match source {
             EventSource::Upstream => {
                 let mut pieces = masker.feed(text.as_bytes());

@@ -153,7 +153,7 @@ impl McpInspector {
             return Some(generated_json(exchange, StatusCode::BAD_REQUEST, &reply, session).await);
         }
         let message_count = evaluation.messages.len();
-        let (masker, messages) = (exchange.masker.clone(), evaluation.messages);
+        let (masker, messages) = (exchange.masker().clone(), evaluation.messages);
         let session_id = session.map(str::to_string);
         exchange
             .log
