@@ -13,7 +13,9 @@ use std::{
 
 use serde_json::Value;
 
+pub mod apiserver;
 pub mod kinesis;
+pub mod kube;
 
 /// The cgroup2 mount point (hybrid hosts: /sys/fs/cgroup/unified; nodes: /sys/fs/cgroup).
 /// None inside `ip netns exec`, which mounts a fresh /sys without it.

