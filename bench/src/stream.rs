@@ -55,6 +55,7 @@ fn start_record() -> SessionStart {
             process: "bench".into(),
             cmdline: vec![],
             pod: None,
+            kubernetes: None,
         },
     }
 }

@@ -92,15 +92,16 @@ pub fn wrap_parent(mount: &Path) -> Result<PathBuf> {
     Ok(mount.join(own.parent().unwrap_or(Path::new(""))))
 }
 
-/// Ids of every cgroup under `root`; used to forget registrations whose cgroup is gone.
-pub fn all_cgroup_ids(root: &Path) -> std::collections::HashSet<u64> {
-    let mut ids = std::collections::HashSet::new();
+/// Every cgroup under `root` by id: to forget registrations whose cgroup is gone, and to
+/// tell which pod a registration left by an earlier gateway was for.
+pub fn all_cgroups(root: &Path) -> std::collections::HashMap<u64, PathBuf> {
+    let mut ids = std::collections::HashMap::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
         let Ok(meta) = fs::metadata(&dir) else {
             continue;
         };
-        ids.insert(meta.ino());
+        ids.insert(meta.ino(), dir.clone());
         let Ok(entries) = fs::read_dir(&dir) else {
             continue;
         };

@@ -1,7 +1,11 @@
 //! Who is behind a connection: the kernel-attested cgroup and process, read at accept time.
-//! A process in a pod is placed in it by its cgroup path (`kubelet`); the pod's names and
-//! service-account token build on this later.
-use std::fs;
+//! A process in a pod is placed in it by its cgroup path (`kubelet`); in node mode the
+//! `PodDirectory` adds what the API server says of that pod, joined by the pod's uid.
+use std::{
+    collections::{BTreeMap, HashMap},
+    fs,
+    sync::RwLock,
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -24,6 +28,86 @@ pub struct Workload {
     /// for processes outside pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod: Option<PodCgroup>,
+    /// In node mode, the pod as the API server describes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<Box<PodIdentity>>,
+}
+
+/// A pod as the API server describes it, for the workload whose cgroup is in it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodIdentity {
+    pub namespace: String,
+    pub pod: String,
+    pub uid: String,
+    /// The container of the connecting process, found by its cgroup's container id in the
+    /// pod's container statuses; absent while the status does not list it yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    pub service_account: String,
+    pub node: String,
+    /// The controller that owns the pod (a ReplicaSet, StatefulSet, DaemonSet, Job…).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<Owner>,
+    pub labels: BTreeMap<String, String>,
+    /// The selections that chose the pod.
+    pub selections: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Owner {
+    pub kind: String,
+    pub name: String,
+}
+
+/// A pod the directory knows: its identity, without a container, and its containers by id.
+#[derive(Debug, Clone)]
+pub struct KnownPod {
+    pub identity: PodIdentity,
+    /// (runtime container id, container name), init and ephemeral containers included.
+    pub containers: Vec<(String, String)>,
+}
+
+/// The intercepted pods of this node by uid, written by node mode, read at accept time.
+#[derive(Debug, Default)]
+pub struct PodDirectory {
+    pods: RwLock<HashMap<String, KnownPod>>,
+}
+
+impl PodDirectory {
+    pub fn insert(&self, pod: KnownPod) {
+        let uid = pod.identity.uid.clone();
+        self.pods
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(uid, pod);
+    }
+
+    pub fn remove(&self, uid: &str) {
+        self.pods
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(uid);
+    }
+
+    /// How many pods are intercepted.
+    pub fn count(&self) -> usize {
+        self.pods.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// The identity of the pod a cgroup is in, with the container its id names.
+    pub fn identify(&self, cgroup: &PodCgroup) -> Option<PodIdentity> {
+        let pods = self.pods.read().unwrap_or_else(|p| p.into_inner());
+        let known = pods.get(&cgroup.pod_uid)?;
+        let mut identity = known.identity.clone();
+        identity.container = cgroup.container_id.as_ref().and_then(|id| {
+            known
+                .containers
+                .iter()
+                .find(|(known_id, _)| known_id == id)
+                .map(|(_, name)| name.clone())
+        });
+        Some(identity)
+    }
 }
 
 impl Workload {
@@ -54,6 +138,7 @@ impl Workload {
             process,
             cmdline,
             pod,
+            kubernetes: None,
         }
     }
 }

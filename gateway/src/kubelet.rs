@@ -159,8 +159,9 @@ fn search(dir: &Path, pod_uid: &str, depth: usize) -> Option<PathBuf> {
         if pod_uid_matches(&name, pod_uid) {
             return Some(entry.path());
         }
-        // Only the kubelet's own levels lead to pods.
-        if name.starts_with("kube")
+        // Only the kubelet's own levels lead to pods: its roots and slices, and cgroupfs's QoS
+        // levels.
+        if (name.starts_with("kube") || name == "burstable" || name == "besteffort")
             && let Some(found) = search(&entry.path(), pod_uid, depth - 1)
         {
             return Some(found);
@@ -280,6 +281,10 @@ mod tests {
                 format!(
                     "kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-burstable.slice/kubelet-kubepods-burstable-pod{underscored}.slice"
                 ),
+                QosClass::Burstable,
+            ),
+            (
+                format!("kubelet-nested/kubepods/burstable/pod{UID}"),
                 QosClass::Burstable,
             ),
         ];

@@ -7,6 +7,7 @@ pub mod config;
 pub mod ebpf;
 pub mod identity;
 pub mod kubelet;
+pub mod kubernetes;
 pub mod masking;
 pub mod patterns;
 pub mod policy;

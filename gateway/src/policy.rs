@@ -174,6 +174,7 @@ mod tests {
         process: "python3".into(),
         cmdline: vec!["python3".into()],
         pod: None,
+        kubernetes: None,
     });
 
     fn call<'a>(tool: &'a str, args: &'a serde_json::Value) -> Request<'a> {

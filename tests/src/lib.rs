@@ -16,6 +16,7 @@ use serde_json::Value;
 pub mod apiserver;
 pub mod kinesis;
 pub mod kube;
+pub mod node;
 
 /// The cgroup2 mount point (hybrid hosts: /sys/fs/cgroup/unified; nodes: /sys/fs/cgroup).
 /// None inside `ip netns exec`, which mounts a fresh /sys without it.
@@ -172,6 +173,25 @@ impl Gateway {
     /// Like `start`, every target speaking `protocol` (tcp, http or mcp). Further target keys
     /// can follow the protocol on their own lines.
     pub fn start_with_protocol(targets: &[Target], protocol: &str, extra_config: &str) -> Gateway {
+        let mut yaml = extra_config.to_string();
+        yaml.push_str("targets:\n");
+        for t in targets {
+            // Port 0 stands for a whole-host target, written ip:*.
+            let address = match t.address.port() {
+                0 => t.address.to_string().replace(":0", ":*"),
+                _ => t.address.to_string(),
+            };
+            yaml.push_str(&format!(
+                "  - name: {}\n    address: \"{address}\"\n    protocol: {protocol}\n",
+                t.name
+            ));
+        }
+        Gateway::start_config(&yaml)
+    }
+
+    /// A gateway whose config is `config` (targets included) after this gateway's own
+    /// listeners, control socket, bpffs dir and record store.
+    pub fn start_config(config: &str) -> Gateway {
         require_root();
         let dir = tempfile::tempdir().unwrap();
         let (listen_port, admin_port) = (free_port(), free_port());
@@ -186,22 +206,10 @@ impl Gateway {
                 .to_string_lossy()
                 .replace('.', "")
         );
-        if !extra_config.contains("recording:") {
+        if !config.contains("recording:") {
             yaml.push_str("recording:\n  dir: ./records\n");
         }
-        yaml.push_str(extra_config);
-        yaml.push_str("targets:\n");
-        for t in targets {
-            // Port 0 stands for a whole-host target, written ip:*.
-            let address = match t.address.port() {
-                0 => t.address.to_string().replace(":0", ":*"),
-                _ => t.address.to_string(),
-            };
-            yaml.push_str(&format!(
-                "  - name: {}\n    address: \"{address}\"\n    protocol: {protocol}\n",
-                t.name
-            ));
-        }
+        yaml.push_str(config);
         let config = dir.path().join("interlock.yaml");
         fs::write(&config, yaml).unwrap();
         let mut gateway = Gateway {

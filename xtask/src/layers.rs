@@ -36,9 +36,12 @@ pub const LAYERS: &[&str] = &[
     "protocols::http",
     "protocols::mcp",
     "protocols",
-    // The node: configuration, kernel, listeners, control, CLI.
+    // The node: configuration, kernel, node mode, listeners, control, CLI.
+    "kubernetes::selector",
+    "kubernetes::config",
     "config",
     "ebpf",
+    "kubernetes",
     "proxy",
     "admin",
     "commands",

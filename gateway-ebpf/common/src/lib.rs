@@ -103,8 +103,13 @@ impl AddrKey {
 /// The third word of `::ffff:a.b.c.d`: bytes `00 00 ff ff` in memory.
 pub const V4_MAPPED_PREFIX_WORD: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
 
-/// Where the proxy listens for one intercepted cgroup. A zero port means "no listener for
-/// this family": such connections are left alone (fail open) or refused (fail closed).
+/// How many targets a gateway may have: each registration says which of them it covers in
+/// a bitmap of this many bits.
+pub const MAX_CONFIG_TARGETS: usize = 256;
+
+/// Where the proxy listens for one intercepted cgroup, and which targets it is intercepted
+/// for. A zero port means "no listener for this family": such connections are left alone
+/// (fail open) or refused (fail closed).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct InterceptConfig {
@@ -112,6 +117,25 @@ pub struct InterceptConfig {
     pub proxy_ip6: [u32; 4],
     pub proxy_port4: u16,
     pub proxy_port6: u16,
+    /// Bit `i` set: connections to target `i` are intercepted. A pod selection names its
+    /// targets; a wrap takes them all.
+    pub targets: [u64; MAX_CONFIG_TARGETS / 64],
+}
+
+impl InterceptConfig {
+    /// Whether target `target` is covered. Branch-free and without an indexed load: the
+    /// verifier refuses a variable offset into the stack copy the programs hold.
+    #[inline(always)]
+    pub fn covers(&self, target: u16) -> bool {
+        let word_index = u64::from(target / 64);
+        let mut word = 0;
+        let mut i = 0;
+        while i < self.targets.len() {
+            word |= self.targets[i] & 0u64.wrapping_sub(u64::from(word_index == i as u64));
+            i += 1;
+        }
+        (word >> (target % 64)) & 1 == 1
+    }
 }
 
 /// What `connect4`/`connect6` saw before rewriting the destination.

@@ -8,7 +8,8 @@
 //! the moment it exists. The ancestors are looked up only when the task's own cgroup is not
 //! registered: one helper call and one map lookup per level.
 //!
-//! What is matched: the exact destination, then a whole-host target (`ip:*`), then, when the
+//! What is matched: a target the registration covers (its bitmap of target indices), by the
+//! exact destination, then a whole-host target (`ip:*`), then, when the
 //! destination is an address of this host (127.0.0.0/8, ::1, 0.0.0.0, ::, their v4-mapped
 //! forms, or an address in HOST_ADDRS), the host-local target on that port: the kernel may
 //! deliver any of those to the same listener. Loopback and unspecified destinations dialled
@@ -119,6 +120,9 @@ fn redirect_for(
         return None;
     }
     let target = target_for(dst, on_loopback)?;
+    if !cfg.covers(target) {
+        return None;
+    }
     let pid_tgid = bpf_get_current_pid_tgid();
     if (pid_tgid >> 32) as u32 == settings.gateway_tgid {
         return None;

@@ -21,7 +21,7 @@ use tracing::warn;
 
 use crate::{
     cgroup::{self, CgroupError},
-    ebpf::{Dataplane, DataplaneError, ProxyAddrs},
+    ebpf::{Dataplane, DataplaneError, ProxyAddrs, TargetSet},
     proxy::{Proxy, upstream::UpstreamConnector},
     telemetry::events::{
         CgroupAdopted, CgroupRegistered, CgroupUnregistered, ControlRequestRejected, InternalEvent,
@@ -257,7 +257,7 @@ impl<C: UpstreamConnector> ControlServer<C> {
         std::fs::create_dir(&path)
             .map_err(io_error(format!("creating cgroup {}", path.display())))?;
         let id = cgroup::cgroup_id(&path)?;
-        if let Err(e) = self.dataplane.register_cgroup(id, proxy) {
+        if let Err(e) = self.dataplane.register_cgroup(id, proxy, TargetSet::all()) {
             let _ = std::fs::remove_dir(&path);
             return Err(e.into());
         }
@@ -279,7 +279,8 @@ impl<C: UpstreamConnector> ControlServer<C> {
         for wrap in cgroup::live_wraps(&parent, &self.gateway_tag) {
             let registered = async {
                 let proxy = self.proxy_for(wrap.pod_proxy).await?;
-                self.dataplane.register_cgroup(wrap.cgroup_id, proxy)?;
+                self.dataplane
+                    .register_cgroup(wrap.cgroup_id, proxy, TargetSet::all())?;
                 Ok::<_, ControlError>(proxy)
             };
             match registered.await {

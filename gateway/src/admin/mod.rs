@@ -32,6 +32,9 @@ pub struct Admin {
     pub approvals: Arc<Approvals>,
     /// True once programs are attached and listeners bound; false again while draining.
     pub ready: AtomicBool,
+    /// In node mode, true once the first pod list is applied to the maps: until then a
+    /// restarted gateway is not ready, though its pinned registrations still hold.
+    pub node_synced: Option<Arc<AtomicBool>>,
 }
 
 impl Admin {
@@ -81,10 +84,21 @@ impl Admin {
         }
         match req.uri().path() {
             "/healthz" => text(StatusCode::OK, "ok\n".into()),
-            "/readyz" if self.ready.load(Ordering::Relaxed) => {
-                text(StatusCode::OK, "ready\n".into())
+            "/readyz" if !self.ready.load(Ordering::Relaxed) => {
+                text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n".into())
             }
-            "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n".into()),
+            "/readyz"
+                if self
+                    .node_synced
+                    .as_ref()
+                    .is_some_and(|s| !s.load(Ordering::Relaxed)) =>
+            {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not ready: waiting for the first pod list from the API server\n".into(),
+                )
+            }
+            "/readyz" => text(StatusCode::OK, "ready\n".into()),
             "/metrics" => {
                 let m = metrics();
                 for (map, count) in self.dataplane.map_entry_counts() {

@@ -26,6 +26,7 @@ fn hold(id: &str, requester: Option<Principal>) -> Hold {
             process: "python3".into(),
             cmdline: vec!["python3".into()],
             pod: None,
+            kubernetes: None,
         },
         requester,
         method: "tools/call".into(),

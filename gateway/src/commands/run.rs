@@ -1,5 +1,6 @@
 //! `interlock run`: the node gateway in the foreground.
 use std::{
+    net::{IpAddr, SocketAddr},
     path::Path,
     sync::{Arc, atomic::Ordering},
     time::Duration,
@@ -14,7 +15,7 @@ use crate::{
     admin::{Admin, control},
     config::{Config, FailMode},
     ebpf::Dataplane,
-    proxy::{Proxy, upstream::TcpConnector, workers::Workers},
+    proxy::{Engines, Proxy, upstream::TcpConnector, workers::Workers},
     recording::{
         Recorder, WriterOptions,
         chain::Sealer,
@@ -99,12 +100,40 @@ pub async fn run(config_path: &Path) -> Result<()> {
     let approvals = Arc::new(
         crate::approvals::Approvals::new(config.approvals.clone()).map_err(anyhow::Error::msg)?,
     );
+    let stop_services = CancellationToken::new();
+    let node_mode = match &config.kubernetes {
+        Some(kubernetes) => {
+            let own: Vec<IpAddr> = [Some(config.listen), config.listen_v6, Some(config.admin)]
+                .into_iter()
+                .flatten()
+                .map(|a| a.ip())
+                .chain(kubernetes.pod_proxy_address())
+                .collect();
+            Some(
+                crate::kubernetes::start(
+                    &config,
+                    kubernetes,
+                    dataplane.clone(),
+                    &own,
+                    stop_services.clone(),
+                )
+                .await?,
+            )
+        }
+        None => None,
+    };
     let proxy = Proxy::new(
         config.clone(),
         dataplane.clone(),
         recorder.clone(),
-        masker,
-        approvals.clone(),
+        Engines {
+            masker,
+            approvals: approvals.clone(),
+            pods: node_mode
+                .as_ref()
+                .map(|n| n.directory.clone())
+                .unwrap_or_default(),
+        },
         Workers::start(config.workers)?,
         TcpConnector {
             timeout: config.upstream_connect_timeout,
@@ -114,8 +143,21 @@ pub async fn run(config_path: &Path) -> Result<()> {
     if let Some(v6) = config.listen_v6 {
         proxy.ensure_listener(v6).await?;
     }
+    // Pods live in their own network namespaces and reach the node on this address.
+    if let Some(address) = config
+        .kubernetes
+        .as_ref()
+        .and_then(|k| k.pod_proxy_address())
+    {
+        let port = match address {
+            IpAddr::V6(_) => config.listen_v6.unwrap_or(config.listen).port(),
+            IpAddr::V4(_) => config.listen.port(),
+        };
+        proxy
+            .ensure_listener(SocketAddr::new(address, port))
+            .await?;
+    }
 
-    let stop_services = CancellationToken::new();
     let control_listener = control::bind(&config.control_socket).await?;
     let control = Arc::new(control::ControlServer {
         dataplane: dataplane.clone(),
@@ -154,6 +196,7 @@ pub async fn run(config_path: &Path) -> Result<()> {
         dataplane: dataplane.clone(),
         approvals: approvals.clone(),
         ready: false.into(),
+        node_synced: node_mode.as_ref().map(|n| n.synced.clone()),
     });
     let admin_listener = Admin::bind(config.admin).await?;
     tokio::spawn(admin.clone().serve(admin_listener, stop_services.clone()));

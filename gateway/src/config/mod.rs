@@ -11,6 +11,7 @@ use std::{
 
 use serde::Deserialize;
 
+use crate::kubernetes::config::KubernetesConfig;
 use crate::protocols::target::{Protocol, Target};
 use crate::{
     recording::config::{FsyncPolicy, Spool},
@@ -79,6 +80,9 @@ pub struct Config {
     /// Who decides held requests, and how holds wait.
     #[serde(default)]
     pub approvals: crate::approvals::ApprovalsConfig,
+    /// Node mode: the pods of this node that a selection chooses are intercepted.
+    #[serde(default)]
+    pub kubernetes: Option<KubernetesConfig>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -251,27 +255,80 @@ impl Config {
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
         let config = Self::deserialize(text)?;
         config.check_targets()?;
+        config.check_kubernetes()?;
         Ok(config)
+    }
+
+    /// Node mode names targets that exist, and service targets need node mode.
+    fn check_kubernetes(&self) -> Result<(), ConfigError> {
+        let invalid = |key: String, message: String| ConfigError::Invalid {
+            file: None,
+            location: None,
+            key: Some(key),
+            message,
+        };
+        let Some(kubernetes) = &self.kubernetes else {
+            return match self.targets.iter().position(|t| t.service.is_some()) {
+                Some(index) => Err(invalid(
+                    format!("targets[{index}].service"),
+                    "a service target needs node mode: add a `kubernetes:` section, or give \
+                     the target an `address`"
+                        .into(),
+                )),
+                None => Ok(()),
+            };
+        };
+        let mut names = std::collections::HashSet::new();
+        for (index, selection) in kubernetes.selections.iter().enumerate() {
+            if !names.insert(&selection.name) {
+                return Err(invalid(
+                    format!("kubernetes.selections[{index}].name"),
+                    format!("duplicate selection name `{}`", selection.name),
+                ));
+            }
+            if selection.targets.is_empty() {
+                return Err(invalid(
+                    format!("kubernetes.selections[{index}].targets"),
+                    "a selection intercepts pods for the targets it names: name at least one"
+                        .into(),
+                ));
+            }
+            for name in &selection.targets {
+                if !self.targets.iter().any(|t| &t.name == name) {
+                    let known: Vec<&str> = self.targets.iter().map(|t| t.name.as_str()).collect();
+                    return Err(invalid(
+                        format!("kubernetes.selections[{index}].targets"),
+                        format!(
+                            "selection `{}` names target `{name}`, which is not in `targets` \
+                             (known: {})",
+                            selection.name,
+                            known.join(", ")
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// What is allowed but probably not meant, with the reason: `check-config` prints these
     /// and the gateway logs them.
     pub fn warnings(&self) -> Vec<String> {
         let mut warnings = Vec::new();
-        for exact in self.targets.iter().filter(|t| t.address.port() != 0) {
-            let covering = self.targets.iter().find(|whole| {
-                whole.address.port() == 0
-                    && same_listener_host(whole.address.ip(), exact.address.ip())
+        let addressed = || self.targets.iter().filter_map(|t| Some((t, t.address?)));
+        for (exact, exact_address) in addressed().filter(|(_, a)| a.port() != 0) {
+            let covering = addressed().find(|(_, whole)| {
+                whole.port() == 0 && same_listener_host(whole.ip(), exact_address.ip())
             });
-            if let Some(whole) = covering {
+            if let Some((whole, whole_address)) = covering {
                 warnings.push(format!(
                     "target `{}` ({}) lies inside `{}` ({}): port {} goes to `{}` (its protocol and \
                      masking), every other port to `{}`",
                     exact.name,
-                    exact.address,
+                    exact_address,
                     whole.name,
-                    whole.address.ip(),
-                    exact.address.port(),
+                    whole_address.ip(),
+                    exact_address.port(),
                     exact.name,
                     whole.name
                 ));
@@ -296,8 +353,9 @@ impl Config {
             };
             for (key, addr) in own.iter().filter_map(|(k, a)| Some((k, (*a)?))) {
                 // A whole-host target leaves the gateway's own ports alone (ebpf::target_keys).
-                if target.address.port() == addr.port()
-                    && same_listener_host(target.address.ip(), addr.ip())
+                if let Some(address) = target.address
+                    && address.port() == addr.port()
+                    && same_listener_host(address.ip(), addr.ip())
                 {
                     return Err(invalid(
                         "address",
@@ -305,7 +363,8 @@ impl Config {
                             "target `{}` ({}) is the gateway's own `{key}` ({addr}) on this \
                              host: its traffic would be sent back to the gateway; give the \
                              service's address, or move `{key}`",
-                            target.name, target.address
+                            target.name,
+                            target.destination()
                         ),
                     ));
                 }
@@ -350,6 +409,7 @@ impl Config {
     pub fn node_name(&self) -> String {
         self.node_name
             .clone()
+            .or_else(|| self.kubernetes.as_ref()?.node_name())
             .or_else(|| std::env::var("NODE_NAME").ok())
             .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
             .map(|n| n.trim().to_string())
@@ -496,7 +556,7 @@ mod tests {
         .unwrap();
         assert_eq!(c.fail_mode, FailMode::Closed);
         assert_eq!(c.targets.len(), 2);
-        assert_eq!(c.targets[1].address, "[::1]:8080".parse().unwrap());
+        assert_eq!(c.targets[1].address, Some("[::1]:8080".parse().unwrap()));
     }
 
     #[test]
@@ -555,6 +615,47 @@ mod tests {
             ),
             "{warnings:?}"
         );
+    }
+
+    #[test]
+    fn node_mode_selections_name_known_targets_and_service_targets_need_node_mode() {
+        let node = "kubernetes:\n  selections:\n    - name: agents\n      pods: {matchLabels: {app: agent}}\n      targets: [api]\n";
+        let c = Config::parse(&format!(
+            "targets:\n  - name: api\n    service: default/kubernetes\n    port: 443\n{node}"
+        ))
+        .unwrap();
+        let service = c.targets[0].service.as_ref().unwrap();
+        assert_eq!(
+            (service.namespace.as_str(), service.name.as_str()),
+            ("default", "kubernetes")
+        );
+        assert_eq!(
+            c.targets[0].destination(),
+            "service default/kubernetes port 443"
+        );
+        assert_eq!(c.kubernetes.unwrap().selections[0].targets, ["api"]);
+
+        let e =
+            error_of("targets:\n  - name: api\n    service: default/kubernetes\n    port: 443\n");
+        assert!(e.contains("a service target needs node mode"), "{e}");
+        let e = error_of(&format!(
+            "targets:\n  - name: other\n    address: 10.0.0.1:80\n{node}"
+        ));
+        assert!(
+            e.contains("names target `api`, which is not in `targets` (known: other)"),
+            "{e}"
+        );
+        let e = error_of("targets:\n  - name: api\n    service: default/kubernetes\n");
+        assert!(e.contains("names a service but no `port`"), "{e}");
+        let e = error_of("targets:\n  - name: api\n    service: kubernetes\n    port: 443\n");
+        assert!(e.contains("is not NAMESPACE/NAME"), "{e}");
+        let e = error_of("targets:\n  - name: api\n");
+        assert!(e.contains("needs either `address` or `service`"), "{e}");
+        let e = error_of(&format!(
+            "targets:\n  - name: api\n    address: 10.0.0.1:80\n{}",
+            node.replace("matchLabels", "matchLabel")
+        ));
+        assert!(e.contains("unknown field `matchLabel`"), "{e}");
     }
 
     #[test]
@@ -625,7 +726,7 @@ mod tests {
     #[test]
     fn whole_host_targets_are_written_ip_star() {
         let c = Config::parse("targets:\n  - name: any\n    address: \"10.0.0.5:*\"\n").unwrap();
-        assert_eq!(c.targets[0].address, "10.0.0.5:0".parse().unwrap());
+        assert_eq!(c.targets[0].address, Some("10.0.0.5:0".parse().unwrap()));
         assert!(error_of("targets:\n  - name: a\n    address: \"localhost:*\"\n").contains("ip:*"));
     }
 

@@ -24,7 +24,9 @@ use aya::{
     maps::{Array, HashMap, MapData},
     programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr, SockOps, links::FdLink},
 };
-use interlock_common::{AddrKey, InterceptConfig, NOT_A_TARGET, Origin, Settings, names};
+use interlock_common::{
+    AddrKey, InterceptConfig, MAX_CONFIG_TARGETS, NOT_A_TARGET, Origin, Settings, names,
+};
 use tracing::{info, warn};
 
 pub use self::{error::DataplaneError, pins::detach_pinned};
@@ -58,8 +60,26 @@ pub struct ProxyAddrs {
     pub v6: Option<SocketAddr>,
 }
 
+/// Which targets a registration is intercepted for (bit i: target i of the config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TargetSet([u64; MAX_CONFIG_TARGETS / 64]);
+
+impl TargetSet {
+    pub fn all() -> TargetSet {
+        TargetSet([u64::MAX; MAX_CONFIG_TARGETS / 64])
+    }
+
+    pub fn of(indices: impl IntoIterator<Item = usize>) -> TargetSet {
+        let mut words = [0; MAX_CONFIG_TARGETS / 64];
+        for index in indices.into_iter().filter(|i| *i < MAX_CONFIG_TARGETS) {
+            words[index / 64] |= 1 << (index % 64);
+        }
+        TargetSet(words)
+    }
+}
+
 impl ProxyAddrs {
-    fn to_intercept_config(self) -> InterceptConfig {
+    fn to_intercept_config(self, targets: TargetSet) -> InterceptConfig {
         let (proxy_ip4, proxy_port4) = match self.v4 {
             Some(SocketAddr::V4(a)) => (u32::from_ne_bytes(a.ip().octets()), a.port()),
             _ => (0, 0),
@@ -73,6 +93,7 @@ impl ProxyAddrs {
             proxy_ip6,
             proxy_port4,
             proxy_port6,
+            targets: targets.0,
         }
     }
 }
@@ -113,6 +134,8 @@ pub struct Dataplane {
     host_addrs: Mutex<HashMap<MapData, [u32; 4], u8>>,
     sock_origins: Mutex<HashMap<MapData, u64, Origin>>,
     flows: Mutex<HashMap<MapData, AddrKey, Origin>>,
+    /// The TARGETS keys each service target holds now, by target index.
+    service_keys: Mutex<std::collections::HashMap<u32, Vec<AddrKey>>>,
     cgroup_root: PathBuf,
 }
 
@@ -165,6 +188,7 @@ impl Dataplane {
             host_addrs: Mutex::new(take_map(&mut ebpf, names::HOST_ADDRS)?),
             sock_origins: Mutex::new(take_map(&mut ebpf, names::SOCK_ORIGINS)?),
             flows: Mutex::new(take_map(&mut ebpf, names::FLOWS)?),
+            service_keys: Mutex::default(),
             _ebpf: ebpf,
             cgroup_root,
         };
@@ -200,6 +224,38 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Points the addresses of a service target (its cluster IPs and endpoints) at it,
+    /// replacing the ones it had. An address another target holds is left to that one.
+    pub fn set_service_target(&self, index: u32, addresses: &[SocketAddr]) -> Result<()> {
+        let mut targets = self.targets.lock().expect("targets lock");
+        let mut held = self.service_keys.lock().expect("service keys lock");
+        let previous = held.remove(&index).unwrap_or_default();
+        let mut now = Vec::new();
+        for key in addresses.iter().map(|a| addr_key(*a)) {
+            match targets.get(&key, 0) {
+                Ok(other) if other != index => {
+                    warn!(
+                        address = %key_addr(&key),
+                        target = index,
+                        other,
+                        "a service address is already another target's; left to that one"
+                    );
+                    continue;
+                }
+                _ => {}
+            }
+            targets.insert(key, index, 0).map_err(step(
+                "adding a service address to the TARGETS map (is it full?)",
+            ))?;
+            now.push(key);
+        }
+        for gone in previous.iter().filter(|k| !now.contains(k)) {
+            let _ = targets.remove(gone);
+        }
+        held.insert(index, now);
+        Ok(())
+    }
+
     /// Makes HOST_ADDRS hold the host's current non-loopback addresses; returns them.
     pub fn refresh_host_addrs(&self) -> Result<HashSet<IpAddr>> {
         let current: HashSet<IpAddr> = if_addrs::get_if_addrs()
@@ -223,11 +279,16 @@ impl Dataplane {
         Ok(current)
     }
 
-    pub fn register_cgroup(&self, cgroup_id: u64, proxy: ProxyAddrs) -> Result<()> {
+    pub fn register_cgroup(
+        &self,
+        cgroup_id: u64,
+        proxy: ProxyAddrs,
+        targets: TargetSet,
+    ) -> Result<()> {
         self.intercept
             .lock()
             .expect("intercept lock")
-            .insert(cgroup_id, proxy.to_intercept_config(), 0)
+            .insert(cgroup_id, proxy.to_intercept_config(targets), 0)
             .map_err(step(
                 "adding the cgroup to the INTERCEPT_CGROUPS map (is it full?)",
             ))
@@ -255,11 +316,11 @@ impl Dataplane {
     /// pinned map still holds the old gateway's registrations), and empty wrap cgroups that
     /// no registration owns (left by a wrap or a gateway that was killed).
     pub fn forget_vanished_cgroups(&self) -> Result<usize> {
-        let live = cgroup::all_cgroup_ids(&self.cgroup_root);
+        let live = cgroup::all_cgroups(&self.cgroup_root);
         let stale: Vec<u64> = self
             .intercepted_cgroups()
             .into_iter()
-            .filter(|id| !live.contains(id))
+            .filter(|id| !live.contains_key(id))
             .collect();
         for id in &stale {
             self.unregister_cgroup(*id);
@@ -326,13 +387,18 @@ fn target_keys(config: &Config, host_addrs: &HashSet<IpAddr>) -> Result<Vec<(Add
     let own = own.into_iter().filter_map(|(key, addr)| {
         Some((format!("the gateway's own `{key}`"), addr?, NOT_A_TARGET))
     });
-    let targets = config.targets.iter().enumerate().map(|(index, target)| {
-        (
-            format!("target `{}`", target.name),
-            target.address,
-            index as u32,
-        )
-    });
+    // Service targets come and go with their Service (`set_service_target`).
+    let targets = config
+        .targets
+        .iter()
+        .enumerate()
+        .filter_map(|(index, target)| {
+            Some((
+                format!("target `{}`", target.name),
+                target.address?,
+                index as u32,
+            ))
+        });
     let mut keys: Vec<(AddrKey, u32, String, SocketAddr)> = Vec::new();
     for (label, address, value) in targets.chain(own) {
         let ip = canonical_ip(address.ip());

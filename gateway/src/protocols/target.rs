@@ -2,6 +2,7 @@
 //! the `targets` section of the config writes it.
 use std::{collections::HashMap, fmt, net::SocketAddr, time::Duration};
 
+use interlock_common::MAX_CONFIG_TARGETS;
 use serde::{Deserialize, Deserializer, de};
 
 use crate::config::values;
@@ -10,9 +11,17 @@ use crate::config::values;
 #[serde(deny_unknown_fields)]
 pub struct Target {
     pub name: String,
-    /// `ip:port`, or `ip:*` for every port of the host (held as port 0).
-    #[serde(deserialize_with = "target_addr")]
-    pub address: SocketAddr,
+    /// `ip:port`, or `ip:*` for every port of the host (held as port 0). A target has an
+    /// address or a service.
+    #[serde(default, deserialize_with = "target_addr")]
+    pub address: Option<SocketAddr>,
+    /// `NAMESPACE/NAME` of a Kubernetes Service (node mode): its cluster IPs at `port`, and
+    /// its endpoints at the matching target port, kept current as they change.
+    #[serde(default, deserialize_with = "service_ref")]
+    pub service: Option<ServiceRef>,
+    /// The Service port of a `service` target.
+    #[serde(default)]
+    pub port: Option<u16>,
     #[serde(default)]
     pub protocol: Protocol,
     /// Largest HTTP request or JSON response body read for inspection (`http`, `mcp`).
@@ -47,6 +56,29 @@ pub struct Target {
         deserialize_with = "crate::config::values::duration"
     )]
     pub idle_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ServiceRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl fmt::Display for ServiceRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+impl Target {
+    /// Where the target is, for messages: its address, or its Service and port.
+    pub fn destination(&self) -> String {
+        match (&self.address, &self.service, self.port) {
+            (Some(address), ..) => address.to_string(),
+            (None, Some(service), Some(port)) => format!("service {service} port {port}"),
+            _ => "nowhere".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -87,10 +119,27 @@ impl<'de> Deserialize<'de> for Protocol {
     }
 }
 
-/// A target address: `ip:port`, or `ip:*` for every port of that host (stored as port 0).
-fn target_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+fn service_ref<'de, D: Deserializer<'de>>(d: D) -> Result<Option<ServiceRef>, D::Error> {
     let text = String::deserialize(d)?;
-    match text.strip_suffix(":*") {
+    match text.split_once('/') {
+        Some((namespace, name))
+            if !namespace.is_empty() && !name.is_empty() && !name.contains('/') =>
+        {
+            Ok(Some(ServiceRef {
+                namespace: namespace.into(),
+                name: name.into(),
+            }))
+        }
+        _ => Err(de::Error::custom(format!(
+            "`{text}` is not NAMESPACE/NAME; write e.g. default/kubernetes"
+        ))),
+    }
+}
+
+/// A target address: `ip:port`, or `ip:*` for every port of that host (stored as port 0).
+fn target_addr<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    let text = String::deserialize(d)?;
+    let address = match text.strip_suffix(":*") {
         Some(ip) => {
             let ip = ip.trim_start_matches('[').trim_end_matches(']');
             ip.parse::<std::net::IpAddr>()
@@ -102,7 +151,8 @@ fn target_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> 
                 })
         }
         None => values::parse_socket_addr(&text).map_err(de::Error::custom),
-    }
+    };
+    address.map(Some)
 }
 
 /// Deserializes the target list, rejecting duplicate names and addresses where they occur.
@@ -131,17 +181,39 @@ pub(crate) fn targets<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Target>, D:
                         target.name
                     )));
                 }
-                if let Some(first) = by_addr.insert(target.address, index) {
+                if index >= MAX_CONFIG_TARGETS {
                     return Err(de::Error::custom(format!(
-                        "duplicate target address {} in targets[{index}] (first used by \
-                         targets[{first}]); each address can belong to one target only",
-                        target.address
+                        "targets[{index}]: a gateway takes at most {MAX_CONFIG_TARGETS} targets; \
+                         cover a host's ports with one `ip:*` target"
                     )));
                 }
-                if target.address.ip().is_unspecified() {
+                let destination = match (target.address, &target.service, target.port) {
+                    (Some(address), None, None) => address.to_string(),
+                    (None, Some(service), Some(port)) => format!("service {service}:{port}"),
+                    (None, Some(_), None) => {
+                        return Err(de::Error::custom(format!(
+                            "targets[{index}] (`{}`) names a service but no `port`; give the \
+                             Service port clients dial",
+                            target.name
+                        )));
+                    }
+                    _ => {
+                        return Err(de::Error::custom(format!(
+                            "targets[{index}] (`{}`) needs either `address` or `service` with \
+                             `port`",
+                            target.name
+                        )));
+                    }
+                };
+                if let Some(first) = by_addr.insert(destination.clone(), index) {
                     return Err(de::Error::custom(format!(
-                        "target address {} is unspecified; give the address clients dial",
-                        target.address
+                        "duplicate target address {destination} in targets[{index}] (first used by \
+                         targets[{first}]); each address can belong to one target only"
+                    )));
+                }
+                if target.address.is_some_and(|a| a.ip().is_unspecified()) {
+                    return Err(de::Error::custom(format!(
+                        "target address {destination} is unspecified; give the address clients dial"
                     )));
                 }
                 targets.push(target);

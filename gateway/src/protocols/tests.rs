@@ -185,6 +185,7 @@ impl Gateway {
                 process: "test".into(),
                 cmdline: vec!["test".into()],
                 pod: None,
+                kubernetes: None,
             },
             policy: Arc::new(config.policy.clone()),
             hard_stop: CancellationToken::new(),

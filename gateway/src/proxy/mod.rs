@@ -26,7 +26,7 @@ use crate::{
     approvals::Approvals,
     config::Config,
     ebpf::{Dataplane, key_addr},
-    identity::Workload,
+    identity::{PodDirectory, Workload},
     masking::Masker,
     policy::Policy,
     protocols::{
@@ -64,6 +64,16 @@ pub struct Proxy<C> {
     policy: RwLock<Arc<Policy>>,
     pub services: NodeServices,
     limits: Arc<SessionLimits>,
+    /// Node mode's pods, by uid: the API server's view of a workload's pod.
+    pods: Arc<PodDirectory>,
+}
+
+/// What sessions consult besides the config: masking, approvals, and the pods node mode
+/// knows (empty outside node mode).
+pub struct Engines {
+    pub masker: Arc<Masker>,
+    pub approvals: Arc<Approvals>,
+    pub pods: Arc<PodDirectory>,
 }
 
 impl<C: UpstreamConnector> Proxy<C> {
@@ -71,11 +81,15 @@ impl<C: UpstreamConnector> Proxy<C> {
         config: Arc<Config>,
         dataplane: Arc<Dataplane>,
         recorder: Recorder,
-        masker: Arc<Masker>,
-        approvals: Arc<Approvals>,
+        engines: Engines,
         workers: Workers,
         connector: C,
     ) -> Arc<Self> {
+        let Engines {
+            masker,
+            approvals,
+            pods,
+        } = engines;
         // Sessions are sized to the descriptors there are: the limit is raised first.
         let fd_limit = limits::raise_fd_limit();
         let limits = SessionLimits::new(&config.limits, fd_limit);
@@ -96,6 +110,7 @@ impl<C: UpstreamConnector> Proxy<C> {
                 }),
             },
             node: config.node_name(),
+            pods,
             dataplane,
             recorder,
             connector,
@@ -213,7 +228,12 @@ impl<C: UpstreamConnector> Proxy<C> {
             }
             return;
         }
-        let workload = Workload::from_kernel(origin.cgroup_id, origin.pid_tgid);
+        let mut workload = Workload::from_kernel(origin.cgroup_id, origin.pid_tgid);
+        workload.kubernetes = workload
+            .pod
+            .as_ref()
+            .and_then(|p| self.pods.identify(p))
+            .map(Box::new);
         let session_id = uuid::Uuid::now_v7().to_string();
         let session = self.recorder.session(&session_id);
         let started = Instant::now();

@@ -529,6 +529,7 @@ mod tests {
                 process: "p".into(),
                 cmdline: vec![],
                 pod: None,
+                kubernetes: None,
             },
         }
     }

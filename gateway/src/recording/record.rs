@@ -330,6 +330,7 @@ mod tests {
                     process: "p".into(),
                     cmdline: vec!["p".into()],
                     pod: None,
+                    kubernetes: None,
                 },
                 requester: None,
                 method: "tools/call".into(),

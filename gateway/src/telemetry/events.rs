@@ -474,3 +474,72 @@ impl InternalEvent for WebhookFailed<'_> {
         metrics().webhook_failures.inc();
     }
 }
+
+/// A selected pod's cgroup went into the map.
+pub struct PodRegistered<'a> {
+    pub namespace: &'a str,
+    pub pod: &'a str,
+    pub uid: &'a str,
+    pub cgroup_id: u64,
+    pub selections: &'a [String],
+    /// Since the gateway first saw the pod selected.
+    pub latency: Duration,
+}
+
+impl InternalEvent for PodRegistered<'_> {
+    fn emit(self) {
+        info!(
+            namespace = self.namespace,
+            pod = self.pod,
+            uid = self.uid,
+            cgroup_id = self.cgroup_id,
+            selections = ?self.selections,
+            latency_ms = self.latency.as_secs_f64() * 1e3,
+            "pod intercepted"
+        );
+        let m = metrics();
+        m.pod_registrations.inc();
+        m.pod_registration_seconds
+            .observe(self.latency.as_secs_f64());
+    }
+}
+
+/// A pod's cgroup left the map: the pod is gone or no longer selected.
+pub struct PodUnregistered<'a> {
+    pub uid: &'a str,
+    pub cgroup_id: u64,
+}
+
+impl InternalEvent for PodUnregistered<'_> {
+    fn emit(self) {
+        info!(
+            uid = self.uid,
+            cgroup_id = self.cgroup_id,
+            "pod no longer intercepted"
+        );
+        metrics().pod_unregistrations.inc();
+    }
+}
+
+/// A list or watch call to the API server failed; the watcher retries with backoff.
+pub struct KubeWatchFailed<'a> {
+    pub resource: &'static str,
+    pub error: &'a dyn std::fmt::Display,
+}
+
+impl InternalEvent for KubeWatchFailed<'_> {
+    fn emit(self) {
+        warn!(
+            resource = self.resource,
+            error = %self.error,
+            "watching the API server failed; retrying with backoff (check the API server \
+             address, the gateway's credentials, and RBAC: get, list and watch on this resource)"
+        );
+        metrics()
+            .kube_watch_errors
+            .get_or_create(&super::ResourceLabels {
+                resource: self.resource,
+            })
+            .inc();
+    }
+}

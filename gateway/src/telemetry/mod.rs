@@ -6,7 +6,12 @@ use std::sync::OnceLock;
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
-    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+    },
     registry::Registry,
 };
 
@@ -43,6 +48,11 @@ pub struct MapLabels {
     pub map: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResourceLabels {
+    pub resource: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
     pub sessions_started: Family<TargetLabels, Counter>,
@@ -76,6 +86,12 @@ pub struct Metrics {
     pub holds_decided: Family<OutcomeLabels, Counter>,
     pub approval_rejections: Family<HowLabels, Counter>,
     pub webhook_failures: Counter,
+    pub pods_intercepted: Gauge,
+    pub pod_registrations: Counter,
+    pub pod_unregistrations: Counter,
+    pub pod_registration_seconds: Histogram,
+    pub kube_watch_errors: Family<ResourceLabels, Counter>,
+    pub kube_synced: Gauge,
 }
 
 impl Metrics {
@@ -113,6 +129,13 @@ impl Metrics {
             holds_decided: Family::default(),
             approval_rejections: Family::default(),
             webhook_failures: Counter::default(),
+            pods_intercepted: Gauge::default(),
+            pod_registrations: Counter::default(),
+            pod_unregistrations: Counter::default(),
+            // 1 ms to about 16 s.
+            pod_registration_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
+            kube_watch_errors: Family::default(),
+            kube_synced: Gauge::default(),
         };
         let registry = &mut m.registry;
         registry.register(
@@ -269,6 +292,36 @@ impl Metrics {
             "approval_webhook_failures",
             "Hold announcements the webhook did not accept (holds stay pending)",
             m.webhook_failures.clone(),
+        );
+        registry.register(
+            "pods_intercepted",
+            "Pods of this node whose cgroup is registered (node mode)",
+            m.pods_intercepted.clone(),
+        );
+        registry.register(
+            "pod_registrations",
+            "Pod cgroups registered for interception",
+            m.pod_registrations.clone(),
+        );
+        registry.register(
+            "pod_unregistrations",
+            "Pod cgroups unregistered (pod gone or no longer selected)",
+            m.pod_unregistrations.clone(),
+        );
+        registry.register(
+            "pod_registration_seconds",
+            "From the gateway seeing a selected pod to its cgroup in the map",
+            m.pod_registration_seconds.clone(),
+        );
+        registry.register(
+            "kube_watch_errors",
+            "Failed list or watch calls to the API server, by resource (retried with backoff)",
+            m.kube_watch_errors.clone(),
+        );
+        registry.register(
+            "kube_synced",
+            "1 once the first list of every watched resource is in and registrations are applied",
+            m.kube_synced.clone(),
         );
         m
     }

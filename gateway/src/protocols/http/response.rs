@@ -95,14 +95,14 @@ pub async fn forward<I: Inspector>(
             upstream.mark_stale();
             let message = format!(
                 "upstream {} sent no response within upstream_response_timeout ({}) of target {}",
-                target.address,
+                target.destination(),
                 humantime::format_duration(waited),
                 target.name
             );
             return generated_text(exchange, StatusCode::GATEWAY_TIMEOUT, message).await;
         }
         Ok(Err(e)) => {
-            let message = format!("upstream {} failed: {e}", target.address);
+            let message = format!("upstream {} failed: {e}", target.destination());
             return generated_text(exchange, StatusCode::BAD_GATEWAY, message).await;
         }
     };

@@ -228,7 +228,7 @@ impl HoldDesk {
                     -32603,
                     &format!(
                         "approved, but upstream {} failed: {e} (Interlock)",
-                        exchange.target.address
+                        exchange.target.destination()
                     ),
                 );
                 self.send_events(&exchange, &mut out, &held, &[error], EventSource::Gateway)

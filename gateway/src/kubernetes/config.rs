@@ -1,0 +1,52 @@
+//! The `kubernetes:` section: node mode. The gateway watches the pods on its node and
+//! intercepts the ones a selection chooses, for the targets that selection names.
+use std::{net::IpAddr, path::PathBuf};
+
+use serde::Deserialize;
+
+use super::selector::LabelSelector;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesConfig {
+    /// A kubeconfig file; in the cluster the service account's in-cluster config is used.
+    #[serde(default)]
+    pub kubeconfig: Option<PathBuf>,
+    /// The node whose pods are watched; defaults to $NODE_NAME (the downward API's
+    /// `spec.nodeName`).
+    #[serde(default)]
+    pub node_name: Option<String>,
+    /// The address pods reach the gateway on: the node IP, by default $HOST_IP (the downward
+    /// API's `status.hostIP`). Intercepted pod connections are rewritten to it.
+    #[serde(default)]
+    pub pod_proxy_address: Option<IpAddr>,
+    pub selections: Vec<Selection>,
+}
+
+/// Which pods are intercepted, and for which targets.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Selection {
+    pub name: String,
+    /// Pods whose labels match; `{}` takes every pod (of the selected namespaces).
+    pub pods: LabelSelector,
+    /// Namespaces whose labels match; every namespace when absent.
+    #[serde(default)]
+    pub namespaces: Option<LabelSelector>,
+    /// Names from `targets`; the selected pods' connections to other targets go direct.
+    pub targets: Vec<String>,
+}
+
+impl KubernetesConfig {
+    pub fn node_name(&self) -> Option<String> {
+        self.node_name
+            .clone()
+            .or_else(|| std::env::var("NODE_NAME").ok())
+            .filter(|n| !n.is_empty())
+    }
+
+    pub fn pod_proxy_address(&self) -> Option<IpAddr> {
+        self.pod_proxy_address
+            .or_else(|| std::env::var("HOST_IP").ok()?.parse().ok())
+    }
+}
