@@ -7,7 +7,11 @@ use std::{collections::BTreeMap, time::Duration};
 
 use serde::Deserialize;
 
-use crate::{identity::Workload, patterns::Pattern};
+use crate::{
+    identity::{PodIdentity, Workload},
+    kubernetes::selector::LabelSelector,
+    patterns::Pattern,
+};
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -68,6 +72,22 @@ pub struct Match {
     /// Argument values by dotted path.
     #[serde(default)]
     pub args: BTreeMap<String, Pattern>,
+    /// Node mode: the namespace of the workload's pod. A workload outside a known pod
+    /// matches no Kubernetes key.
+    #[serde(default)]
+    pub namespace: Option<Pattern>,
+    /// Node mode: the pod's service account.
+    #[serde(default)]
+    pub service_account: Option<Pattern>,
+    /// Node mode: the pod's name.
+    #[serde(default)]
+    pub pod: Option<Pattern>,
+    /// Node mode: the container the connecting process runs in.
+    #[serde(default)]
+    pub container: Option<Pattern>,
+    /// Node mode: the pod's labels, as a label selector (`matchLabels`, `matchExpressions`).
+    #[serde(default)]
+    pub pod_labels: Option<LabelSelector>,
 }
 
 /// What a policy decision is made about.
@@ -141,6 +161,23 @@ impl Match {
             && self.args.iter().all(|(path, pattern)| {
                 argument(r.arguments, path).is_some_and(|v| pattern.is_match(&v))
             })
+            && self.matches_pod(r.workload.kubernetes.as_deref())
+    }
+
+    fn matches_pod(&self, pod: Option<&PodIdentity>) -> bool {
+        let field = |pattern: &Option<Pattern>, value: fn(&PodIdentity) -> Option<&str>| {
+            pattern
+                .as_ref()
+                .is_none_or(|p| pod.and_then(value).is_some_and(|v| p.is_match(v)))
+        };
+        field(&self.namespace, |p| Some(&p.namespace))
+            && field(&self.service_account, |p| Some(&p.service_account))
+            && field(&self.pod, |p| Some(&p.pod))
+            && field(&self.container, |p| p.container.as_deref())
+            && self
+                .pod_labels
+                .as_ref()
+                .is_none_or(|s| pod.is_some_and(|p| s.matches(&p.labels)))
     }
 }
 
@@ -207,6 +244,43 @@ mod tests {
                 mask: None,
                 record_raw: None,
             }
+        );
+    }
+
+    #[test]
+    fn pod_keys_match_only_the_pods_node_mode_knows() {
+        let p = policy(
+            "rules:\n  - name: no-deletes-for-agent\n    match: { namespace: team, service_account: agent, container: app, pod: \"agent-*\", pod_labels: { matchLabels: { tier: front } }, tool: delete_file }\n    action: deny\n",
+        );
+        let identity = |service_account: &str| PodIdentity {
+            namespace: "team".into(),
+            pod: "agent-7".into(),
+            uid: "u".into(),
+            container: Some("app".into()),
+            service_account: service_account.into(),
+            node: "n".into(),
+            owner: None,
+            labels: [("tier".to_string(), "front".to_string())].into(),
+            selections: vec![],
+        };
+        let args = serde_json::json!({});
+        let decide = |kubernetes: Option<PodIdentity>| {
+            let workload = Workload {
+                kubernetes: kubernetes.map(Box::new),
+                ..PYTHON.clone()
+            };
+            p.decide(&Request {
+                workload: &workload,
+                ..call("delete_file", &args)
+            })
+            .action
+        };
+        assert_eq!(decide(Some(identity("agent"))), Action::Deny);
+        assert_eq!(decide(Some(identity("other"))), Action::Allow);
+        assert_eq!(
+            decide(None),
+            Action::Allow,
+            "a workload outside a pod matches no pod key"
         );
     }
 

@@ -17,6 +17,7 @@ pub const LAYERS: &[&str] = &[
     "config::values",
     "vocabulary",
     "patterns",
+    "kubernetes::selector",
     "sse",
     "cgroup",
     "kubelet",
@@ -37,7 +38,6 @@ pub const LAYERS: &[&str] = &[
     "protocols::mcp",
     "protocols",
     // The node: configuration, kernel, node mode, listeners, control, CLI.
-    "kubernetes::selector",
     "kubernetes::config",
     "config",
     "ebpf",

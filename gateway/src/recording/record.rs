@@ -8,7 +8,8 @@ use super::chain::Seal;
 use crate::identity::Workload;
 pub use crate::vocabulary::{Direction, HoldOutcome, Outcome};
 
-pub const SCHEMA_VERSION: u32 = 1;
+/// 2 added the `kubernetes` pod identity to the workload (node mode); readers take 1 and 2.
+pub const SCHEMA_VERSION: u32 = 2;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Record {
@@ -394,8 +395,22 @@ mod tests {
         assert_eq!(json["kind"], "data");
         assert_eq!(json["record_id"], "s1:1");
         assert_eq!(json["data"], "AGhp");
-        assert_eq!(json["schema_version"], 1);
+        assert_eq!(json["schema_version"], 2);
         let back: Record = serde_json::from_value(json).unwrap();
         assert_eq!(back, chunk);
+    }
+
+    #[test]
+    fn a_version_1_session_start_still_reads() {
+        let v1 = r#"{"schema_version":1,"record_id":"s:0","session_id":"s","seq":0,"ts":"2026-11-21T06:45:50.16528537Z","prev_hash":null,"kind":"session_start","node":"vm","target":"demo","protocol":"tcp","original_dst":"127.0.0.1:18080","client_addr":"127.0.0.1:55896","cgroup_id":25,"cgroup":"/w","pid":12504,"process":"curl","cmdline":["curl"]}"#;
+        let record: Record = serde_json::from_str(v1).unwrap();
+        assert_eq!(record.schema_version, 1);
+        let RecordBody::SessionStart(start) = record.body else {
+            panic!("not a session_start: {record:?}");
+        };
+        assert_eq!(
+            (start.workload.process.as_str(), start.workload.kubernetes),
+            ("curl", None)
+        );
     }
 }
