@@ -17,4 +17,5 @@ pub mod recording;
 pub mod sinks;
 pub mod sse;
 pub mod telemetry;
+pub mod tokens;
 pub mod vocabulary;

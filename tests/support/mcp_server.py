@@ -1,7 +1,8 @@
 """An MCP server (official Python SDK, stateless streamable HTTP: the 2026-07-28 era) that
 journals every tool call it executes, so tests can prove from the server side what reached it.
 
-usage: python3 mcp_server.py PORT JOURNAL_FILE
+usage: python3 mcp_server.py PORT JOURNAL_FILE [HOST]
+  HOST defaults to 127.0.0.1; a server in a pod netns listens on 0.0.0.0
 """
 import asyncio
 import json
@@ -10,6 +11,7 @@ import sys
 from mcp.server import MCPServer
 
 port, journal = int(sys.argv[1]), sys.argv[2]
+host = sys.argv[3] if len(sys.argv) > 3 else "127.0.0.1"
 server = MCPServer("journal")
 
 
@@ -42,4 +44,4 @@ def repeat(text: str, times: int) -> str:
     return text * times
 
 
-asyncio.run(server.run_streamable_http_async(host="127.0.0.1", port=port, stateless_http=True))
+asyncio.run(server.run_streamable_http_async(host=host, port=port, stateless_http=True))

@@ -27,13 +27,27 @@ struct Cluster {
     api: ApiServer,
     node: SimNode,
     port: u16,
+    /// What the journalling server executed (`Upstream::Journal`).
+    journal: std::path::PathBuf,
     _server: Proc,
     _server_pod: PodNetns,
 }
 
-/// The test API server, a node, and server-everything in its own pod behind Service
-/// `team/tools`, whose cluster IP and EndpointSlice both lead to it.
+#[derive(PartialEq)]
+enum Upstream {
+    /// server-everything (npm).
+    Everything,
+    /// tests/support/mcp_server.py, which journals every tool call it executes.
+    Journal,
+}
+
 fn cluster() -> Cluster {
+    cluster_with(Upstream::Everything)
+}
+
+/// The test API server, a node, and an MCP server in its own pod behind Service
+/// `team/tools`, whose cluster IP and EndpointSlice both lead to it.
+fn cluster_with(upstream: Upstream) -> Cluster {
     require_root();
     let api = ApiServer::start(&[]);
     let node = SimNode::create("node-sim");
@@ -75,21 +89,26 @@ fn cluster() -> Cluster {
         &server_pod.pod_ip,
     ]);
     let port = free_port();
-    let server = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &server_pod.name,
-            "env",
-            &format!("PORT={port}"),
-            "node",
-        ])
-        .arg(support_dir().join("node_modules/.bin/mcp-server-everything"))
-        .arg("streamableHttp")
+    let journal = api.dir.path().join("journal.jsonl");
+    let mut server = Command::new("ip");
+    server.args(["netns", "exec", &server_pod.name]);
+    match upstream {
+        Upstream::Everything => server
+            .args(["env", &format!("PORT={port}"), "node"])
+            .arg(support_dir().join("node_modules/.bin/mcp-server-everything"))
+            .arg("streamableHttp"),
+        Upstream::Journal => server
+            .arg("python3")
+            .arg(support_dir().join("mcp_server.py"))
+            .arg(port.to_string())
+            .arg(&journal)
+            .arg("0.0.0.0"),
+    };
+    let server = server
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .expect("node and tests/support/node_modules (cargo xtask setup)");
+        .expect("node, python3 and tests/support peers (cargo xtask setup)");
     let server = Proc(server);
     wait_listening(format!("{}:{port}", server_pod.pod_ip).parse().unwrap());
     api.post(
@@ -110,6 +129,7 @@ fn cluster() -> Cluster {
         api,
         node,
         port,
+        journal,
         _server: server,
         _server_pod: server_pod,
     }
@@ -117,15 +137,49 @@ fn cluster() -> Cluster {
 
 impl Cluster {
     fn gateway(&self, fail_mode: &str) -> Gateway {
+        self.gateway_with(&format!("fail_mode: {fail_mode}\n"), "")
+    }
+
+    /// A gateway with `extra` config, and `target_keys` for the tools target.
+    fn gateway_with(&self, extra: &str, target_keys: &str) -> Gateway {
         Gateway::start_config(&format!(
-            "fail_mode: {fail_mode}\nkubernetes:\n  kubeconfig: {}\n  node_name: {}\n  pod_proxy_address: {}\n  selections:\n\
+            "{extra}kubernetes:\n  kubeconfig: {}\n  node_name: {}\n  pod_proxy_address: {}\n  selections:\n\
              \x20   - name: agents\n      pods: {{matchLabels: {{app: agent}}}}\n      namespaces: {{matchLabels: {{interlock.dev/selected: \"true\"}}}}\n      targets: [tools]\n\
-             targets:\n  - name: tools\n    service: team/tools\n    port: {}\n    protocol: mcp\n",
+             targets:\n  - name: tools\n    service: team/tools\n    port: {}\n    protocol: mcp\n{target_keys}",
             self.api.kubeconfig.display(),
             self.node.name,
             self.node.node_ip,
             self.port
         ))
+    }
+
+    /// A bound token for `sa`, from the TokenRequest API, bound to `pod`.
+    fn token(&self, sa: &str, pod: &SimPod) -> String {
+        let request = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+            "spec": {"boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": pod.name, "uid": pod.uid}}});
+        let minted = self.api.post(
+            &format!("/api/v1/namespaces/team/serviceaccounts/{sa}/token"),
+            &request,
+        );
+        minted["status"]["token"].as_str().unwrap().to_string()
+    }
+
+    /// A token the API server would never mint (expired, foreign audience or issuer), signed
+    /// with its real key.
+    fn odd_token(&self, sa: &str, pod: &SimPod, odd: Value) -> String {
+        let mut request = json!({"namespace": "team", "serviceAccount": sa, "pod": pod.name});
+        request
+            .as_object_mut()
+            .unwrap()
+            .extend(odd.as_object().unwrap().clone());
+        self.api.post("/testserver/token", &request)["token"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    fn executed(&self) -> String {
+        std::fs::read_to_string(&self.journal).unwrap_or_default()
     }
 
     fn pod(
@@ -384,4 +438,231 @@ fn a_closed_mode_restart_lets_no_selected_pod_connect_direct_and_readyz_waits_fo
     let after = ended_sessions(&gw);
     assert!(after.len() > before);
     assert!(after.iter().all(|s| s["kubernetes"]["pod"] == "agent-4"));
+}
+
+/// `tools/call echo MESSAGE` from `pod` with `token`, by curl: the HTTP status and the
+/// JSON-RPC message that came back (the SSE event's data, or the JSON body).
+fn echo_with_token(pod: &SimPod, cluster: &Cluster, token: &str, message: &str) -> (u16, Value) {
+    let call = json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+                      "params": {"name": "echo", "arguments": {"message": message}}});
+    let out = pod
+        .run(
+            "app",
+            &[
+                "curl",
+                "-s",
+                "-w",
+                "\n%{http_code}",
+                "-X",
+                "POST",
+                &format!("http://{CLUSTER_IP}:{}/mcp", cluster.port),
+                "-H",
+                "content-type: application/json",
+                "-H",
+                "accept: application/json, text/event-stream",
+                "-H",
+                &format!("authorization: Bearer {token}"),
+                "-d",
+                &call.to_string(),
+            ],
+        )
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, status) = text
+        .trim_end()
+        .rsplit_once('\n')
+        .unwrap_or_else(|| panic!("curl: {text}"));
+    let json = body
+        .lines()
+        .find_map(|l| l.strip_prefix("data: "))
+        .unwrap_or(body);
+    (
+        status.parse().unwrap(),
+        serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {body}")),
+    )
+}
+
+fn token_checks(gw: &Gateway) -> Vec<Value> {
+    gw.all_records()
+        .into_iter()
+        .filter(|r| r["kind"] == "token_check")
+        .collect()
+}
+
+#[test]
+fn a_pods_own_bound_token_is_verified_and_a_token_replayed_from_another_pod_never_reaches_the_server()
+ {
+    let cluster = cluster_with(Upstream::Journal);
+    let agent = cluster.pod(
+        7,
+        "agent-7",
+        "agent",
+        (Driver::Systemd, Runtime::Containerd, Qos::Burstable),
+        "agent",
+    );
+    let other = cluster.pod(
+        8,
+        "agent-8",
+        "agent",
+        (Driver::Cgroupfs, Runtime::Containerd, Qos::Burstable),
+        "other",
+    );
+    let gw = cluster.gateway_with("identity:\n  legacy_tokens: deny\n", "");
+
+    let (status, reply) =
+        echo_with_token(&agent, &cluster, &cluster.token("agent", &agent), "mine");
+    assert_eq!(status, 200, "{reply}\n{}", gw.log());
+    assert_eq!(reply["result"]["content"][0]["text"], "echo: mine");
+
+    let stolen = cluster.token("other", &other);
+    let (status, reply) = echo_with_token(&agent, &cluster, &stolen, "stolen");
+    assert_eq!(status, 403, "{reply}");
+    assert_eq!(
+        (reply["id"].as_i64(), reply["error"]["code"].as_i64()),
+        (Some(7), Some(-32002))
+    );
+    let message = reply["error"]["message"].as_str().unwrap();
+    assert!(message.contains("replayed from another pod"), "{message}");
+    // The same token from its own pod is fine.
+    let (status, _) = echo_with_token(&other, &cluster, &stolen, "theirs");
+    assert_eq!(status, 200);
+
+    let refused = |token: &str, expect: &str| {
+        let (status, reply) = echo_with_token(&agent, &cluster, token, "refused");
+        assert_eq!(status, 403, "{reply}");
+        let message = reply["error"]["message"].as_str().unwrap().to_string();
+        assert!(message.contains(expect), "{message} (expected {expect:?})");
+    };
+    refused(
+        &cluster.odd_token("agent", &agent, json!({"expiresIn": -600})),
+        "expired",
+    );
+    refused(
+        &cluster.odd_token("agent", &agent, json!({"audiences": ["someone-else"]})),
+        "wrong audience",
+    );
+    refused(
+        &cluster.odd_token("agent", &agent, json!({"issuer": "https://evil.example"})),
+        "wrong issuer",
+    );
+    let secret = cluster.api.post("/api/v1/namespaces/team/secrets", &json!({
+        "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/service-account-token",
+        "metadata": {"name": "agent-legacy", "annotations": {"kubernetes.io/service-account.name": "agent"}}}));
+    use base64::Engine;
+    let legacy = base64::engine::general_purpose::STANDARD
+        .decode(secret["data"]["token"].as_str().unwrap())
+        .unwrap();
+    let legacy = String::from_utf8(legacy).unwrap();
+    refused(&legacy, "legacy_tokens: deny");
+
+    // A rotated key: the new kid is fetched and the token it signs verifies.
+    cluster.api.post(
+        "/testserver/rotate",
+        &json!({"algorithm": "ES256", "retirePrevious": true}),
+    );
+    thread::sleep(Duration::from_secs(10)); // the gateway refetches an unknown kid at most every 10 s
+    let (status, reply) =
+        echo_with_token(&agent, &cluster, &cluster.token("agent", &agent), "rotated");
+    assert_eq!(status, 200, "{reply}\n{}", gw.log());
+
+    // The server executed only what carried the caller's own token.
+    let executed = cluster.executed();
+    for (message, ran) in [
+        ("mine", true),
+        ("theirs", true),
+        ("rotated", true),
+        ("stolen", false),
+        ("refused", false),
+    ] {
+        assert_eq!(
+            executed.contains(&format!("\"{message}\"")),
+            ran,
+            "{message}: {executed}"
+        );
+    }
+    let checks = token_checks(&gw);
+    let outcomes: Vec<&str> = checks
+        .iter()
+        .filter_map(|c| c["outcome"].as_str())
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            "verified",
+            "identity_mismatch",
+            "verified",
+            "rejected",
+            "rejected",
+            "rejected",
+            "legacy_refused",
+            "verified"
+        ],
+        "{checks:?}"
+    );
+    let mismatch = &checks[1];
+    assert_eq!(mismatch["allowed"], false);
+    assert_eq!(mismatch["token"]["pod"], "agent-8");
+    assert_eq!(mismatch["token"]["service_account"], "other");
+    assert_eq!(mismatch["attested"]["pod"], "agent-7");
+    assert_eq!(mismatch["attested"]["pod_uid"], agent.uid.as_str());
+    assert_eq!(
+        checks[0]["token"]["subject"],
+        "system:serviceaccount:team:agent"
+    );
+}
+
+#[test]
+fn legacy_tokens_follow_the_setting_and_a_required_bound_token_refuses_requests_without_one() {
+    let cluster = cluster_with(Upstream::Journal);
+    let agent = cluster.pod(
+        9,
+        "agent-9",
+        "agent",
+        (Driver::Systemd, Runtime::CriO, Qos::Guaranteed),
+        "agent",
+    );
+    let secret = cluster.api.post("/api/v1/namespaces/team/secrets", &json!({
+        "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/service-account-token",
+        "metadata": {"name": "agent-legacy", "annotations": {"kubernetes.io/service-account.name": "agent"}}}));
+    use base64::Engine;
+    let legacy = base64::engine::general_purpose::STANDARD
+        .decode(secret["data"]["token"].as_str().unwrap())
+        .unwrap();
+    let legacy = String::from_utf8(legacy).unwrap();
+    for (setting, status, outcome) in [
+        ("flag", 200, "legacy_flagged"),
+        ("allow", 200, "legacy_allowed"),
+    ] {
+        let gw = cluster.gateway_with(&format!("identity:\n  legacy_tokens: {setting}\n"), "");
+        let (got, reply) = echo_with_token(&agent, &cluster, &legacy, setting);
+        assert_eq!(got, status, "{setting}: {reply}");
+        let checks = token_checks(&gw);
+        assert_eq!(checks.len(), 1);
+        assert_eq!(
+            (
+                checks[0]["outcome"].as_str(),
+                checks[0]["allowed"].as_bool()
+            ),
+            (Some(outcome), Some(true))
+        );
+    }
+    let gw = cluster.gateway_with("", "    require_bound_token: true\n");
+    let (got, reply) = echo_with_token(&agent, &cluster, "not-a-jwt", "no-token");
+    assert_eq!(got, 403, "{reply}");
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("requires the pod's own service-account token")
+    );
+    let (got, _) = echo_with_token(&agent, &cluster, &legacy, "legacy-required");
+    assert_eq!(got, 403);
+    let (got, _) = echo_with_token(&agent, &cluster, &cluster.token("agent", &agent), "bound");
+    assert_eq!(got, 200);
+    let outcomes: Vec<String> = token_checks(&gw)
+        .iter()
+        .filter_map(|c| c["outcome"].as_str().map(String::from))
+        .collect();
+    assert_eq!(outcomes, ["missing", "legacy_refused", "verified"]);
 }

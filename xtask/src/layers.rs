@@ -23,6 +23,7 @@ pub const LAYERS: &[&str] = &[
     "kubelet",
     "identity",
     "telemetry",
+    "tokens",
     // Engines that know nothing of connections.
     "masking",
     "policy",

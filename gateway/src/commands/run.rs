@@ -133,6 +133,7 @@ pub async fn run(config_path: &Path) -> Result<()> {
                 .as_ref()
                 .map(|n| n.directory.clone())
                 .unwrap_or_default(),
+            tokens: node_mode.as_ref().map(|n| n.tokens.clone()),
         },
         Workers::start(config.workers)?,
         TcpConnector {

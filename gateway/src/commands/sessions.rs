@@ -335,6 +335,29 @@ pub fn render(records: &[&Record]) -> String {
                     hold.expires_at.format(&Rfc3339).unwrap_or_default()
                 );
             }
+            RecordBody::TokenCheck(check) => {
+                let who = check
+                    .token
+                    .as_ref()
+                    .map(|t| format!(" for {}", t.subject))
+                    .unwrap_or_default();
+                let _ = writeln!(
+                    out,
+                    "\n#{} {ts}  token {:?}{who}, {}{}",
+                    record.seq,
+                    check.outcome,
+                    if check.allowed {
+                        "let through"
+                    } else {
+                        "refused"
+                    },
+                    check
+                        .reason
+                        .as_ref()
+                        .map(|r| format!(": {r}"))
+                        .unwrap_or_default()
+                );
+            }
             RecordBody::HoldDecided(decision) => {
                 let by = decision
                     .approver

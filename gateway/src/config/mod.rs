@@ -83,6 +83,9 @@ pub struct Config {
     /// Node mode: the pods of this node that a selection chooses are intercepted.
     #[serde(default)]
     pub kubernetes: Option<KubernetesConfig>,
+    /// Node mode: how bearer service-account tokens are checked against the pod.
+    #[serde(default)]
+    pub identity: crate::tokens::IdentityConfig,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]

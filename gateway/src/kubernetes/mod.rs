@@ -6,6 +6,7 @@
 //! - `config`: the `kubernetes:` section;
 //! - `selector`: label selectors, strict.
 pub mod config;
+mod keys;
 mod registrar;
 pub mod selector;
 mod services;
@@ -49,6 +50,7 @@ use crate::{
         events::{InternalEvent, KubeWatchFailed},
         metrics,
     },
+    tokens::ServiceAccountTokens,
 };
 
 /// While selected pods wait for their cgroup, how often they are looked for again.
@@ -82,6 +84,8 @@ pub enum NodeModeError {
 pub struct NodeMode {
     pub synced: Arc<AtomicBool>,
     pub directory: Arc<PodDirectory>,
+    /// Verifies bearer service-account tokens with the cluster's keys.
+    pub tokens: Arc<ServiceAccountTokens>,
 }
 
 async fn client(config: &KubernetesConfig) -> Result<Client, NodeModeError> {
@@ -248,6 +252,12 @@ pub async fn start(
     let node_mode = NodeMode {
         synced: synced.clone(),
         directory,
+        tokens: Arc::new(ServiceAccountTokens::new(
+            config.identity.clone(),
+            Box::new(keys::ApiServerKeys {
+                client: client.clone(),
+            }),
+        )),
     };
     info!(node = %node, %pod_proxy, adopted, "node mode: watching the API server");
     tokio::spawn(async move {

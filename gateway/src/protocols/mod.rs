@@ -26,12 +26,17 @@ use self::{
     mcp::{McpInspector, holds::HoldDesk},
     target::{Protocol, Target},
 };
-use crate::{identity::Workload, masking::Masker, policy::Policy, recording::SessionRecorder};
+use crate::{
+    identity::Workload, masking::Masker, policy::Policy, recording::SessionRecorder,
+    tokens::ServiceAccountTokens,
+};
 
 /// What every session on the node shares.
 pub struct NodeServices {
     pub masker: Arc<Masker>,
     pub desk: Arc<HoldDesk>,
+    /// Node mode's service-account token verifier.
+    pub tokens: Option<Arc<ServiceAccountTokens>>,
 }
 
 /// One recorded session, as the accept path hands it over.
@@ -80,6 +85,7 @@ pub async fn serve(
         workload,
         services.masker.clone(),
         hard_stop,
+        services.tokens.clone(),
     );
     let exchange = Arc::new(exchange);
     // Boxed: the HTTP layer's state is far larger than the copy loop's, and every idle tcp

@@ -37,6 +37,10 @@ pub struct Target {
     /// Keep clear text in the records of this target. Off unless said explicitly.
     #[serde(default)]
     pub record_raw: bool,
+    /// `http`/`mcp` in node mode: every request must carry the connecting pod's own bound
+    /// service-account token.
+    #[serde(default)]
+    pub require_bound_token: bool,
     /// `http`/`mcp`: how long a client may take to send a request's head.
     #[serde(
         default = "defaults::header_read_timeout",

@@ -43,6 +43,7 @@ use crate::{
         InternalEvent, OriginNotFound, SessionEnded, SessionRefusedAtLimit,
         SessionRefusedSpoolFull, SessionStarted, UpstreamConnectFailed,
     },
+    tokens::ServiceAccountTokens,
 };
 
 pub struct Proxy<C> {
@@ -74,6 +75,7 @@ pub struct Engines {
     pub masker: Arc<Masker>,
     pub approvals: Arc<Approvals>,
     pub pods: Arc<PodDirectory>,
+    pub tokens: Option<Arc<ServiceAccountTokens>>,
 }
 
 impl<C: UpstreamConnector> Proxy<C> {
@@ -89,6 +91,7 @@ impl<C: UpstreamConnector> Proxy<C> {
             masker,
             approvals,
             pods,
+            tokens,
         } = engines;
         // Sessions are sized to the descriptors there are: the limit is raised first.
         let fd_limit = limits::raise_fd_limit();
@@ -103,6 +106,7 @@ impl<C: UpstreamConnector> Proxy<C> {
             workers,
             limits,
             services: NodeServices {
+                tokens,
                 masker,
                 desk: Arc::new(HoldDesk {
                     approvals,

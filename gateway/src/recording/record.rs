@@ -108,6 +108,52 @@ pub enum RecordBody {
     HoldCreated(Hold),
     /// How a hold ended: approved or denied (by whom, why), timed out, or interrupted.
     HoldDecided(HoldDecision),
+    /// A request's bearer token checked against the pod the kernel attests (node mode).
+    TokenCheck(TokenCheck),
+}
+
+/// What a request's service-account token proved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenOutcome {
+    /// A bound token of the very pod the connection comes from.
+    Verified,
+    /// A legacy token of the pod's own service account, let through (`legacy_tokens`).
+    LegacyAllowed,
+    LegacyFlagged,
+    LegacyRefused,
+    /// A valid token of another pod or service account: replayed, and refused.
+    IdentityMismatch,
+    /// Expired, wrong audience or issuer, bad signature, unknown key.
+    Rejected,
+    /// The target requires a bound token and the request had none.
+    Missing,
+    /// The cluster's keys could not be fetched, so nothing could be verified.
+    KeysUnavailable,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenCheck {
+    pub outcome: TokenOutcome,
+    /// Whether the request went on.
+    pub allowed: bool,
+    /// Who the token says the caller is, when it verified.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<crate::tokens::TokenIdentity>,
+    /// Who the kernel and the API server say the caller is (the session's workload has the
+    /// rest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attested: Option<AttestedPod>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttestedPod {
+    pub namespace: String,
+    pub service_account: String,
+    pub pod: String,
+    pub pod_uid: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -108,7 +108,8 @@ impl Store {
                 | RecordBody::McpMessage(_)
                 | RecordBody::Masked(_)
                 | RecordBody::HoldCreated(_)
-                | RecordBody::HoldDecided(_) => {
+                | RecordBody::HoldDecided(_)
+                | RecordBody::TokenCheck(_) => {
                     if let Some(summary) = by_id.get_mut(record.session_id.as_str()) {
                         summary.records += 1;
                     }

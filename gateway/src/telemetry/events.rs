@@ -543,3 +543,37 @@ impl InternalEvent for KubeWatchFailed<'_> {
             .inc();
     }
 }
+
+/// A request's bearer token was checked against the pod the kernel attests.
+pub struct TokenChecked<'a> {
+    pub target: &'a str,
+    pub outcome: &'a str,
+    pub allowed: bool,
+    pub reason: Option<&'a str>,
+}
+
+impl InternalEvent for TokenChecked<'_> {
+    fn emit(self) {
+        if self.allowed {
+            debug!(
+                target_name = self.target,
+                outcome = self.outcome,
+                "bearer token checked"
+            );
+        } else {
+            warn!(
+                target_name = self.target,
+                outcome = self.outcome,
+                reason = self.reason.unwrap_or(""),
+                "request refused: its bearer token is not the connecting pod's"
+            );
+        }
+        metrics()
+            .token_checks
+            .get_or_create(&OutcomeLabels {
+                target: self.target.into(),
+                outcome: self.outcome.into(),
+            })
+            .inc();
+    }
+}

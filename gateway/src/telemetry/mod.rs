@@ -92,6 +92,7 @@ pub struct Metrics {
     pub pod_registration_seconds: Histogram,
     pub kube_watch_errors: Family<ResourceLabels, Counter>,
     pub kube_synced: Gauge,
+    pub token_checks: Family<OutcomeLabels, Counter>,
 }
 
 impl Metrics {
@@ -136,6 +137,7 @@ impl Metrics {
             pod_registration_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
             kube_watch_errors: Family::default(),
             kube_synced: Gauge::default(),
+            token_checks: Family::default(),
         };
         let registry = &mut m.registry;
         registry.register(
@@ -317,6 +319,11 @@ impl Metrics {
             "kube_watch_errors",
             "Failed list or watch calls to the API server, by resource (retried with backoff)",
             m.kube_watch_errors.clone(),
+        );
+        registry.register(
+            "token_checks",
+            "Bearer service-account tokens checked against the connecting pod, by target and outcome",
+            m.token_checks.clone(),
         );
         registry.register(
             "kube_synced",

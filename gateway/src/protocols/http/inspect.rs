@@ -5,11 +5,14 @@ use std::{future::Future, pin::Pin, sync::Arc};
 
 use bytes::Bytes;
 use hyper::{
-    Response,
+    Response, StatusCode,
     http::{request, response},
 };
 
-use super::{reply::ProxyBody, upstream::Upstream};
+use super::{
+    reply::{ProxyBody, generated_text},
+    upstream::Upstream,
+};
 use crate::{
     masking::stream::BodyKind,
     protocols::l7::{Exchange, Masking},
@@ -30,6 +33,18 @@ pub trait Inspector: Send + Sync + 'static {
         head: &request::Parts,
         body: Bytes,
     ) -> impl Future<Output = Verdict<Self::Answering>> + Send;
+
+    /// The protocol's own answer to a request the gateway refuses before reading it (a
+    /// bearer token that is not the pod's): by default a 403 with the reason.
+    fn refused(
+        &self,
+        exchange: &Exchange,
+        _head: &request::Parts,
+        _body: &Bytes,
+        reason: String,
+    ) -> impl Future<Output = Response<ProxyBody>> + Send {
+        generated_text(exchange, StatusCode::FORBIDDEN, reason)
+    }
 
     /// A reader for the answer to a forwarded request; `get_stream` for a GET's answer.
     fn on_response(

@@ -11,7 +11,10 @@ use super::{
     response,
     upstream::{Upstream, upstream_request},
 };
-use crate::protocols::l7::Exchange;
+use crate::protocols::l7::{
+    Exchange,
+    identity::{self, Refused},
+};
 
 pub async fn handle<I: Inspector>(
     mut request: Request<Incoming>,
@@ -44,6 +47,9 @@ pub async fn handle<I: Inspector>(
             return generated_text(exchange, status, message).await;
         }
     };
+    if let Err(Refused(reason)) = identity::check(exchange, &head.headers).await {
+        return inspector.refused(exchange, &head, &body, reason).await;
+    }
     let mut verdict = inspector.on_request(exchange, upstream, &head, body).await;
     loop {
         match verdict {

@@ -1,6 +1,7 @@
 //! The L7 session layer: what every request on one client connection shares (`Exchange`),
 //! whichever protocol inspector reads it, and the exchange log through which all of its
 //! records are written.
+pub mod identity;
 pub mod log;
 
 pub use self::log::Masking;
@@ -23,6 +24,7 @@ use crate::{
     masking::Masker,
     protocols::{error::SessionError, target::Target},
     recording::SessionRecorder,
+    tokens::ServiceAccountTokens,
 };
 
 /// Work the connection's own task drives besides the connection: response bodies, held
@@ -44,6 +46,8 @@ pub struct Exchange {
     pumps: mpsc::UnboundedSender<Pump>,
     /// What ended an upgraded tunnel, when not a clean close: the session's own end.
     tunnel_end: Mutex<Option<SessionError>>,
+    /// Node mode's verifier of service-account tokens.
+    pub tokens: Option<Arc<ServiceAccountTokens>>,
 }
 
 impl Exchange {
@@ -54,6 +58,7 @@ impl Exchange {
         workload: Workload,
         masker: Arc<Masker>,
         hard_stop: CancellationToken,
+        tokens: Option<Arc<ServiceAccountTokens>>,
     ) -> (Self, mpsc::UnboundedReceiver<Pump>) {
         let (pumps, queue) = mpsc::unbounded_channel();
         let log = ExchangeLog::new(session, masker, &target);
@@ -67,6 +72,7 @@ impl Exchange {
             hard_stop,
             pumps,
             tunnel_end: Mutex::new(None),
+            tokens,
         };
         (exchange, queue)
     }

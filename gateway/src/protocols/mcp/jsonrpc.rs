@@ -162,6 +162,9 @@ pub fn error_response(id: &Value, code: i64, message: &str) -> Value {
 /// JSON-RPC code for requests refused by policy (implementation-defined server error range).
 pub const POLICY_DENIED: i64 = -32001;
 
+/// JSON-RPC code for requests whose bearer token is not the connecting pod's.
+pub const IDENTITY_REFUSED: i64 = -32002;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -27,7 +27,7 @@ use self::{
     answers::{answer_on_legacy_stream, generated_json},
     decide::{McpEvaluation, evaluate, requests_answered},
     holds::HoldDesk,
-    jsonrpc::{POLICY_DENIED, error_response, summarize},
+    jsonrpc::{IDENTITY_REFUSED, POLICY_DENIED, error_response, summarize},
     reader::{McpAnswering, McpReader},
 };
 use crate::{
@@ -114,6 +114,34 @@ impl Inspector for McpInspector {
             masking,
             answering,
         })
+    }
+
+    /// A JSON-RPC error for each request the body holds, so the client's SDK reports the
+    /// reason rather than a transport failure.
+    async fn refused(
+        &self,
+        exchange: &Exchange,
+        head: &request::Parts,
+        body: &Bytes,
+        reason: String,
+    ) -> Response<ProxyBody> {
+        let message = format!("refused by Interlock: {reason}");
+        let ids: Vec<Value> = match serde_json::from_slice::<Value>(body) {
+            Ok(Value::Array(batch)) => batch.iter().filter_map(|m| m.get("id").cloned()).collect(),
+            Ok(single) => single.get("id").cloned().into_iter().collect(),
+            Err(_) => Vec::new(),
+        };
+        let session = header_str(&head.headers, "mcp-session-id");
+        let reply = match ids.len() {
+            0 => error_response(&Value::Null, IDENTITY_REFUSED, &message),
+            1 => error_response(&ids[0], IDENTITY_REFUSED, &message),
+            _ => Value::Array(
+                ids.iter()
+                    .map(|id| error_response(id, IDENTITY_REFUSED, &message))
+                    .collect(),
+            ),
+        };
+        generated_json(exchange, StatusCode::FORBIDDEN, &reply, session).await
     }
 
     fn on_response(
