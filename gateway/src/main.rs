@@ -38,6 +38,16 @@ enum Cmd {
         #[arg(required = true, last = true)]
         command: Vec<String>,
     },
+    /// In a pod's first init container: wait until this pod is intercepted (node mode).
+    #[command(name = "await")]
+    Await {
+        /// The gateway's reserved await address (kubernetes.await_address).
+        #[arg(long, default_value_t = interlock::kubernetes::config::DEFAULT_AWAIT_ADDRESS)]
+        address: std::net::SocketAddr,
+        /// Give up, and fail the pod's start, after this long.
+        #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
     /// Validate a config file.
     CheckConfig { file: PathBuf },
     /// List the built-in secret detectors (names for `masking.disable`).
@@ -181,6 +191,9 @@ fn dispatch(command: Cmd) -> anyhow::Result<i32> {
             for name in masker.detector_names() {
                 println!("{name}");
             }
+        }
+        Cmd::Await { address, timeout } => {
+            commands::await_interception::await_interception(address, timeout)?;
         }
         Cmd::CheckConfig { file } => {
             let config = Config::load(&file)?;

@@ -666,3 +666,112 @@ fn legacy_tokens_follow_the_setting_and_a_required_bound_token_refuses_requests_
         .collect();
     assert_eq!(outcomes, ["missing", "legacy_refused", "verified"]);
 }
+
+#[test]
+fn fifty_pods_created_in_a_burst_each_await_interception_and_their_first_connection_is_recorded() {
+    let cluster = cluster_with(Upstream::Journal);
+    let gw = cluster.gateway_with("", "");
+    let interlock = interlock_e2e::interlock_bin();
+    let layouts = [
+        (Driver::Systemd, Runtime::Containerd, Qos::Burstable),
+        (Driver::Cgroupfs, Runtime::CriO, Qos::BestEffort),
+        (Driver::Systemd, Runtime::CriO, Qos::Guaranteed),
+    ];
+    let pods: Vec<SimPod> = (0..50u8)
+        .map(|i| {
+            cluster.node.pod(
+                40 + i,
+                "team",
+                &format!("burst-{i}"),
+                json!({"app": "agent"}),
+                layouts[usize::from(i) % 3],
+            )
+        })
+        .collect();
+    // Each pod's container starts at once: the await step, then straight to the server.
+    let url = cluster.url();
+    let runs: Vec<_> = pods
+        .iter()
+        .map(|pod| {
+            cluster.api.post("/api/v1/namespaces/team/pods", &pod.object("agent"));
+            let call = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                              "params": {"name": "echo", "arguments": {"message": pod.name}}});
+            let script = format!(
+                "{} await --timeout 60s && curl -s -o /dev/null -w '%{{http_code}}' -X POST {url} \
+                 -H 'content-type: application/json' -H 'accept: application/json, text/event-stream' -d '{call}'",
+                interlock.display()
+            );
+            pod.run("app", &["sh", "-c", &script]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
+        })
+        .collect();
+    for (pod, run) in pods.iter().zip(runs) {
+        let out = run.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}: {}\n{}",
+            pod.name,
+            String::from_utf8_lossy(&out.stderr),
+            gw.log()
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stdout).ends_with("200"),
+            "{}: {:?}",
+            pod.name,
+            out
+        );
+    }
+    let sessions = ended_sessions(&gw);
+    for pod in &pods {
+        let recorded = sessions
+            .iter()
+            .any(|s| s["kubernetes"]["pod"] == pod.name.as_str());
+        assert!(
+            recorded,
+            "{}'s first connection was not intercepted",
+            pod.name
+        );
+        assert!(cluster.executed().contains(&format!("\"{}\"", pod.name)));
+    }
+    assert_eq!(metric(&gw, "interlock_pods_intercepted"), 50.0);
+
+    // An unselected pod's await fails, saying why.
+    let loner = cluster
+        .node
+        .pod(95, "team", "loner", json!({"app": "web"}), layouts[0]);
+    cluster
+        .api
+        .post("/api/v1/namespaces/team/pods", &loner.object("other"));
+    let out = loner
+        .run(
+            "app",
+            &[interlock.to_str().unwrap(), "await", "--timeout", "1s"],
+        )
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("is not intercepted after 1s")
+            && said.contains("a selection chooses this pod"),
+        "{said}"
+    );
+
+    for pod in &pods {
+        let out = cluster.api.kubectl(
+            &interlock_e2e::apiserver::kubectl_137(),
+            &["delete", "pod", "-n", "team", &pod.name],
+        );
+        assert!(out.status.success());
+    }
+    wait_for("every registration to go", &gw, || {
+        metric(&gw, "interlock_pods_intercepted") == 0.0
+    });
+    assert_eq!(
+        metric(&gw, "interlock_bpf_map_entries{map=\"INTERCEPT_CGROUPS\"}"),
+        0.0
+    );
+    wait_for("the tracking maps to empty", &gw, || {
+        metric(&gw, "interlock_bpf_map_entries{map=\"SOCK_ORIGINS\"}") == 0.0
+            && metric(&gw, "interlock_bpf_map_entries{map=\"FLOWS\"}") == 0.0
+    });
+}

@@ -1,5 +1,6 @@
 //! The CLI's subcommands, one module each.
 pub mod approvals;
+pub mod await_interception;
 pub mod run;
 pub mod sessions;
 pub mod wrap;

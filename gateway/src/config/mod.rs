@@ -11,7 +11,7 @@ use std::{
 
 use serde::Deserialize;
 
-use crate::kubernetes::config::KubernetesConfig;
+use crate::kubernetes::config::{AWAIT_TARGET, KubernetesConfig};
 use crate::protocols::target::{Protocol, Target};
 use crate::{
     recording::config::{FsyncPolicy, Spool},
@@ -256,9 +256,23 @@ impl Config {
     }
 
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        let config = Self::deserialize(text)?;
+        let mut config = Self::deserialize(text)?;
         config.check_targets()?;
         config.check_kubernetes()?;
+        if let Some(kubernetes) = &config.kubernetes {
+            // Answers `interlock await` from every selected pod (kubernetes::config).
+            let yaml = format!(
+                "name: {AWAIT_TARGET}\naddress: \"{}\"\n",
+                kubernetes.await_address
+            );
+            let target = serde_yaml_ng::from_str(&yaml).map_err(|e| ConfigError::Invalid {
+                file: None,
+                location: None,
+                key: Some("kubernetes.await_address".into()),
+                message: e.to_string(),
+            })?;
+            config.targets.push(target);
+        }
         Ok(config)
     }
 
@@ -281,6 +295,14 @@ impl Config {
                 None => Ok(()),
             };
         };
+        if let Some(index) = self.targets.iter().position(|t| t.name == AWAIT_TARGET) {
+            return Err(invalid(
+                format!("targets[{index}].name"),
+                format!(
+                    "`{AWAIT_TARGET}` is the gateway's own target in node mode; rename this one"
+                ),
+            ));
+        }
         let mut names = std::collections::HashSet::new();
         for (index, selection) in kubernetes.selections.iter().enumerate() {
             if !names.insert(&selection.name) {

@@ -1,6 +1,9 @@
 //! The `kubernetes:` section: node mode. The gateway watches the pods on its node and
 //! intercepts the ones a selection chooses, for the targets that selection names.
-use std::{net::IpAddr, path::PathBuf};
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::PathBuf,
+};
 
 use serde::Deserialize;
 
@@ -21,6 +24,23 @@ pub struct KubernetesConfig {
     #[serde(default)]
     pub pod_proxy_address: Option<IpAddr>,
     pub selections: Vec<Selection>,
+    /// The reserved address `interlock await` dials: only an intercepted pod's connect to it
+    /// reaches the gateway, which answers with the pod it attests. Link-local, unused by EKS.
+    #[serde(
+        default = "default_await_address",
+        deserialize_with = "crate::config::values::socket_addr"
+    )]
+    pub await_address: SocketAddr,
+}
+
+/// The internal target that answers `interlock await`, in every selection.
+pub const AWAIT_TARGET: &str = "interlock-await";
+
+pub const DEFAULT_AWAIT_ADDRESS: SocketAddr =
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(169, 254, 255, 77)), 15077);
+
+fn default_await_address() -> SocketAddr {
+    DEFAULT_AWAIT_ADDRESS
 }
 
 /// Which pods are intercepted, and for which targets.

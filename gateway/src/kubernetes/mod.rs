@@ -219,10 +219,13 @@ pub async fn start(
         .selections
         .iter()
         .map(|selection| ResolvedSelection {
+            // Every selected pod can prove its interception with `interlock await`.
             targets: selection
                 .targets
                 .iter()
-                .filter_map(|name| config.targets.iter().position(|t| &t.name == name))
+                .map(String::as_str)
+                .chain([config::AWAIT_TARGET])
+                .filter_map(|name| config.targets.iter().position(|t| t.name == name))
                 .collect(),
             selection: selection.clone(),
         })

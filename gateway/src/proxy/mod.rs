@@ -13,7 +13,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::{
+    io::AsyncWriteExt,
+    net::{TcpListener, TcpStream},
+};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{error, warn};
 
@@ -27,6 +30,7 @@ use crate::{
     config::Config,
     ebpf::{Dataplane, key_addr},
     identity::{PodDirectory, Workload},
+    kubernetes::config::AWAIT_TARGET,
     masking::Masker,
     policy::Policy,
     protocols::{
@@ -190,6 +194,22 @@ impl<C: UpstreamConnector> Proxy<C> {
         }
     }
 
+    /// `interlock await` dialled the reserved address, so its pod is intercepted: it is told
+    /// which pod the kernel attests for it. Nothing goes upstream and nothing is recorded.
+    async fn answer_await(&self, mut client: TcpStream, origin: &interlock_common::Origin) {
+        let workload = Workload::from_kernel(origin.cgroup_id, origin.pid_tgid);
+        let identity = workload.pod.as_ref().and_then(|p| self.pods.identify(p));
+        let answer = serde_json::json!({
+            "pod_uid": workload.pod.as_ref().map(|p| &p.pod_uid),
+            "namespace": identity.as_ref().map(|i| &i.namespace),
+            "pod": identity.as_ref().map(|i| &i.pod),
+        });
+        let mut line = answer.to_string().into_bytes();
+        line.push(b'\n');
+        let _ = client.write_all(&line).await;
+        let _ = client.shutdown().await;
+    }
+
     async fn serve(self: Arc<Self>, client: TcpStream, peer: SocketAddr) {
         let Some(origin) = self.dataplane.take_flow(peer) else {
             OriginNotFound { peer }.emit();
@@ -202,6 +222,10 @@ impl<C: UpstreamConnector> Proxy<C> {
             return;
         };
         let _ = client.set_nodelay(true);
+        if target.name == AWAIT_TARGET {
+            self.answer_await(client, &origin).await;
+            return;
+        }
         let spool = self.recorder.spool();
         if !spool.has_room() {
             let let_through = self.config.recording.spool.when_full == WhenFull::FailOpen;
