@@ -39,26 +39,16 @@ pub struct ApiServer {
     pub ca: PathBuf,
     /// `https://127.0.0.1:PORT`
     pub url: String,
-    _proc: Proc,
+    args: Vec<String>,
+    proc: Option<Proc>,
 }
 
 impl ApiServer {
     /// Starts kube-testserver on loopback with tests/support/kube/cluster.yaml and `args`.
     pub fn start(args: &[&str]) -> ApiServer {
         let dir = tempfile::tempdir().unwrap();
-        let bin = crate::probe_bin().with_file_name("kube-testserver");
-        let log = fs::File::create(dir.path().join("server.log")).unwrap();
-        let child = Command::new(&bin)
-            .arg("--state-dir")
-            .arg(dir.path())
-            .arg("--fixture")
-            .arg(support_dir().join("kube/cluster.yaml"))
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("{}: {e} (cargo build -p interlock-e2e)", bin.display()));
-        let proc = Proc(child);
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let proc = spawn(dir.path(), &args);
         let kubeconfig = dir.path().join("kubeconfig");
         let deadline = Instant::now() + Duration::from_secs(20);
         while !kubeconfig.exists() {
@@ -79,7 +69,34 @@ impl ApiServer {
             kubeconfig,
             url,
             dir,
-            _proc: proc,
+            args,
+            proc: Some(proc),
+        }
+    }
+
+    /// Kills the server: an API server that is down.
+    pub fn stop(&mut self) {
+        self.proc = None;
+    }
+
+    /// Starts it again on the same address, with the same CA and admin token (and the
+    /// fixtures' objects afresh).
+    pub fn restart(&mut self) {
+        self.stop();
+        let kubeconfig = self.dir.path().join("kubeconfig");
+        fs::remove_file(&kubeconfig).unwrap();
+        let address = self.url.trim_start_matches("https://").to_string();
+        let mut args = self.args.clone();
+        args.extend(["--listen".to_string(), address]);
+        self.proc = Some(spawn(self.dir.path(), &args));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !kubeconfig.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "kube-testserver did not come back: {}",
+                self.log()
+            );
+            thread::sleep(Duration::from_millis(50));
         }
     }
 
@@ -122,6 +139,26 @@ impl ApiServer {
     pub fn requests(&self) -> Vec<Value> {
         serde_json::from_value(self.get("/testserver/requests")).unwrap()
     }
+}
+
+fn spawn(dir: &Path, args: &[String]) -> Proc {
+    let bin = crate::probe_bin().with_file_name("kube-testserver");
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("server.log"))
+        .unwrap();
+    let child = Command::new(&bin)
+        .arg("--state-dir")
+        .arg(dir)
+        .arg("--fixture")
+        .arg(support_dir().join("kube/cluster.yaml"))
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| panic!("{}: {e} (cargo build -p interlock-e2e)", bin.display()));
+    Proc(child)
 }
 
 /// The stdout of a command that must have succeeded, as JSON.

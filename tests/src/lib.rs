@@ -192,6 +192,13 @@ impl Gateway {
     /// A gateway whose config is `config` (targets included) after this gateway's own
     /// listeners, control socket, bpffs dir and record store.
     pub fn start_config(config: &str) -> Gateway {
+        let mut gateway = Gateway::configure(config);
+        gateway.launch();
+        gateway
+    }
+
+    /// Like `start_config`, but not started yet.
+    pub fn configure(config: &str) -> Gateway {
         require_root();
         let dir = tempfile::tempdir().unwrap();
         let (listen_port, admin_port) = (free_port(), free_port());
@@ -212,19 +219,23 @@ impl Gateway {
         yaml.push_str(config);
         let config = dir.path().join("interlock.yaml");
         fs::write(&config, yaml).unwrap();
-        let mut gateway = Gateway {
+        Gateway {
             dir,
             config,
             listen_port,
             admin_port,
             child: None,
-        };
-        gateway.launch();
-        gateway
+        }
     }
 
     /// Starts (or restarts) the gateway process and waits for /readyz.
     pub fn launch(&mut self) {
+        self.spawn();
+        self.wait_ready();
+    }
+
+    /// Starts (or restarts) the gateway process without waiting for it.
+    pub fn spawn(&mut self) {
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -237,6 +248,10 @@ impl Gateway {
             .spawn()
             .expect("interlock binary; build it with `cargo xtask build`");
         self.child = Some(child);
+    }
+
+    /// Waits for /readyz, up to 20 s after the call.
+    pub fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if self

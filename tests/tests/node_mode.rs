@@ -30,7 +30,7 @@ struct Cluster {
     /// What the journalling server executed (`Upstream::Journal`).
     journal: std::path::PathBuf,
     _server: Proc,
-    _server_pod: PodNetns,
+    server_pod: PodNetns,
 }
 
 #[derive(PartialEq)]
@@ -111,28 +111,16 @@ fn cluster_with(upstream: Upstream) -> Cluster {
         .expect("node, python3 and tests/support peers (cargo xtask setup)");
     let server = Proc(server);
     wait_listening(format!("{}:{port}", server_pod.pod_ip).parse().unwrap());
-    api.post(
-        "/api/v1/namespaces/team/services",
-        &json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "tools"},
-                "spec": {"clusterIP": CLUSTER_IP, "clusterIPs": [CLUSTER_IP],
-                         "ports": [{"name": "http", "port": port, "targetPort": port, "protocol": "TCP"}]}}),
-    );
-    api.post(
-        "/apis/discovery.k8s.io/v1/namespaces/team/endpointslices",
-        &json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-                "metadata": {"name": "tools-1", "labels": {"kubernetes.io/service-name": "tools"}},
-                "addressType": "IPv4",
-                "endpoints": [{"addresses": [server_pod.pod_ip], "conditions": {"ready": true}}],
-                "ports": [{"name": "http", "port": port, "protocol": "TCP"}]}),
-    );
-    Cluster {
+    let cluster = Cluster {
         api,
         node,
         port,
         journal,
         _server: server,
-        _server_pod: server_pod,
-    }
+        server_pod,
+    };
+    cluster.publish();
+    cluster
 }
 
 impl Cluster {
@@ -142,7 +130,11 @@ impl Cluster {
 
     /// A gateway with `extra` config, and `target_keys` for the tools target.
     fn gateway_with(&self, extra: &str, target_keys: &str) -> Gateway {
-        Gateway::start_config(&format!(
+        Gateway::start_config(&self.gateway_config(extra, target_keys))
+    }
+
+    fn gateway_config(&self, extra: &str, target_keys: &str) -> String {
+        format!(
             "{extra}kubernetes:\n  kubeconfig: {}\n  node_name: {}\n  pod_proxy_address: {}\n  selections:\n\
              \x20   - name: agents\n      pods: {{matchLabels: {{app: agent}}}}\n      namespaces: {{matchLabels: {{interlock.dev/selected: \"true\"}}}}\n      targets: [tools]\n\
              targets:\n  - name: tools\n    service: team/tools\n    port: {}\n    protocol: mcp\n{target_keys}",
@@ -150,7 +142,25 @@ impl Cluster {
             self.node.name,
             self.node.node_ip,
             self.port
-        ))
+        )
+    }
+
+    /// Service `team/tools` and its EndpointSlice, pointing at the server's pod.
+    fn publish(&self) {
+        self.api.post(
+            "/api/v1/namespaces/team/services",
+            &json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "tools"},
+                    "spec": {"clusterIP": CLUSTER_IP, "clusterIPs": [CLUSTER_IP],
+                             "ports": [{"name": "http", "port": self.port, "targetPort": self.port, "protocol": "TCP"}]}}),
+        );
+        self.api.post(
+            "/apis/discovery.k8s.io/v1/namespaces/team/endpointslices",
+            &json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                    "metadata": {"name": "tools-1", "labels": {"kubernetes.io/service-name": "tools"}},
+                    "addressType": "IPv4",
+                    "endpoints": [{"addresses": [self.server_pod.pod_ip], "conditions": {"ready": true}}],
+                    "ports": [{"name": "http", "port": self.port, "protocol": "TCP"}]}),
+        );
     }
 
     /// A bound token for `sa`, from the TokenRequest API, bound to `pod`.
@@ -774,4 +784,58 @@ fn fifty_pods_created_in_a_burst_each_await_interception_and_their_first_connect
         metric(&gw, "interlock_bpf_map_entries{map=\"SOCK_ORIGINS\"}") == 0.0
             && metric(&gw, "interlock_bpf_map_entries{map=\"FLOWS\"}") == 0.0
     });
+}
+
+#[test]
+fn an_api_server_that_is_down_at_start_keeps_readyz_at_503_with_a_clear_log_until_it_comes_back() {
+    let mut cluster = cluster();
+    let agent = cluster.pod(
+        96,
+        "agent-96",
+        "agent",
+        (Driver::Systemd, Runtime::Containerd, Qos::Burstable),
+        "agent",
+    );
+    cluster.api.stop();
+    let config = cluster.gateway_config("fail_mode: open\n", "");
+    let mut gw = Gateway::configure(&config);
+    gw.spawn();
+    wait_for("the watch failure to be logged", &gw, || {
+        gw.log()
+            .contains("watching the API server failed; retrying with backoff")
+    });
+    let readyz = gw.admin_get("/readyz").unwrap_or_default();
+    assert!(
+        readyz.contains("waiting for the first pod list from the API server"),
+        "{readyz}"
+    );
+    assert!(metric(&gw, "interlock_kube_watch_errors_total{resource=\"pods\"}") >= 1.0);
+
+    // The server comes back (same address, same CA): the watches recover on their own.
+    cluster.api.restart();
+    cluster.publish();
+    cluster
+        .api
+        .post("/api/v1/namespaces/team/pods", &agent.object("agent"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while gw
+        .admin_get("/readyz")
+        .is_none_or(|r| !r.starts_with("ready"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "not ready 60 s after the API server came back:\n{}",
+            gw.log()
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+    wait_for("the pod's registration", &gw, || {
+        metric(&gw, "interlock_pods_intercepted") == 1.0
+    });
+    mcp_client(&agent, &cluster.url());
+    assert!(
+        ended_sessions(&gw)
+            .iter()
+            .any(|s| s["kubernetes"]["pod"] == "agent-96")
+    );
 }

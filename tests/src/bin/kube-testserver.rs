@@ -11,7 +11,8 @@ struct Args {
     /// Address to serve on (port 0 picks one; kubeconfig names it).
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
-    /// Directory for ca.crt, admin.token and kubeconfig (written last, once serving).
+    /// Directory for ca.crt, ca.key, admin.token and kubeconfig (written last, once serving).
+    /// A CA key and admin token already there are kept: a restart keeps its clients' trust.
     #[arg(long)]
     state_dir: PathBuf,
     /// YAML files of objects to start with.

@@ -37,7 +37,8 @@ pub use tokens::KeyAlgorithm;
 
 pub struct Options {
     pub listen: SocketAddr,
-    /// Where ca.crt, admin.token and kubeconfig are written; kubeconfig last, once serving.
+    /// Where ca.crt, ca.key, admin.token and kubeconfig are written (kubeconfig last, once
+    /// serving); a CA key and admin token already there are kept.
     pub state_dir: PathBuf,
     pub fixtures: Vec<PathBuf>,
     /// Extra names and addresses for the serving certificate.
@@ -70,14 +71,18 @@ pub async fn run(options: Options) -> Result<(), String> {
         .await
         .map_err(|e| format!("bind {}: {e}", options.listen))?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
-    let tls = tls::mint(&options.sans)?;
+    // A restart in the same state dir keeps the CA and the admin token, so clients holding
+    // the kubeconfig reconnect as to a real API server that came back.
+    let kept = |name: &str| std::fs::read_to_string(options.state_dir.join(name)).ok();
+    let tls = tls::mint(&options.sans, kept("ca.key").as_deref())?;
     let state = Arc::new(State {
         store: store::Store::default(),
         issuer: RwLock::new(tokens::Issuer::new(
             options.issuer.clone(),
             options.key_algorithm,
         )?),
-        admin_token: uuid::Uuid::new_v4().simple().to_string(),
+        admin_token: kept("admin.token")
+            .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()),
         base_url: format!("https://{local}"),
         ca_pem: tls.ca_pem.clone(),
         bookmark_interval: options.bookmark_interval,
@@ -87,7 +92,7 @@ pub async fn run(options: Options) -> Result<(), String> {
     for fixture in &options.fixtures {
         load_fixture(&state, fixture)?;
     }
-    write_state(&state, &options.state_dir)?;
+    write_state(&state, &options.state_dir, &tls.ca_key_pem)?;
     tracing::info!(address = %local, state_dir = %options.state_dir.display(), "serving the Kubernetes API");
 
     let acceptor = tokio_rustls::TlsAcceptor::from(tls.server);
@@ -198,13 +203,14 @@ fn load_fixture(state: &State, path: &Path) -> Result<(), String> {
     Ok(())
 }
 
-fn write_state(state: &State, dir: &Path) -> Result<(), String> {
+fn write_state(state: &State, dir: &Path, ca_key_pem: &str) -> Result<(), String> {
     let write = |name: &str, contents: &str| {
         std::fs::write(dir.join(name), contents)
             .map_err(|e| format!("{}: {e}", dir.join(name).display()))
     };
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     write("ca.crt", &state.ca_pem)?;
+    write("ca.key", ca_key_pem)?;
     write("admin.token", &state.admin_token)?;
     use base64::Engine;
     let ca_data = base64::engine::general_purpose::STANDARD.encode(&state.ca_pem);

@@ -11,6 +11,7 @@ use rustls::{
 
 pub struct ClusterTls {
     pub ca_pem: String,
+    pub ca_key_pem: String,
     pub server: Arc<ServerConfig>,
 }
 
@@ -24,9 +25,15 @@ const SERVING_NAMES: &[&str] = &[
     "::1",
 ];
 
-pub fn mint(extra_names: &[String]) -> Result<ClusterTls, String> {
+/// Mints the serving certificate; the CA's key is `ca_key_pem` when given (a restart in the
+/// same state dir keeps the CA clients already trust), else new.
+pub fn mint(extra_names: &[String], ca_key_pem: Option<&str>) -> Result<ClusterTls, String> {
     let fail = |what: &str, e: rcgen::Error| format!("{what}: {e}");
-    let ca_key = KeyPair::generate().map_err(|e| fail("CA key", e))?;
+    let ca_key = match ca_key_pem {
+        Some(pem) => KeyPair::from_pem(pem).map_err(|e| fail("CA key", e))?,
+        None => KeyPair::generate().map_err(|e| fail("CA key", e))?,
+    };
+    let ca_key_pem = ca_key.serialize_pem();
     let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(|e| fail("CA", e))?;
     ca.distinguished_name
         .push(DnType::CommonName, "interlock-testserver-ca");
@@ -68,6 +75,7 @@ pub fn mint(extra_names: &[String]) -> Result<ClusterTls, String> {
     server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(ClusterTls {
         ca_pem: ca_cert.pem(),
+        ca_key_pem,
         server: Arc::new(server),
     })
 }
