@@ -80,7 +80,7 @@ struct Weighed {
 }
 
 /// RSS of a process and its children (nginx's workers), in MiB.
-fn rss_mib(pid: u32) -> f64 {
+pub(crate) fn rss_mib(pid: u32) -> f64 {
     let kib = |pid: &str| -> f64 {
         fs::read_to_string(format!("/proc/{pid}/status"))
             .ok()

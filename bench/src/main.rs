@@ -51,6 +51,15 @@ enum Mode {
         #[arg(long)]
         interlock: PathBuf,
     },
+    /// Node mode: registration latency of 100 pods created at once, and memory with 1,000
+    /// cached pods.
+    Node {
+        #[arg(long)]
+        interlock: PathBuf,
+        /// The test API server (tests/src/kube), built with `-p interlock-e2e`.
+        #[arg(long)]
+        testserver: PathBuf,
+    },
     /// The idle load generator: opens COUNT sessions to ADDR and holds them until stdin closes.
     IdleClient {
         addr: SocketAddr,
@@ -64,6 +73,7 @@ enum Mode {
 mod idle;
 mod masking;
 mod mcp;
+mod node;
 mod stream;
 
 const CONNECTS: usize = 2000;
@@ -98,6 +108,10 @@ fn main() -> Result<()> {
         }) => mcp::client(direct, nginx, interlock),
         Some(Mode::Masking) => masking::run(),
         Some(Mode::Idle { interlock }) => idle::orchestrate(&interlock),
+        Some(Mode::Node {
+            interlock,
+            testserver,
+        }) => node::orchestrate(&interlock, &testserver),
         Some(Mode::IdleClient {
             addr,
             count,

@@ -839,3 +839,74 @@ fn an_api_server_that_is_down_at_start_keeps_readyz_at_503_with_a_clear_log_unti
             .any(|s| s["kubernetes"]["pod"] == "agent-96")
     );
 }
+
+/// `tools/call echo MESSAGE` from `pod`, with no token: the JSON-RPC reply.
+fn echo(pod: &SimPod, cluster: &Cluster, message: &str) -> Value {
+    let call = json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call",
+                      "params": {"name": "echo", "arguments": {"message": message}}});
+    let out = pod
+        .run(
+            "app",
+            &[
+                "curl",
+                "-s",
+                "-X",
+                "POST",
+                &cluster.url(),
+                "-H",
+                "content-type: application/json",
+                "-H",
+                "accept: application/json, text/event-stream",
+                "-d",
+                &call.to_string(),
+            ],
+        )
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let json = text
+        .lines()
+        .find_map(|l| l.strip_prefix("data: "))
+        .unwrap_or(&text);
+    serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+#[test]
+fn a_deny_rule_for_one_service_account_on_one_tool_applies_to_that_service_account_only() {
+    let cluster = cluster_with(Upstream::Journal);
+    let agent = cluster.pod(
+        97,
+        "agent-97",
+        "agent",
+        (Driver::Systemd, Runtime::Containerd, Qos::Burstable),
+        "agent",
+    );
+    let other = cluster.pod(
+        98,
+        "agent-98",
+        "agent",
+        (Driver::Systemd, Runtime::Containerd, Qos::Burstable),
+        "other",
+    );
+    let policy = "policy:\n  default: allow\n  rules:\n    - name: agent-may-not-echo\n      match: { service_account: agent, namespace: team, tool: echo }\n      action: deny\n      reason: not for this service account\n";
+    let gw = cluster.gateway_with(policy, "");
+    let denied = echo(&agent, &cluster, "from-agent");
+    assert!(
+        denied["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("not for this service account"),
+        "{denied}\n{}",
+        gw.log()
+    );
+    let allowed = echo(&other, &cluster, "from-other");
+    assert_eq!(
+        allowed["result"]["content"][0]["text"], "echo: from-other",
+        "{allowed}"
+    );
+    let executed = cluster.executed();
+    assert!(
+        !executed.contains("from-agent") && executed.contains("from-other"),
+        "{executed}"
+    );
+}

@@ -161,5 +161,17 @@ fn bench() -> Result<()> {
     run(Command::new(&bench)
         .arg("idle")
         .arg("--interlock")
-        .arg(&bin))
+        .arg(&bin))?;
+    step("building the test API server (release)");
+    run(Command::new("cargo")
+        .args(["build", "--release", "--locked", "-p", "interlock-e2e"])
+        .args(["--bin", "kube-testserver"])
+        .current_dir(root()))?;
+    step("running benchmarks: node mode, pod registration latency and memory with cached pods");
+    run(Command::new(&bench)
+        .arg("node")
+        .arg("--interlock")
+        .arg(&bin)
+        .arg("--testserver")
+        .arg(root().join("target/release/kube-testserver")))
 }
