@@ -33,6 +33,17 @@ pub struct Workload {
     pub kubernetes: Option<Box<PodIdentity>>,
 }
 
+/// A person or workload as a verified bearer token names it: an OIDC token, or a
+/// service-account token (its subject and the groups the API server would give it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Principal {
+    pub issuer: Option<String>,
+    pub subject: Option<String>,
+    pub email: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+}
+
 /// A pod as the API server describes it, for the workload whose cgroup is in it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PodIdentity {

@@ -8,7 +8,7 @@ use std::{collections::BTreeMap, time::Duration};
 use serde::Deserialize;
 
 use crate::{
-    identity::{PodIdentity, Workload},
+    identity::{PodIdentity, Principal, Workload},
     kubernetes::selector::LabelSelector,
     patterns::Pattern,
 };
@@ -88,12 +88,22 @@ pub struct Match {
     /// Node mode: the pod's labels, as a label selector (`matchLabels`, `matchExpressions`).
     #[serde(default)]
     pub pod_labels: Option<LabelSelector>,
+    /// The subject of the request's verified bearer token: an OIDC token's `sub`, or
+    /// `system:serviceaccount:NS:NAME`. A request without one matches no `subject`.
+    #[serde(default)]
+    pub subject: Option<Pattern>,
+    /// One of the verified token's groups (the OIDC groups claim; a service account's
+    /// `system:serviceaccounts:NS`).
+    #[serde(default)]
+    pub group: Option<Pattern>,
 }
 
 /// What a policy decision is made about.
 pub struct Request<'a> {
     pub target: &'a str,
     pub workload: &'a Workload,
+    /// Who a verified bearer token says the caller is (`protocols::l7::identity`).
+    pub caller: Option<&'a Principal>,
     pub method: &'a str,
     pub tool: Option<&'a str>,
     pub arguments: Option<&'a serde_json::Value>,
@@ -162,6 +172,11 @@ impl Match {
                 argument(r.arguments, path).is_some_and(|v| pattern.is_match(&v))
             })
             && self.matches_pod(r.workload.kubernetes.as_deref())
+            && field(&self.subject, r.caller.and_then(|c| c.subject.as_deref()))
+            && self.group.as_ref().is_none_or(|p| {
+                r.caller
+                    .is_some_and(|c| c.groups.iter().any(|g| p.is_match(g)))
+            })
     }
 
     fn matches_pod(&self, pod: Option<&PodIdentity>) -> bool {
@@ -218,6 +233,7 @@ mod tests {
         Request {
             target: "demo-mcp",
             workload: &PYTHON,
+            caller: None,
             method: "tools/call",
             tool: Some(tool),
             arguments: Some(args),
@@ -282,6 +298,34 @@ mod tests {
             Action::Allow,
             "a workload outside a pod matches no pod key"
         );
+    }
+
+    #[test]
+    fn caller_keys_match_the_verified_token_only() {
+        let p = policy(
+            "rules:\n  - name: sre-only\n    match: { tool: delete_file, group: sre, subject: \"re:alice|bob\" }\n    action: allow\n  - name: nobody-else\n    match: { tool: delete_file }\n    action: deny\n",
+        );
+        let args = serde_json::json!({});
+        let caller = |subject: &str, groups: &[&str]| Principal {
+            issuer: Some("https://idp.example".into()),
+            subject: Some(subject.into()),
+            email: None,
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+        };
+        let decide = |caller: Option<&Principal>| {
+            p.decide(&Request {
+                caller,
+                ..call("delete_file", &args)
+            })
+            .action
+        };
+        assert_eq!(
+            decide(Some(&caller("alice", &["dev", "sre"]))),
+            Action::Allow
+        );
+        assert_eq!(decide(Some(&caller("alice", &["dev"]))), Action::Deny);
+        assert_eq!(decide(Some(&caller("mallory", &["sre"]))), Action::Deny);
+        assert_eq!(decide(None), Action::Deny, "no verified token, no caller");
     }
 
     #[test]

@@ -420,6 +420,19 @@ pub fn probe_json(out: &Output) -> Value {
     serde_json::from_str(line).unwrap_or_else(|e| panic!("probe output {line:?}: {e}"))
 }
 
+/// Runs `ip` (iproute2) and fails the test with its error.
+pub fn ip(args: &[&str]) {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .expect("iproute2 installed");
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A network namespace joined to the host by a veth pair: a pod stand-in.
 pub struct PodNetns {
     pub name: String,
@@ -436,17 +449,6 @@ impl PodNetns {
         let pod_if = format!("ilkp{id}x{tag}");
         let host_ip = format!("10.231.{tag}.1");
         let pod_ip = format!("10.231.{tag}.2");
-        let ip = |args: &[&str]| {
-            let out = Command::new("ip")
-                .args(args)
-                .output()
-                .expect("iproute2 installed");
-            assert!(
-                out.status.success(),
-                "ip {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
         let _ = Command::new("ip").args(["netns", "del", &name]).output();
         ip(&["netns", "add", &name]);
         ip(&[

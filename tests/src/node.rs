@@ -11,7 +11,7 @@ use std::{
 
 use serde_json::{Value, json};
 
-use crate::{PodNetns, cgroup2_mount};
+use crate::{PodNetns, cgroup2_mount, ip};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Driver {
@@ -48,18 +48,6 @@ impl Qos {
             Qos::BestEffort => "BestEffort",
         }
     }
-}
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .expect("iproute2 installed");
-    assert!(
-        out.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 pub struct SimNode {

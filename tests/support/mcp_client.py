@@ -10,13 +10,18 @@ usage: python3 mcp_client.py URL SCENARIO
          (the demo's policy denies it); reports the error text
   journal  against mcp_server.py: echo, delete_file, read_file /etc/shadow, read_file /tmp/ok;
            reports each result or error
+
+MCP_BEARER_TOKEN in the environment: sent as `Authorization: Bearer` on every request (an
+OAuth access token, as an authorised client sends it).
 """
 import asyncio
 import json
+import os
 import sys
 
 from mcp import Client, types
 from mcp.client.sse import sse_client
+from mcp.client.streamable_http import create_mcp_http_client, streamable_http_client
 
 
 async def sampling(context, params):
@@ -40,6 +45,10 @@ async def main(url, scenario):
 
     # A URL ending in /sse is the legacy HTTP+SSE transport.
     server = sse_client(url) if url.endswith("/sse") else url
+    token = os.environ.get("MCP_BEARER_TOKEN")
+    if token:
+        headers = {"Authorization": f"Bearer {token}"}
+        server = streamable_http_client(url, http_client=create_mcp_http_client(headers=headers))
     mode = "legacy" if url.endswith("/sse") else "auto"
     async with Client(server, mode=mode, sampling_callback=sampling) as client:
         if scenario == "journal":

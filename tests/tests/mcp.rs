@@ -743,3 +743,191 @@ fn http_sessions_count_the_bytes_on_the_wire_heads_included() {
         "{sessions:#?}"
     );
 }
+
+/// One tools/call with `curl` under `interlock wrap`, carrying `token` if given:
+/// (HTTP status, body).
+fn call_with_token(gw: &Gateway, server: &McpServer, token: Option<&str>) -> (u16, Value) {
+    let call = serde_json::json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call",
+                                  "params": {"name": "echo", "arguments": {"message": "hi"}}});
+    let authorization = token.map(|t| format!("authorization: Bearer {t}"));
+    let mut command = vec![
+        "curl",
+        "-s",
+        "-w",
+        "\n%{http_code}",
+        "-H",
+        "content-type: application/json",
+        "-H",
+        "accept: application/json, text/event-stream",
+        "-d",
+    ];
+    let body = call.to_string();
+    command.push(&body);
+    if let Some(header) = &authorization {
+        command.extend(["-H", header]);
+    }
+    let url = server.url();
+    command.push(&url);
+    let out = gw.wrap(&command);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, status) = text.trim_end().rsplit_once('\n').unwrap();
+    (
+        status.parse().unwrap(),
+        serde_json::from_str(body).unwrap_or(Value::Null),
+    )
+}
+
+#[test]
+fn oauth_bearer_tokens_from_trusted_issuers_are_verified_recorded_and_matched_by_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("journal.jsonl");
+    let server = McpServer::python_journal(&journal);
+    let idp = OidcIssuer::start();
+    let untrusted = OidcIssuer::start();
+    let config = format!(
+        "identity:\n  oidc:\n    - issuer: {}\n      audiences: [\"https://mcp.example\"]\n\
+         policy:\n  rules:\n    - name: sre-deletes\n      match: {{ tool: delete_file, group: sre }}\n      action: allow\n\
+         \x20   - name: no-deletes\n      match: {{ tool: delete_file }}\n      action: deny\n      reason: only SREs delete\n",
+        idp.url()
+    );
+    let gw = Gateway::start_with_protocol(
+        &mcp_target(&server),
+        "mcp\n    require_oidc_token: true",
+        &config,
+    );
+    let mint = |issuer: &OidcIssuer, claims: Value| {
+        let mut all = serde_json::json!({"aud": "https://mcp.example"});
+        all.as_object_mut()
+            .unwrap()
+            .extend(claims.as_object().unwrap().clone());
+        issuer.mint(all)
+    };
+    // The official client, authorised: the groups claim decides what it may do.
+    let client = |token: &str| {
+        let script = support_dir().join("mcp_client.py");
+        let out = gw
+            .wrap_cmd(
+                None,
+                &[
+                    "python3",
+                    script.to_str().unwrap(),
+                    &server.url(),
+                    "journal",
+                ],
+            )
+            .env("MCP_BEARER_TOKEN", token)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        probe_json(&out)
+    };
+    let alice = client(&mint(
+        &idp,
+        serde_json::json!({"sub": "alice", "groups": ["dev", "sre"]}),
+    ));
+    assert_eq!(alice["calls"][1]["tool"], "delete_file");
+    assert!(alice["calls"][1]["result"].is_string(), "{alice}");
+    let bob = client(&mint(
+        &idp,
+        serde_json::json!({"sub": "bob", "groups": ["dev"]}),
+    ));
+    assert!(
+        bob["calls"][1]["error"]
+            .as_str()
+            .unwrap()
+            .contains("rule `no-deletes`: only SREs delete"),
+        "{bob}"
+    );
+
+    // Refused before the server: no token, one from an untrusted issuer, an expired one, a
+    // wrong audience.
+    let refusals = [
+        (None, "requires a bearer token from a trusted OIDC issuer"),
+        (
+            Some(mint(&untrusted, serde_json::json!({"sub": "eve"}))),
+            "a token from none of them",
+        ),
+        (
+            Some(mint(
+                &idp,
+                serde_json::json!({"sub": "carol", "exp_in": -120}),
+            )),
+            "the token has expired",
+        ),
+        (
+            Some(mint(
+                &idp,
+                serde_json::json!({"sub": "dave", "aud": "other"}),
+            )),
+            "wrong audience",
+        ),
+    ];
+    for (token, expected) in &refusals {
+        let (status, body) = call_with_token(&gw, &server, token.as_deref());
+        assert_eq!(status, 403, "{body}");
+        assert_eq!(body["error"]["code"], -32002, "{body}");
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(expected), "{expected}: {body}");
+    }
+
+    // The server's journal: alice's delete ran, bob's did not, no refused call arrived.
+    let executed: Vec<Value> = fs::read_to_string(&journal)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let tools: Vec<&str> = executed
+        .iter()
+        .map(|e| e["tool"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        tools,
+        [
+            "echo",
+            "delete_file",
+            "read_file",
+            "read_file",
+            "echo",
+            "read_file",
+            "read_file"
+        ]
+    );
+
+    let checks: Vec<Value> = gw
+        .all_records()
+        .into_iter()
+        .filter(|r| r["kind"] == "token_check")
+        .collect();
+    let verified = checks
+        .iter()
+        .find(|c| c["outcome"] == "oidc_verified" && c["principal"]["subject"] == "alice")
+        .expect("alice's token recorded as verified");
+    assert_eq!(verified["principal"]["issuer"], idp.url());
+    assert_eq!(
+        verified["principal"]["groups"],
+        serde_json::json!(["dev", "sre"])
+    );
+    let outcomes: Vec<(&str, bool)> = checks
+        .iter()
+        .filter(|c| !c["allowed"].as_bool().unwrap())
+        .map(|c| {
+            (
+                c["outcome"].as_str().unwrap(),
+                c["allowed"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            ("missing", false),
+            ("missing", false),
+            ("rejected", false),
+            ("rejected", false)
+        ]
+    );
+}

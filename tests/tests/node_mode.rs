@@ -188,6 +188,23 @@ impl Cluster {
             .to_string()
     }
 
+    /// A legacy token of `sa`, as the token controller fills it into a new
+    /// `kubernetes.io/service-account-token` Secret.
+    fn legacy_token(&self, sa: &str) -> String {
+        let secret = self.api.post(
+            "/api/v1/namespaces/team/secrets",
+            &json!({
+            "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/service-account-token",
+            "metadata": {"name": format!("{sa}-legacy"),
+                         "annotations": {"kubernetes.io/service-account.name": sa}}}),
+        );
+        use base64::Engine;
+        let token = base64::engine::general_purpose::STANDARD
+            .decode(secret["data"]["token"].as_str().unwrap())
+            .unwrap();
+        String::from_utf8(token).unwrap()
+    }
+
     fn executed(&self) -> String {
         std::fs::read_to_string(&self.journal).unwrap_or_default()
     }
@@ -556,14 +573,7 @@ fn a_pods_own_bound_token_is_verified_and_a_token_replayed_from_another_pod_neve
         &cluster.odd_token("agent", &agent, json!({"issuer": "https://evil.example"})),
         "wrong issuer",
     );
-    let secret = cluster.api.post("/api/v1/namespaces/team/secrets", &json!({
-        "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/service-account-token",
-        "metadata": {"name": "agent-legacy", "annotations": {"kubernetes.io/service-account.name": "agent"}}}));
-    use base64::Engine;
-    let legacy = base64::engine::general_purpose::STANDARD
-        .decode(secret["data"]["token"].as_str().unwrap())
-        .unwrap();
-    let legacy = String::from_utf8(legacy).unwrap();
+    let legacy = cluster.legacy_token("agent");
     refused(&legacy, "legacy_tokens: deny");
 
     // A rotated key: the new kid is fetched and the token it signs verifies.
@@ -632,14 +642,7 @@ fn legacy_tokens_follow_the_setting_and_a_required_bound_token_refuses_requests_
         (Driver::Systemd, Runtime::CriO, Qos::Guaranteed),
         "agent",
     );
-    let secret = cluster.api.post("/api/v1/namespaces/team/secrets", &json!({
-        "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/service-account-token",
-        "metadata": {"name": "agent-legacy", "annotations": {"kubernetes.io/service-account.name": "agent"}}}));
-    use base64::Engine;
-    let legacy = base64::engine::general_purpose::STANDARD
-        .decode(secret["data"]["token"].as_str().unwrap())
-        .unwrap();
-    let legacy = String::from_utf8(legacy).unwrap();
+    let legacy = cluster.legacy_token("agent");
     for (setting, status, outcome) in [
         ("flag", 200, "legacy_flagged"),
         ("allow", 200, "legacy_allowed"),

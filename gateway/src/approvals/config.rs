@@ -45,7 +45,7 @@ pub struct OidcConfig {
     /// The `aud` approvers' ID tokens must carry (the client id they were issued for).
     pub audience: String,
     /// The claim that lists an approver's groups.
-    #[serde(default = "default_groups_claim")]
+    #[serde(default = "crate::tokens::oidc::default_groups_claim")]
     pub groups_claim: String,
     /// Members of any of these groups may decide holds.
     #[serde(default)]
@@ -75,15 +75,7 @@ impl ApprovalsConfig {
             }
             None => {}
             Some(oidc) => {
-                let loopback = ["http://127.0.0.1", "http://[::1]", "http://localhost"]
-                    .iter()
-                    .any(|prefix| oidc.issuer.starts_with(prefix));
-                if !oidc.issuer.starts_with("https://") && !loopback {
-                    return Err(format!(
-                        "approvals.oidc.issuer `{}` must be an https URL (plain http only on loopback, for testing)",
-                        oidc.issuer
-                    ));
-                }
+                crate::tokens::oidc::validate_issuer_url("approvals.oidc.issuer", &oidc.issuer)?;
                 if oidc.audience.is_empty() {
                     return Err("approvals.oidc.audience is empty; set it to the client id approvers' ID tokens are issued for".into());
                 }
@@ -114,8 +106,4 @@ fn default_keepalive() -> Duration {
 
 fn default_webhook_timeout() -> Duration {
     Duration::from_secs(5)
-}
-
-fn default_groups_claim() -> String {
-    "groups".into()
 }

@@ -27,6 +27,7 @@ use crate::{
         self,
         kinesis::{service::KinesisService, sink::KinesisSink},
     },
+    tokens::TokenVerifiers,
 };
 
 /// How often registrations of vanished cgroups are forgotten.
@@ -133,7 +134,13 @@ pub async fn run(config_path: &Path) -> Result<()> {
                 .as_ref()
                 .map(|n| n.directory.clone())
                 .unwrap_or_default(),
-            tokens: node_mode.as_ref().map(|n| n.tokens.clone()),
+            tokens: Arc::new(
+                TokenVerifiers::new(
+                    &config.identity,
+                    node_mode.as_ref().map(|n| n.tokens.clone()),
+                )
+                .map_err(anyhow::Error::msg)?,
+            ),
         },
         Workers::start(config.workers)?,
         TcpConnector {

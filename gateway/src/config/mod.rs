@@ -107,7 +107,8 @@ pub struct Limits {
     /// (two descriptors a session), less a reserve for the gateway itself.
     #[serde(default)]
     pub max_sessions: Option<usize>,
-    /// Open sessions of one workload (a wrap cgroup, or a pod).
+    /// Open sessions of one workload: a pod (all its containers together), or the cgroup of
+    /// a `wrap`.
     #[serde(default = "defaults::max_sessions_per_workload")]
     pub max_sessions_per_workload: usize,
 }
@@ -259,6 +260,7 @@ impl Config {
         let mut config = Self::deserialize(text)?;
         config.check_targets()?;
         config.check_kubernetes()?;
+        config.check_identity()?;
         if let Some(kubernetes) = &config.kubernetes {
             // Answers `interlock await` from every selected pod (kubernetes::config).
             let yaml = format!(
@@ -274,6 +276,48 @@ impl Config {
             config.targets.push(target);
         }
         Ok(config)
+    }
+
+    /// Trusted OIDC issuers are well formed, and a target that requires a token can get one.
+    fn check_identity(&self) -> Result<(), ConfigError> {
+        let invalid = |key: String, message: String| ConfigError::Invalid {
+            file: None,
+            location: None,
+            key: Some(key),
+            message,
+        };
+        for (index, issuer) in self.identity.oidc.iter().enumerate() {
+            let key = format!("identity.oidc[{index}].issuer");
+            crate::tokens::oidc::validate_issuer_url(&key, &issuer.issuer)
+                .map_err(|e| invalid(key, e))?;
+            if issuer.audiences.iter().all(|a| a.is_empty()) {
+                return Err(invalid(
+                    format!("identity.oidc[{index}].audiences"),
+                    "name the audience (`aud`) tokens from this issuer must carry to be \
+                     accepted here, for example the MCP server's resource URL"
+                        .into(),
+                ));
+            }
+        }
+        for (index, target) in self.targets.iter().enumerate() {
+            if target.require_oidc_token && target.require_bound_token {
+                return Err(invalid(
+                    format!("targets[{index}].require_oidc_token"),
+                    "a target requires either the pod's own service-account token or an OIDC \
+                     token, not both: choose one"
+                        .into(),
+                ));
+            }
+            if target.require_oidc_token && self.identity.oidc.is_empty() {
+                return Err(invalid(
+                    format!("targets[{index}].require_oidc_token"),
+                    "no OIDC issuer is trusted, so no token could pass: list the issuers in \
+                     `identity.oidc` (issuer, audiences)"
+                        .into(),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Node mode names targets that exist, and service targets need node mode.
@@ -759,5 +803,26 @@ mod tests {
     fn bad_duration_and_fail_mode() {
         assert!(error_of("drain_timeout: soon\n").contains("not a duration"));
         assert!(error_of("fail_mode: maybe\n").contains("key `fail_mode`"));
+    }
+
+    #[test]
+    fn trusted_issuers_and_token_requirements_are_checked() {
+        let target = "targets:\n  - name: mcp\n    address: 127.0.0.1:9000\n    protocol: mcp\n    require_oidc_token: true\n";
+        let e = error_of(target);
+        assert!(e.contains("no OIDC issuer is trusted"), "{e}");
+        let issuer = |url: &str, audiences: &str| {
+            format!(
+                "identity:\n  oidc:\n    - issuer: {url}\n      audiences: {audiences}\n{target}"
+            )
+        };
+        let c = Config::parse(&issuer("https://idp.example", "[mcp]")).unwrap();
+        assert_eq!(c.identity.oidc[0].groups_claim, "groups");
+        let e = error_of(&issuer("http://idp.example", "[mcp]"));
+        assert!(e.contains("must be an https URL"), "{e}");
+        let e = error_of(&issuer("https://idp.example", "[]"));
+        assert!(e.contains("name the audience"), "{e}");
+        let both = issuer("https://idp.example", "[mcp]") + "    require_bound_token: true\n";
+        let e = error_of(&both);
+        assert!(e.contains("not both"), "{e}");
     }
 }

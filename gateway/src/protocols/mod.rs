@@ -28,15 +28,15 @@ use self::{
 };
 use crate::{
     identity::Workload, masking::Masker, policy::Policy, recording::SessionRecorder,
-    tokens::ServiceAccountTokens,
+    tokens::TokenVerifiers,
 };
 
 /// What every session on the node shares.
 pub struct NodeServices {
     pub masker: Arc<Masker>,
     pub desk: Arc<HoldDesk>,
-    /// Node mode's service-account token verifier.
-    pub tokens: Option<Arc<ServiceAccountTokens>>,
+    /// The bearer-token verifiers: node mode's service-account tokens, `identity.oidc`.
+    pub tokens: Arc<TokenVerifiers>,
 }
 
 /// One recorded session, as the accept path hands it over.

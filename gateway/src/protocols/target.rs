@@ -41,6 +41,10 @@ pub struct Target {
     /// service-account token.
     #[serde(default)]
     pub require_bound_token: bool,
+    /// `http`/`mcp`: every request must carry a valid bearer token from an `identity.oidc`
+    /// issuer (an MCP client's OAuth token).
+    #[serde(default)]
+    pub require_oidc_token: bool,
     /// `http`/`mcp`: how long a client may take to send a request's head.
     #[serde(
         default = "defaults::header_read_timeout",

@@ -167,7 +167,7 @@ impl Gateway {
         let client_addr = listener.local_addr().unwrap();
         let approvals = Arc::new(Approvals::new(ApprovalsConfig::default()).unwrap());
         let services = NodeServices {
-            tokens: None,
+            tokens: Default::default(),
             masker: Arc::new(Masker::new(&MaskingConfig::default()).unwrap()),
             desk: Arc::new(HoldDesk {
                 approvals: approvals.clone(),

@@ -5,7 +5,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use crate::{config::Limits, vocabulary::Refusal};
+use crate::{config::Limits, identity::Workload, vocabulary::Refusal};
 
 /// Descriptors kept for the gateway itself: listeners, the record store, the control and
 /// admin sockets, Kinesis connections.
@@ -41,11 +41,28 @@ pub fn raise_fd_limit() -> u64 {
     limit.rlim_cur
 }
 
+/// What the per-workload cap counts: a pod as a whole (all its containers, and every
+/// process in them), or else the leaf cgroup (a `wrap`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum WorkloadKey {
+    Pod(String),
+    Cgroup(u64),
+}
+
+impl WorkloadKey {
+    pub fn of(workload: &Workload) -> WorkloadKey {
+        match &workload.pod {
+            Some(pod) => WorkloadKey::Pod(pod.pod_uid.clone()),
+            None => WorkloadKey::Cgroup(workload.cgroup_id),
+        }
+    }
+}
+
 pub struct SessionLimits {
     max_sessions: usize,
     max_per_workload: usize,
-    /// Open sessions by cgroup id; the node total is their sum.
-    open: Mutex<(usize, HashMap<u64, usize>)>,
+    /// Open sessions by workload; the node total is their sum.
+    open: Mutex<(usize, HashMap<WorkloadKey, usize>)>,
     /// The most open at once since `take_peak`.
     peak: std::sync::atomic::AtomicUsize,
 }
@@ -75,14 +92,14 @@ impl SessionLimits {
         (open, peak.max(open))
     }
 
-    /// A place for one more session of `cgroup_id`, held until the permit drops.
-    pub fn try_acquire(self: &Arc<Self>, cgroup_id: u64) -> Result<SessionPermit, Refusal> {
+    /// A place for one more session of `workload`, held until the permit drops.
+    pub fn try_acquire(self: &Arc<Self>, workload: WorkloadKey) -> Result<SessionPermit, Refusal> {
         let mut open = self.open.lock().expect("limits lock");
         let (total, by_workload) = &mut *open;
         if *total >= self.max_sessions {
             return Err(Refusal::Node(self.max_sessions));
         }
-        let mine = by_workload.entry(cgroup_id).or_default();
+        let mine = by_workload.entry(workload.clone()).or_default();
         if *mine >= self.max_per_workload {
             return Err(Refusal::Workload(self.max_per_workload));
         }
@@ -92,14 +109,14 @@ impl SessionLimits {
             .fetch_max(*total, std::sync::atomic::Ordering::Relaxed);
         Ok(SessionPermit {
             limits: self.clone(),
-            cgroup_id,
+            workload,
         })
     }
 }
 
 pub struct SessionPermit {
     limits: Arc<SessionLimits>,
-    cgroup_id: u64,
+    workload: WorkloadKey,
 }
 
 impl Drop for SessionPermit {
@@ -107,10 +124,10 @@ impl Drop for SessionPermit {
         let mut open = self.limits.open.lock().expect("limits lock");
         let (total, by_workload) = &mut *open;
         *total -= 1;
-        if let Some(mine) = by_workload.get_mut(&self.cgroup_id) {
+        if let Some(mine) = by_workload.get_mut(&self.workload) {
             *mine -= 1;
             if *mine == 0 {
-                by_workload.remove(&self.cgroup_id);
+                by_workload.remove(&self.workload);
             }
         }
     }
@@ -129,18 +146,56 @@ mod tests {
             },
             1 << 20,
         );
-        let a1 = limits.try_acquire(1).unwrap();
-        let a2 = limits.try_acquire(1).unwrap();
-        assert_eq!(limits.try_acquire(1).err(), Some(Refusal::Workload(2)));
-        let _b1 = limits.try_acquire(2).unwrap();
-        assert_eq!(limits.try_acquire(3).err(), Some(Refusal::Node(3)));
+        let a = || WorkloadKey::Cgroup(1);
+        let a1 = limits.try_acquire(a()).unwrap();
+        let a2 = limits.try_acquire(a()).unwrap();
+        assert_eq!(limits.try_acquire(a()).err(), Some(Refusal::Workload(2)));
+        let _b1 = limits.try_acquire(WorkloadKey::Cgroup(2)).unwrap();
+        assert_eq!(
+            limits.try_acquire(WorkloadKey::Cgroup(3)).err(),
+            Some(Refusal::Node(3))
+        );
         drop(a1);
-        let a3 = limits.try_acquire(1).unwrap();
-        assert!(limits.try_acquire(3).is_err());
+        let a3 = limits.try_acquire(a()).unwrap();
+        assert!(limits.try_acquire(WorkloadKey::Cgroup(3)).is_err());
         assert_eq!(limits.take_peak(), (3, 3));
         drop((a2, a3));
         assert_eq!(limits.take_peak(), (1, 3), "the peak outlives the sessions");
         assert_eq!(limits.take_peak(), (1, 1));
+    }
+
+    #[test]
+    fn a_pods_containers_share_its_cap() {
+        let limits = SessionLimits::new(
+            &Limits {
+                max_sessions: None,
+                max_sessions_per_workload: 2,
+            },
+            1 << 20,
+        );
+        let in_container = |cgroup_id: u64, container: &str| {
+            let path = format!(
+                "kubepods.slice/kubepods-pod0f1e2d3c_4b5a_6978_8796_a5b4c3d2e1f0.slice/cri-containerd-{container}.scope"
+            );
+            let workload = Workload {
+                cgroup_id,
+                pod: crate::kubelet::PodCgroup::of(&path),
+                ..Workload::from_kernel(0, 0)
+            };
+            WorkloadKey::of(&workload)
+        };
+        let app = in_container(10, &"a".repeat(64));
+        let sidecar = in_container(11, &"b".repeat(64));
+        assert_eq!(app, sidecar, "two containers, one pod");
+        let _one = limits.try_acquire(app).unwrap();
+        let _two = limits.try_acquire(sidecar.clone()).unwrap();
+        assert_eq!(
+            limits.try_acquire(sidecar).err(),
+            Some(Refusal::Workload(2))
+        );
+        let outside = WorkloadKey::of(&Workload::from_kernel(12, 0));
+        assert_eq!(outside, WorkloadKey::Cgroup(12));
+        assert!(limits.try_acquire(outside).is_ok());
     }
 
     #[test]

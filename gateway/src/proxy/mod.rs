@@ -21,7 +21,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{error, warn};
 
 use self::{
-    limits::SessionLimits,
+    limits::{SessionLimits, WorkloadKey},
     upstream::{UpstreamConnector, connect_failure_outcome},
     workers::Workers,
 };
@@ -47,7 +47,7 @@ use crate::{
         InternalEvent, OriginNotFound, SessionEnded, SessionRefusedAtLimit,
         SessionRefusedSpoolFull, SessionStarted, UpstreamConnectFailed,
     },
-    tokens::ServiceAccountTokens,
+    tokens::TokenVerifiers,
 };
 
 pub struct Proxy<C> {
@@ -79,7 +79,7 @@ pub struct Engines {
     pub masker: Arc<Masker>,
     pub approvals: Arc<Approvals>,
     pub pods: Arc<PodDirectory>,
-    pub tokens: Option<Arc<ServiceAccountTokens>>,
+    pub tokens: Arc<TokenVerifiers>,
 }
 
 impl<C: UpstreamConnector> Proxy<C> {
@@ -273,7 +273,7 @@ impl<C: UpstreamConnector> Proxy<C> {
             client_addr: peer.to_string(),
             workload: workload.clone(),
         };
-        let _permit = match self.limits.try_acquire(origin.cgroup_id) {
+        let _permit = match self.limits.try_acquire(WorkloadKey::of(&workload)) {
             Ok(permit) => permit,
             Err(refusal) => {
                 SessionRefusedAtLimit {

@@ -5,6 +5,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use time::OffsetDateTime;
 
 use super::chain::Seal;
+pub use crate::identity::Principal;
 use crate::identity::Workload;
 pub use crate::vocabulary::{Direction, HoldOutcome, Outcome};
 
@@ -118,17 +119,21 @@ pub enum RecordBody {
 pub enum TokenOutcome {
     /// A bound token of the very pod the connection comes from.
     Verified,
+    /// A valid token from a trusted OIDC issuer (`identity.oidc`).
+    OidcVerified,
     /// A legacy token of the pod's own service account, let through (`legacy_tokens`).
     LegacyAllowed,
     LegacyFlagged,
     LegacyRefused,
     /// A valid token of another pod or service account: replayed, and refused.
     IdentityMismatch,
-    /// Expired, wrong audience or issuer, bad signature, unknown key.
+    /// Expired, wrong audience or issuer, bad signature, unknown key. An OIDC token is
+    /// refused for it only where the target requires one.
     Rejected,
-    /// The target requires a bound token and the request had none.
+    /// The target requires a token (bound, or OIDC) and the request had none.
     Missing,
-    /// The cluster's keys could not be fetched, so nothing could be verified.
+    /// The cluster's or the OIDC issuer's keys could not be fetched, so nothing could be
+    /// verified.
     KeysUnavailable,
 }
 
@@ -140,6 +145,11 @@ pub struct TokenCheck {
     /// Who the token says the caller is, when it verified.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<crate::tokens::TokenIdentity>,
+    /// Who the caller is as policy sees it (`subject`, `group`): a verified OIDC token's
+    /// subject and groups, or a service-account token's subject and the groups the API
+    /// server gives it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub principal: Option<Principal>,
     /// Who the kernel and the API server say the caller is (the session's workload has the
     /// rest).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -245,16 +255,6 @@ pub struct Hold {
     pub arguments: Option<serde_json::Value>,
     pub rule: Option<String>,
     pub reason: Option<String>,
-}
-
-/// A person or workload as an OIDC token names it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Principal {
-    pub issuer: Option<String>,
-    pub subject: Option<String>,
-    pub email: Option<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub groups: Vec<String>,
 }
 
 /// Sessions that were not recorded, reported in a `spool_gap` record once space returns.

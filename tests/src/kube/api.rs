@@ -675,13 +675,7 @@ fn token_request(
         )));
     }
     let pod = bound_pod(state, namespace, &spec["boundObjectRef"])?;
-    let audiences = match spec["audiences"].as_array() {
-        Some(list) if !list.is_empty() => list
-            .iter()
-            .filter_map(|a| a.as_str().map(String::from))
-            .collect(),
-        _ => vec![state.issuer().api_audience.clone()],
-    };
+    let audiences = audiences_of(state, &spec["audiences"]);
     let binding = Binding {
         namespace,
         service_account: &account,
@@ -689,9 +683,7 @@ fn token_request(
         audiences: audiences.clone(),
         expiration_seconds,
     };
-    let issuer = state.issuer();
-    let claims = tokens::bound_claims(&issuer.issuer, &binding);
-    let token = issuer.sign(&claims).map_err(ApiError::Invalid)?;
+    let (token, claims) = mint(state, None, &binding)?;
     let expires = time::OffsetDateTime::from_unix_timestamp(claims["exp"].as_i64().unwrap_or(0))
         .ok()
         .and_then(|t| {
@@ -708,6 +700,29 @@ fn token_request(
             "status": {"token": token, "expirationTimestamp": expires},
         }),
     ))
+}
+
+/// A TokenRequest's audiences; none means the API server's own.
+fn audiences_of(state: &State, list: &Value) -> Vec<String> {
+    match list.as_array() {
+        Some(list) if !list.is_empty() => list
+            .iter()
+            .filter_map(|a| a.as_str().map(String::from))
+            .collect(),
+        _ => vec![state.issuer().api_audience.clone()],
+    }
+}
+
+/// A bound token and its claims, from this server's issuer unless another is named.
+fn mint(
+    state: &State,
+    issuer_name: Option<&str>,
+    binding: &Binding,
+) -> Result<(String, Value), ApiError> {
+    let issuer = state.issuer();
+    let claims = tokens::bound_claims(issuer_name.unwrap_or(&issuer.issuer), binding);
+    let token = issuer.sign(&claims).map_err(ApiError::Invalid)?;
+    Ok((token, claims))
 }
 
 /// The pod a token is bound to: it must exist, and have the uid the request names.
@@ -793,29 +808,15 @@ fn testserver(state: &State, control: &str, call: &Call) -> Result<Response<Body
                 Some(name) => Some(state.store.get(resource_of("v1", "Pod"), namespace, name)?),
                 None => None,
             };
-            let issuer = state.issuer();
-            let audiences = match request["audiences"].as_array() {
-                Some(list) => list
-                    .iter()
-                    .filter_map(|a| a.as_str().map(String::from))
-                    .collect(),
-                None => vec![issuer.api_audience.clone()],
-            };
             let binding = Binding {
                 namespace,
                 service_account: &account,
                 pod: pod.as_ref(),
-                audiences,
+                audiences: audiences_of(state, &request["audiences"]),
                 expiration_seconds: request["expiresIn"].as_i64().unwrap_or(3600),
             };
-            let claims = tokens::bound_claims(
-                request["issuer"].as_str().unwrap_or(&issuer.issuer),
-                &binding,
-            );
-            Ok(respond(
-                200,
-                &json!({"token": issuer.sign(&claims).map_err(ApiError::Invalid)?, "claims": claims}),
-            ))
+            let (token, claims) = mint(state, request["issuer"].as_str(), &binding)?;
+            Ok(respond(200, &json!({"token": token, "claims": claims})))
         }
         _ => Err(not_served()),
     }

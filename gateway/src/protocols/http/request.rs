@@ -24,7 +24,7 @@ pub async fn handle<I: Inspector>(
 ) -> Response<ProxyBody> {
     // Taken before anything else: an answer of 101 hands this connection to a tunnel.
     let client_upgrade = hyper::upgrade::on(&mut request);
-    let (head, body) = request.into_parts();
+    let (mut head, body) = request.into_parts();
     exchange.log.request_head(&head).await;
     let limit = exchange.target.max_body_bytes as usize;
     let body = match Limited::new(body, limit).collect().await {
@@ -47,8 +47,13 @@ pub async fn handle<I: Inspector>(
             return generated_text(exchange, status, message).await;
         }
     };
-    if let Err(Refused(reason)) = identity::check(exchange, &head.headers).await {
-        return inspector.refused(exchange, &head, &body, reason).await;
+    match identity::check(exchange, &head.headers).await {
+        // Policy reads who the caller is from the request (`Parts::extensions`).
+        Ok(Some(principal)) => {
+            head.extensions.insert(principal);
+        }
+        Ok(None) => {}
+        Err(Refused(reason)) => return inspector.refused(exchange, &head, &body, reason).await,
     }
     let mut verdict = inspector.on_request(exchange, upstream, &head, body).await;
     loop {

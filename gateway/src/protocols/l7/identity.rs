@@ -1,16 +1,23 @@
-//! Token binding: a request's `Authorization: Bearer` service-account token must be the
-//! token of the pod the kernel attests for this connection. A valid token replayed from
-//! another pod is refused as `identity_mismatch`, with both identities in the record.
-//! Tokens that are not this cluster's pass untouched, unless the target requires a bound
-//! token (`require_bound_token`).
+//! Bearer tokens on a request, checked before anything goes upstream.
+//! - A service-account token must be the token of the pod the kernel attests for this
+//!   connection: a valid token replayed from another pod is refused as `identity_mismatch`,
+//!   with both identities in the record.
+//! - A token from a trusted OIDC issuer (`identity.oidc`) is verified and its subject and
+//!   groups recorded; an invalid one is refused where the target requires one.
+//!
+//! Other tokens pass untouched, unless the target requires a token (`require_bound_token`,
+//! `require_oidc_token`). What a verified token says is handed to policy as a `Principal`.
 use hyper::HeaderMap;
 
 use super::Exchange;
 use crate::{
-    identity::PodIdentity,
+    identity::{PodIdentity, Principal},
     recording::record::{AttestedPod, RecordBody, TokenCheck, TokenOutcome},
     telemetry::events::{InternalEvent, TokenChecked},
-    tokens::{LegacyTokens, TokenError, TokenIdentity},
+    tokens::{
+        LegacyTokens, TokenError, TokenIdentity, TokenVerifiers,
+        oidc::{OidcError, OidcIssuer},
+    },
 };
 
 /// Why a request is refused, for the protocol's own error.
@@ -25,47 +32,140 @@ fn attested(pod: Option<&PodIdentity>) -> Option<AttestedPod> {
     })
 }
 
-/// Checks the request's bearer token against the connection's pod; records what it found.
-pub async fn check(exchange: &Exchange, headers: &HeaderMap) -> Result<(), Refused> {
-    let required = exchange.target.require_bound_token;
+/// What the API server's authenticator makes of a service-account token: its subject, and
+/// the groups every service account is in.
+fn service_account_principal(token: &TokenIdentity) -> Principal {
+    Principal {
+        issuer: Some(token.issuer.clone()),
+        subject: Some(token.subject.clone()),
+        email: None,
+        groups: vec![
+            "system:serviceaccounts".into(),
+            format!("system:serviceaccounts:{}", token.namespace),
+            "system:authenticated".into(),
+        ],
+    }
+}
+
+/// What one check found, before it is recorded.
+struct Finding {
+    outcome: TokenOutcome,
+    allowed: bool,
+    token: Option<TokenIdentity>,
+    principal: Option<Principal>,
+    reason: Option<String>,
+}
+
+impl Finding {
+    fn refused(outcome: TokenOutcome, token: Option<TokenIdentity>, reason: String) -> Self {
+        Finding {
+            outcome,
+            allowed: false,
+            token,
+            principal: None,
+            reason: Some(reason),
+        }
+    }
+
+    fn service_account(outcome: TokenOutcome, token: TokenIdentity) -> Self {
+        Finding {
+            outcome,
+            allowed: true,
+            principal: Some(service_account_principal(&token)),
+            token: Some(token),
+            reason: None,
+        }
+    }
+}
+
+/// Checks the request's bearer token; records what it found. On success, who a verified
+/// token says the caller is.
+pub async fn check(exchange: &Exchange, headers: &HeaderMap) -> Result<Option<Principal>, Refused> {
     let bearer = headers
         .get(hyper::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+        .map(str::trim)
+        .filter(|t| !t.is_empty());
     let pod = exchange.workload.kubernetes.as_deref();
-    let (Some(tokens), Some(bearer)) = (&exchange.tokens, bearer) else {
-        if !required {
-            return Ok(());
-        }
-        let reason = "this target requires the pod's own service-account token \
-                      (Authorization: Bearer), and the request has none"
-            .to_string();
-        return refuse(exchange, TokenOutcome::Missing, None, pod, reason).await;
+    let finding = match find(exchange, &exchange.tokens, bearer, pod).await {
+        Some(finding) => finding,
+        None => return Ok(None),
     };
-    let token = match tokens.verify(bearer).await {
+    conclude(exchange, pod, finding).await
+}
+
+/// None when there is nothing to record: no token the gateway can check, and none required.
+async fn find(
+    exchange: &Exchange,
+    tokens: &TokenVerifiers,
+    bearer: Option<&str>,
+    pod: Option<&PodIdentity>,
+) -> Option<Finding> {
+    let target = &exchange.target;
+    if !target.require_bound_token
+        && let Some((bearer, issuer)) = bearer.and_then(|b| Some((b, tokens.oidc_issuer_of(b)?)))
+    {
+        return Some(oidc(issuer, bearer, target.require_oidc_token).await);
+    }
+    if target.require_oidc_token {
+        let issuers: Vec<&str> = tokens
+            .oidc
+            .iter()
+            .map(|i| i.config.issuer.as_str())
+            .collect();
+        let reason = format!(
+            "this target requires a bearer token from a trusted OIDC issuer ({}), and the \
+             request has {}",
+            issuers.join(", "),
+            if bearer.is_some() {
+                "a token from none of them"
+            } else {
+                "none"
+            }
+        );
+        return Some(Finding::refused(TokenOutcome::Missing, None, reason));
+    }
+    let required = target.require_bound_token;
+    let (Some(service_accounts), Some(bearer)) = (&tokens.service_accounts, bearer) else {
+        let reason = "this target requires the pod's own service-account token \
+                      (Authorization: Bearer), and the request has none";
+        return required.then(|| Finding::refused(TokenOutcome::Missing, None, reason.into()));
+    };
+    let token = match service_accounts.verify(bearer).await {
         Ok(token) => token,
-        Err(TokenError::NotOurs) if !required => return Ok(()),
         Err(TokenError::NotOurs) => {
             let reason = "this target requires the pod's own service-account token; the \
-                          bearer token is not one of this cluster's"
-                .to_string();
-            return refuse(exchange, TokenOutcome::Missing, None, pod, reason).await;
+                          bearer token is not one of this cluster's";
+            return required.then(|| Finding::refused(TokenOutcome::Missing, None, reason.into()));
         }
         Err(error @ TokenError::KeysUnavailable(_)) => {
-            return refuse(
-                exchange,
+            let reason = error.to_string();
+            return Some(Finding::refused(
                 TokenOutcome::KeysUnavailable,
                 None,
-                pod,
-                error.to_string(),
-            )
-            .await;
+                reason,
+            ));
         }
         Err(TokenError::Invalid(reason)) => {
-            return refuse(exchange, TokenOutcome::Rejected, None, pod, reason).await;
+            return Some(Finding::refused(TokenOutcome::Rejected, None, reason));
         }
     };
+    Some(bind(
+        token,
+        pod,
+        service_accounts.config.legacy_tokens,
+        required,
+    ))
+}
+
+/// A verified service-account token against the pod the kernel attests.
+fn bind(
+    token: TokenIdentity,
+    pod: Option<&PodIdentity>,
+    legacy_tokens: LegacyTokens,
+    required: bool,
+) -> Finding {
     let same_account = pod.is_some_and(|p| {
         p.namespace == token.namespace && p.service_account == token.service_account
     });
@@ -81,53 +181,32 @@ pub async fn check(exchange: &Exchange, headers: &HeaderMap) -> Result<(), Refus
                 token.subject
             ),
         };
-        return refuse(
-            exchange,
-            TokenOutcome::IdentityMismatch,
-            Some(token),
-            pod,
-            reason,
-        )
-        .await;
+        return Finding::refused(TokenOutcome::IdentityMismatch, Some(token), reason);
     }
     if token.legacy {
-        return match (tokens.config.legacy_tokens, required) {
-            (LegacyTokens::Deny, _) => {
-                let reason = "legacy (Secret-based) service-account tokens are refused here \
-                              (identity.legacy_tokens: deny); mount a projected token"
-                    .to_string();
-                refuse(
-                    exchange,
-                    TokenOutcome::LegacyRefused,
-                    Some(token),
-                    pod,
-                    reason,
-                )
-                .await
-            }
-            (_, true) => {
-                let reason =
-                    "this target requires a bound token; a legacy token names no pod".to_string();
-                refuse(
-                    exchange,
-                    TokenOutcome::LegacyRefused,
-                    Some(token),
-                    pod,
-                    reason,
-                )
-                .await
-            }
+        return match (legacy_tokens, required) {
+            (LegacyTokens::Deny, _) => Finding::refused(
+                TokenOutcome::LegacyRefused,
+                Some(token),
+                "legacy (Secret-based) service-account tokens are refused here \
+                 (identity.legacy_tokens: deny); mount a projected token"
+                    .into(),
+            ),
+            (_, true) => Finding::refused(
+                TokenOutcome::LegacyRefused,
+                Some(token),
+                "this target requires a bound token; a legacy token names no pod".into(),
+            ),
             (LegacyTokens::Flag, false) => {
-                allow(exchange, TokenOutcome::LegacyFlagged, token, pod).await
+                Finding::service_account(TokenOutcome::LegacyFlagged, token)
             }
             (LegacyTokens::Allow, false) => {
-                allow(exchange, TokenOutcome::LegacyAllowed, token, pod).await
+                Finding::service_account(TokenOutcome::LegacyAllowed, token)
             }
         };
     }
-    let same_pod = pod.is_some_and(|p| token.pod_uid.as_deref() == Some(p.uid.as_str()));
-    if same_pod {
-        return allow(exchange, TokenOutcome::Verified, token, pod).await;
+    if pod.is_some_and(|p| token.pod_uid.as_deref() == Some(p.uid.as_str())) {
+        return Finding::service_account(TokenOutcome::Verified, token);
     }
     let reason = match (&token.pod, pod) {
         (Some(name), Some(p)) => format!(
@@ -136,35 +215,46 @@ pub async fn check(exchange: &Exchange, headers: &HeaderMap) -> Result<(), Refus
         ),
         _ => "the token is bound to no pod; this node accepts only a pod's own bound token".into(),
     };
-    refuse(
-        exchange,
-        TokenOutcome::IdentityMismatch,
-        Some(token),
-        pod,
-        reason,
-    )
-    .await
+    Finding::refused(TokenOutcome::IdentityMismatch, Some(token), reason)
 }
 
-async fn allow(
-    exchange: &Exchange,
-    outcome: TokenOutcome,
-    token: TokenIdentity,
-    pod: Option<&PodIdentity>,
-) -> Result<(), Refused> {
-    let check = TokenCheck {
-        outcome,
-        allowed: true,
-        token: Some(token),
-        attested: attested(pod),
-        reason: None,
+/// A token that claims a trusted OIDC issuer. Where none is required, an invalid one is
+/// recorded and let through: the upstream, which issued the challenge, refuses it itself.
+async fn oidc(issuer: &OidcIssuer, bearer: &str, required: bool) -> Finding {
+    let (outcome, reason) = match issuer.verify(bearer).await {
+        Ok(principal) => {
+            return Finding {
+                outcome: TokenOutcome::OidcVerified,
+                allowed: true,
+                token: None,
+                principal: Some(principal),
+                reason: None,
+            };
+        }
+        Err(OidcError::Invalid(reason)) => (TokenOutcome::Rejected, reason),
+        Err(error @ OidcError::IssuerUnavailable(_)) => {
+            (TokenOutcome::KeysUnavailable, error.to_string())
+        }
     };
-    emit(exchange, &check);
-    exchange.log.record(RecordBody::TokenCheck(check)).await;
-    Ok(())
+    Finding {
+        allowed: !required,
+        ..Finding::refused(outcome, None, reason)
+    }
 }
 
-fn emit(exchange: &Exchange, check: &TokenCheck) {
+async fn conclude(
+    exchange: &Exchange,
+    pod: Option<&PodIdentity>,
+    finding: Finding,
+) -> Result<Option<Principal>, Refused> {
+    let check = TokenCheck {
+        outcome: finding.outcome,
+        allowed: finding.allowed,
+        token: finding.token,
+        principal: finding.principal.clone(),
+        attested: attested(pod),
+        reason: finding.reason.clone(),
+    };
     let outcome = serde_json::to_value(check.outcome).unwrap_or_default();
     TokenChecked {
         target: &exchange.target.name,
@@ -173,23 +263,10 @@ fn emit(exchange: &Exchange, check: &TokenCheck) {
         reason: check.reason.as_deref(),
     }
     .emit();
-}
-
-async fn refuse(
-    exchange: &Exchange,
-    outcome: TokenOutcome,
-    token: Option<TokenIdentity>,
-    pod: Option<&PodIdentity>,
-    reason: String,
-) -> Result<(), Refused> {
-    let check = TokenCheck {
-        outcome,
-        allowed: false,
-        token,
-        attested: attested(pod),
-        reason: Some(reason.clone()),
-    };
-    emit(exchange, &check);
     exchange.log.record(RecordBody::TokenCheck(check)).await;
-    Err(Refused(reason))
+    if finding.allowed {
+        Ok(finding.principal)
+    } else {
+        Err(Refused(finding.reason.unwrap_or_default()))
+    }
 }

@@ -24,7 +24,7 @@ use crate::{
     masking::Masker,
     protocols::{error::SessionError, target::Target},
     recording::SessionRecorder,
-    tokens::ServiceAccountTokens,
+    tokens::TokenVerifiers,
 };
 
 /// Work the connection's own task drives besides the connection: response bodies, held
@@ -46,8 +46,8 @@ pub struct Exchange {
     pumps: mpsc::UnboundedSender<Pump>,
     /// What ended an upgraded tunnel, when not a clean close: the session's own end.
     tunnel_end: Mutex<Option<SessionError>>,
-    /// Node mode's verifier of service-account tokens.
-    pub tokens: Option<Arc<ServiceAccountTokens>>,
+    /// The bearer-token verifiers: node mode's service-account tokens, `identity.oidc`.
+    pub tokens: Arc<TokenVerifiers>,
 }
 
 impl Exchange {
@@ -58,7 +58,7 @@ impl Exchange {
         workload: Workload,
         masker: Arc<Masker>,
         hard_stop: CancellationToken,
-        tokens: Option<Arc<ServiceAccountTokens>>,
+        tokens: Arc<TokenVerifiers>,
     ) -> (Self, mpsc::UnboundedReceiver<Pump>) {
         let (pumps, queue) = mpsc::unbounded_channel();
         let log = ExchangeLog::new(session, masker, &target);

@@ -1,11 +1,12 @@
 //! The policy's decision on an MCP POST: every message in it decided, the masking that
 //! applies, what is refused and what is held, before anything is recorded or forwarded.
 use bytes::Bytes;
-use hyper::HeaderMap;
+use hyper::http::request::Parts;
 use serde_json::Value;
 
 use super::jsonrpc::{Fields, JsonRpcError, parse_messages};
 use crate::{
+    identity::Principal,
     policy::{Action, Decision, Policy, Request},
     protocols::{
         http::reply::header_str,
@@ -37,12 +38,8 @@ pub struct HeldCall {
     pub decision: Decision,
 }
 
-pub fn evaluate(
-    policy: &Policy,
-    exchange: &Exchange,
-    headers: &HeaderMap,
-    body: &Bytes,
-) -> McpEvaluation {
+pub fn evaluate(policy: &Policy, exchange: &Exchange, head: &Parts, body: &Bytes) -> McpEvaluation {
+    let headers = &head.headers;
     let mut evaluation = McpEvaluation {
         parse_error: None,
         messages: Vec::new(),
@@ -79,6 +76,7 @@ pub fn evaluate(
             None => policy.decide(&Request {
                 target: &exchange.target.name,
                 workload: &exchange.workload,
+                caller: head.extensions.get::<Principal>(),
                 method,
                 tool: fields.tool,
                 arguments: fields.arguments,

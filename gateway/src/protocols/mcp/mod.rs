@@ -73,7 +73,7 @@ impl Inspector for McpInspector {
             }
         }
         let mut evaluation = (head.method == hyper::Method::POST)
-            .then(|| evaluate(&self.policy, exchange, &head.headers, &body));
+            .then(|| evaluate(&self.policy, exchange, head, &body));
         let masking = evaluation
             .as_ref()
             .map_or_else(|| exchange.target_masking(), |e| e.masking);

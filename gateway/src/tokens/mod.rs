@@ -3,11 +3,14 @@
 //! an unknown `kid`, at most every `KEYS_MIN_REFRESH`), asymmetric algorithms only, `iss`,
 //! `aud` and the lifetime with a small skew. Bound tokens name their pod; legacy tokens (from
 //! a Secret) name only a namespace and service account. Binding a token to the kernel-attested
-//! pod is the caller's (`protocols::l7::identity`).
+//! pod is the caller's (`protocols::l7::identity`). Tokens of other issuers (`identity.oidc`)
+//! are `oidc`'s.
+pub mod oidc;
+
 use std::{
     future::Future,
     pin::Pin,
-    sync::Mutex,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -63,6 +66,10 @@ pub struct IdentityConfig {
         deserialize_with = "crate::config::values::duration"
     )]
     pub clock_skew: Duration,
+    /// Other issuers whose bearer tokens are verified and recorded: MCP clients' OAuth
+    /// tokens, for example.
+    #[serde(default)]
+    pub oidc: Vec<oidc::OidcIssuerConfig>,
 }
 
 impl Default for IdentityConfig {
@@ -71,12 +78,47 @@ impl Default for IdentityConfig {
             audiences: Vec::new(),
             legacy_tokens: LegacyTokens::default(),
             clock_skew: default_skew(),
+            oidc: Vec::new(),
         }
     }
 }
 
 fn default_skew() -> Duration {
     Duration::from_secs(60)
+}
+
+/// Every verifier of bearer tokens the gateway has: the cluster's service-account tokens
+/// (node mode only) and the `identity.oidc` issuers.
+#[derive(Default)]
+pub struct TokenVerifiers {
+    pub service_accounts: Option<Arc<ServiceAccountTokens>>,
+    pub oidc: Vec<oidc::OidcIssuer>,
+}
+
+impl TokenVerifiers {
+    pub fn new(
+        config: &IdentityConfig,
+        service_accounts: Option<Arc<ServiceAccountTokens>>,
+    ) -> Result<TokenVerifiers, String> {
+        let oidc = config
+            .oidc
+            .iter()
+            .enumerate()
+            .map(|(index, issuer)| {
+                oidc::OidcIssuer::new(issuer.clone(), &format!("identity.oidc[{index}].issuer"))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(TokenVerifiers {
+            service_accounts,
+            oidc,
+        })
+    }
+
+    /// The trusted OIDC issuer a token claims to come from, if it is one.
+    pub fn oidc_issuer_of(&self, token: &str) -> Option<&oidc::OidcIssuer> {
+        let claimed = oidc::claimed_issuer(token)?;
+        self.oidc.iter().find(|i| i.config.issuer == claimed)
+    }
 }
 
 /// The cluster's issuer and keys, as its discovery document and JWKS give them.
