@@ -6,6 +6,7 @@ pub mod commands;
 pub mod config;
 pub mod ebpf;
 pub mod identity;
+pub mod interception_ca;
 pub mod kubelet;
 pub mod kubernetes;
 pub mod masking;

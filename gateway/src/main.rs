@@ -50,6 +50,15 @@ enum Cmd {
     },
     /// Validate a config file.
     CheckConfig { file: PathBuf },
+    /// Print the CA bundle pods must trust for the API server: the cluster CA, then the
+    /// interception CA (generating its key if absent).
+    CaBundle {
+        #[arg(long, env = "INTERLOCK_CONFIG")]
+        config: PathBuf,
+        /// The cluster's CA certificate (PEM).
+        #[arg(long, default_value = commands::ca_bundle::IN_CLUSTER_CA)]
+        cluster_ca: PathBuf,
+    },
     /// List the built-in secret detectors (names for `masking.disable`).
     Detectors,
     /// Recorded sessions.
@@ -194,6 +203,12 @@ fn dispatch(command: Cmd) -> anyhow::Result<i32> {
         }
         Cmd::Await { address, timeout } => {
             commands::await_interception::await_interception(address, timeout)?;
+        }
+        Cmd::CaBundle { config, cluster_ca } => {
+            print!(
+                "{}",
+                commands::ca_bundle::ca_bundle(&Config::load(&config)?, &cluster_ca)?
+            );
         }
         Cmd::CheckConfig { file } => {
             let config = Config::load(&file)?;

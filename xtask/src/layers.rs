@@ -24,6 +24,7 @@ pub const LAYERS: &[&str] = &[
     "identity",
     "telemetry",
     "tokens",
+    "interception_ca",
     // Engines that know nothing of connections.
     "masking",
     "policy",

@@ -1,6 +1,7 @@
 //! The CLI's subcommands, one module each.
 pub mod approvals;
 pub mod await_interception;
+pub mod ca_bundle;
 pub mod run;
 pub mod sessions;
 pub mod wrap;

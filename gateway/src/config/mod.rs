@@ -86,6 +86,9 @@ pub struct Config {
     /// Node mode: how bearer service-account tokens are checked against the pod.
     #[serde(default)]
     pub identity: crate::tokens::IdentityConfig,
+    /// The CA that signs what the gateway presents to pods for the API server.
+    #[serde(default)]
+    pub interception_ca: crate::interception_ca::InterceptionCaConfig,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
