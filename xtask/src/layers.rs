@@ -37,6 +37,7 @@ pub const LAYERS: &[&str] = &[
     "protocols::copy",
     "protocols::l7",
     "protocols::http",
+    "protocols::kubernetes",
     "protocols::mcp",
     "protocols",
     // The node: configuration, kernel, node mode, listeners, control, CLI.

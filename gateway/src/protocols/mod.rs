@@ -10,6 +10,7 @@
 pub mod copy;
 pub mod error;
 pub mod http;
+pub mod kubernetes;
 pub mod l7;
 pub mod mcp;
 pub mod target;
