@@ -366,3 +366,89 @@ fn service_account_tokens_verify_against_the_jwks_and_authenticate_while_bound()
         "an unbound token names no pod"
     );
 }
+
+#[test]
+fn exec_over_websocket_runs_a_real_process_for_kubectl_and_the_python_client() {
+    let server = ApiServer::start(&[]);
+    for kubectl in [kubectl_130(), kubectl_137()] {
+        let out = server.kubectl(
+            &kubectl,
+            &[
+                "exec",
+                "-n",
+                "team",
+                "web",
+                "--",
+                "sh",
+                "-c",
+                "echo out; echo err >&2; exit 3",
+            ],
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "out\n",
+            "{}",
+            kubectl.display()
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("err"), "{stderr}");
+        assert_eq!(
+            out.status.code(),
+            Some(3),
+            "the exit code from the error channel: {stderr}"
+        );
+
+        let mut cat = Command::new(&kubectl)
+            .arg("--kubeconfig")
+            .arg(&server.kubeconfig)
+            .args(["exec", "-i", "-n", "team", "web", "--", "cat"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        cat.stdin
+            .take()
+            .unwrap()
+            .write_all(b"typed on stdin\n")
+            .unwrap();
+        let out = cat.wait_with_output().unwrap();
+        assert_eq!(
+            stdout(&out),
+            "typed on stdin\n",
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success());
+
+        let out = server.kubectl(&kubectl, &["exec", "-n", "team", "missing", "--", "true"]);
+        assert!(!out.status.success());
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("pods \"missing\" not found"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let exec_requests: Vec<Value> = server
+        .requests()
+        .into_iter()
+        .filter(|r| r["path"].as_str().unwrap_or_default().ends_with("/exec"))
+        .collect();
+    assert!(
+        exec_requests.iter().all(|r| r["version"] == "HTTP/1.1"),
+        "{exec_requests:?}"
+    );
+
+    let out = Command::new(kube_python())
+        .arg(support_dir().join("kube_exec.py"))
+        .args([server.kubeconfig.to_str().unwrap(), "team", "web"])
+        .output()
+        .unwrap();
+    let out = json_of(&out);
+    assert_eq!(out["stdout"], "out\n");
+    assert_eq!(out["stderr"], "err\n");
+    assert_eq!(out["returncode"], 3);
+    assert_eq!(out["echoed"], "hello\n");
+    assert_eq!(out["cat_returncode"], 0);
+}

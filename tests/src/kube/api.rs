@@ -10,7 +10,7 @@ use hyper::{HeaderMap, Method, Request, Response, StatusCode, body::Incoming, he
 use serde_json::{Value, json};
 
 use super::{
-    State,
+    State, exec,
     resources::{RESOURCES, Resource, VERBS, group_version},
     selectors::{FieldSelector, LabelSelector},
     status::ApiError,
@@ -64,7 +64,12 @@ pub async fn handle(state: Arc<State>, request: Request<Incoming>) -> Response<B
     }
 }
 
-async fn route(state: &Arc<State>, request: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+async fn route(
+    state: &Arc<State>,
+    mut request: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    // Taken first: it resolves only if this request is answered with 101 (exec).
+    let on_upgrade = hyper::upgrade::on(&mut request);
     let (parts, body) = request.into_parts();
     let path = parts.uri.path().trim_end_matches('/').to_string();
     let query: HashMap<String, String> =
@@ -105,6 +110,27 @@ async fn route(state: &Arc<State>, request: Request<Incoming>) -> Result<Respons
             "user": user.name(),
             "version": format!("{:?}", parts.version),
         }));
+    if let [
+        "",
+        "api",
+        "v1",
+        "namespaces",
+        namespace,
+        "pods",
+        name,
+        "exec",
+    ] = path.split('/').collect::<Vec<_>>().as_slice()
+    {
+        if !matches!(user, User::Admin) {
+            return Err(ApiError::Forbidden(format!(
+                "pods \"{name}\" is forbidden: User \"{}\" cannot create resource \"pods/exec\" in API group \"\" in the namespace \"{namespace}\"",
+                user.name()
+            )));
+        }
+        state.store.get(resource_of("v1", "Pod"), namespace, name)?;
+        let request = exec::ExecRequest::from_query(parts.uri.query().unwrap_or(""));
+        return exec::upgrade(&parts.headers, on_upgrade, request);
+    }
     let needs_body = [Method::POST, Method::PUT, Method::PATCH].contains(&parts.method);
     let body = if needs_body {
         Limited::new(body, MAX_BODY)

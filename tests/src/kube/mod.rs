@@ -12,6 +12,7 @@
 //! here, `api` for routing and handlers, and `store`, `watch`, `tokens`, `selectors`,
 //! `table` and `status` below it.
 mod api;
+mod exec;
 mod resources;
 mod selectors;
 mod status;

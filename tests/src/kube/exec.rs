@@ -1,0 +1,288 @@
+//! `pods/NAME/exec` over WebSocket, as the kubelet streams it through kube-apiserver: the
+//! `v5.channel.k8s.io` or `v4.channel.k8s.io` subprotocol, binary messages whose first byte
+//! is the channel (0 stdin, 1 stdout, 2 stderr, 3 the closing Status, 4 resize), and in v5 the
+//! close signal `[255, channel]`. The command runs as a real process on this host. No TTY:
+//! `tty=true` is refused, so a test never mistakes pipes for a terminal.
+use std::process::Stdio;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, Empty};
+use hyper::{HeaderMap, Response, StatusCode, header, upgrade::OnUpgrade};
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWriteExt},
+    sync::mpsc,
+};
+use tokio_tungstenite::{
+    WebSocketStream,
+    tungstenite::{
+        Message,
+        handshake::derive_accept_key,
+        protocol::{CloseFrame, Role, frame::coding::CloseCode},
+    },
+};
+
+use super::{api::Body, status::ApiError};
+
+/// Offered by clients, best first.
+const PROTOCOLS: [&str; 2] = ["v5.channel.k8s.io", "v4.channel.k8s.io"];
+const STDIN: u8 = 0;
+const STDOUT: u8 = 1;
+const STDERR: u8 = 2;
+const ERROR: u8 = 3;
+const CLOSE: u8 = 255;
+
+/// What the exec request asks for, from its query (`command` repeats, one per argument).
+pub struct ExecRequest {
+    pub command: Vec<String>,
+    pub stdin: bool,
+    pub stdout: bool,
+    pub stderr: bool,
+    pub tty: bool,
+}
+
+impl ExecRequest {
+    pub fn from_query(query: &str) -> ExecRequest {
+        let pairs: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
+            .into_owned()
+            .collect();
+        let flag = |key: &str| {
+            pairs
+                .iter()
+                .any(|(k, v)| k == key && matches!(v.as_str(), "true" | "1"))
+        };
+        ExecRequest {
+            command: pairs
+                .iter()
+                .filter(|(k, _)| k == "command")
+                .map(|(_, v)| v.clone())
+                .collect(),
+            stdin: flag("stdin"),
+            stdout: flag("stdout"),
+            stderr: flag("stderr"),
+            tty: flag("tty"),
+        }
+    }
+}
+
+/// Answers the upgrade with 101 and runs the command on the upgraded connection.
+pub fn upgrade(
+    headers: &HeaderMap,
+    on_upgrade: OnUpgrade,
+    request: ExecRequest,
+) -> Result<Response<Body>, ApiError> {
+    let value = |name: header::HeaderName| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+    };
+    if !value(header::UPGRADE).eq_ignore_ascii_case("websocket") {
+        return Err(ApiError::BadRequest(
+            "exec takes a WebSocket upgrade (v5.channel.k8s.io or v4.channel.k8s.io); SPDY is not served here".into(),
+        ));
+    }
+    let offered: Vec<&str> = value(header::SEC_WEBSOCKET_PROTOCOL)
+        .split(',')
+        .map(str::trim)
+        .collect();
+    let Some(protocol) = PROTOCOLS.into_iter().find(|p| offered.contains(p)) else {
+        return Err(ApiError::BadRequest(format!(
+            "no supported exec subprotocol offered (got {offered:?}; this server speaks {PROTOCOLS:?})"
+        )));
+    };
+    if request.command.is_empty() {
+        return Err(ApiError::BadRequest(
+            "you must specify at least 1 command".into(),
+        ));
+    }
+    if request.tty {
+        return Err(ApiError::BadRequest(
+            "this test server allocates no TTY; run without -t".into(),
+        ));
+    }
+    let key = value(header::SEC_WEBSOCKET_KEY);
+    if key.is_empty() {
+        return Err(ApiError::BadRequest("Sec-WebSocket-Key is missing".into()));
+    }
+    let accept = derive_accept_key(key.as_bytes());
+    let v5 = protocol.starts_with("v5");
+    tokio::spawn(async move {
+        if let Ok(upgraded) = on_upgrade.await {
+            let socket =
+                WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+            run(socket, request, v5).await;
+        }
+    });
+    let mut response = Response::new(Empty::<Bytes>::new().map_err(|e| match e {}).boxed());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::UPGRADE,
+        header::HeaderValue::from_static("websocket"),
+    );
+    headers.insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("Upgrade"),
+    );
+    headers.insert(
+        header::SEC_WEBSOCKET_ACCEPT,
+        header::HeaderValue::from_str(&accept).expect("base64 is a valid header"),
+    );
+    headers.insert(
+        header::SEC_WEBSOCKET_PROTOCOL,
+        header::HeaderValue::from_static(protocol),
+    );
+    Ok(response)
+}
+
+/// Pumps a pipe into the channel it belongs to; None at its end.
+fn pump(
+    mut pipe: impl AsyncRead + Unpin + Send + 'static,
+    channel: u8,
+    out: mpsc::Sender<Option<Vec<u8>>>,
+) {
+    tokio::spawn(async move {
+        let mut buffer = vec![0u8; 32 * 1024];
+        loop {
+            match pipe.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    let mut frame = Vec::with_capacity(n + 1);
+                    frame.push(channel);
+                    frame.extend_from_slice(&buffer[..n]);
+                    if out.send(Some(frame)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        let _ = out.send(None).await;
+    });
+}
+
+async fn run<S>(mut socket: WebSocketStream<S>, request: ExecRequest, v5: bool)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut command = tokio::process::Command::new(&request.command[0]);
+    command
+        .args(&request.command[1..])
+        .stdin(if request.stdin {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(if request.stdout {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stderr(if request.stderr {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .kill_on_drop(true);
+    let mut child = match command.spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            let status = failure(&format!("starting the command: {e}"), None);
+            let _ = send_status(&mut socket, &status).await;
+            return;
+        }
+    };
+    let (frames, mut output) = mpsc::channel(16);
+    let mut open_pipes = 0;
+    if let Some(stdout) = child.stdout.take() {
+        pump(stdout, STDOUT, frames.clone());
+        open_pipes += 1;
+    }
+    if let Some(stderr) = child.stderr.take() {
+        pump(stderr, STDERR, frames.clone());
+        open_pipes += 1;
+    }
+    drop(frames);
+    let mut stdin = child.stdin.take();
+    let mut client_open = true;
+    while open_pipes > 0 {
+        tokio::select! {
+            frame = output.recv() => match frame {
+                Some(Some(frame)) => {
+                    if socket.send(Message::binary(frame)).await.is_err() {
+                        return;
+                    }
+                }
+                Some(None) | None => open_pipes -= 1,
+            },
+            message = socket.next(), if client_open => match message {
+                // The Python client sends text frames for `str` data, channel byte first.
+                Some(Ok(message @ (Message::Binary(_) | Message::Text(_)))) => {
+                    let data = message.into_data();
+                    match data.first() {
+                    Some(&STDIN) => {
+                        if let Some(pipe) = stdin.as_mut()
+                            && pipe.write_all(&data[1..]).await.is_err()
+                        {
+                            stdin = None;
+                        }
+                    }
+                    // v5: the client closed its stdin.
+                    Some(&CLOSE) if v5 && data.get(1) == Some(&STDIN) => stdin = None,
+                    _ => {}
+                    }
+                }
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
+                    client_open = false;
+                    stdin = None;
+                }
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+    drop(stdin);
+    let status = match child.wait().await {
+        Ok(exit) if exit.success() => json!({"metadata": {}, "status": "Success"}),
+        Ok(exit) => {
+            let code = exit.code().unwrap_or(128 + 9);
+            let message = format!(
+                "command terminated with non-zero exit code: error executing command {:?}, exit code {code}",
+                request.command
+            );
+            failure(&message, Some(code))
+        }
+        Err(e) => failure(&e.to_string(), None),
+    };
+    let _ = send_status(&mut socket, &status).await;
+    // A close without a code reads as 1005 to client-go, which reports it as an error.
+    let normal = CloseFrame {
+        code: CloseCode::Normal,
+        reason: "".into(),
+    };
+    let _ = socket.close(Some(normal)).await;
+}
+
+fn failure(message: &str, code: Option<i32>) -> Value {
+    match code {
+        Some(code) => json!({
+            "metadata": {}, "status": "Failure", "message": message,
+            "reason": "NonZeroExitCode",
+            "details": {"causes": [{"reason": "ExitCode", "message": code.to_string()}]},
+        }),
+        None => json!({"metadata": {}, "status": "Failure", "message": message}),
+    }
+}
+
+async fn send_status<S>(
+    socket: &mut WebSocketStream<S>,
+    status: &Value,
+) -> Result<(), tokio_tungstenite::tungstenite::Error>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut frame = vec![ERROR];
+    frame.extend_from_slice(status.to_string().as_bytes());
+    socket.send(Message::binary(frame)).await
+}
