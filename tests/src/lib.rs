@@ -565,8 +565,18 @@ impl McpServer {
 impl Gateway {
     /// Runs tests/support/mcp_client.py (the official Python SDK) wrapped; returns its JSON.
     pub fn mcp_client(&self, url: &str, scenario: &str) -> Value {
+        self.mcp_client_with_token(url, scenario, None)
+    }
+
+    /// Like `mcp_client`, sending `token` as `Authorization: Bearer` on every request.
+    pub fn mcp_client_with_token(&self, url: &str, scenario: &str, token: Option<&str>) -> Value {
         let script = support_dir().join("mcp_client.py");
-        let out = self.wrap(&["python3", script.to_str().unwrap(), url, scenario]);
+        let mut command =
+            self.wrap_cmd(None, &["python3", script.to_str().unwrap(), url, scenario]);
+        if let Some(token) = token {
+            command.env("MCP_BEARER_TOKEN", token);
+        }
+        let out = command.output().unwrap();
         assert!(
             out.status.success(),
             "MCP client failed: {}\n{}",

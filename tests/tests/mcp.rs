@@ -803,28 +803,7 @@ fn oauth_bearer_tokens_from_trusted_issuers_are_verified_recorded_and_matched_by
         issuer.mint(all)
     };
     // The official client, authorised: the groups claim decides what it may do.
-    let client = |token: &str| {
-        let script = support_dir().join("mcp_client.py");
-        let out = gw
-            .wrap_cmd(
-                None,
-                &[
-                    "python3",
-                    script.to_str().unwrap(),
-                    &server.url(),
-                    "journal",
-                ],
-            )
-            .env("MCP_BEARER_TOKEN", token)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        probe_json(&out)
-    };
+    let client = |token: &str| gw.mcp_client_with_token(&server.url(), "journal", Some(token));
     let alice = client(&mint(
         &idp,
         serde_json::json!({"sub": "alice", "groups": ["dev", "sre"]}),
