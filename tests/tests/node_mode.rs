@@ -467,34 +467,37 @@ fn a_closed_mode_restart_lets_no_selected_pod_connect_direct_and_readyz_waits_fo
     assert!(after.iter().all(|s| s["kubernetes"]["pod"] == "agent-4"));
 }
 
-/// `tools/call echo MESSAGE` from `pod` with `token`, by curl: the HTTP status and the
-/// JSON-RPC message that came back (the SSE event's data, or the JSON body).
 fn echo_with_token(pod: &SimPod, cluster: &Cluster, token: &str, message: &str) -> (u16, Value) {
+    call_echo(pod, cluster, Some(token), message)
+}
+
+/// `tools/call echo MESSAGE` from `pod`, with `token` if given, by curl: the HTTP status and
+/// the JSON-RPC message that came back (the SSE event's data, or the JSON body).
+fn call_echo(pod: &SimPod, cluster: &Cluster, token: Option<&str>, message: &str) -> (u16, Value) {
     let call = json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
                       "params": {"name": "echo", "arguments": {"message": message}}});
-    let out = pod
-        .run(
-            "app",
-            &[
-                "curl",
-                "-s",
-                "-w",
-                "\n%{http_code}",
-                "-X",
-                "POST",
-                &format!("http://{CLUSTER_IP}:{}/mcp", cluster.port),
-                "-H",
-                "content-type: application/json",
-                "-H",
-                "accept: application/json, text/event-stream",
-                "-H",
-                &format!("authorization: Bearer {token}"),
-                "-d",
-                &call.to_string(),
-            ],
-        )
-        .output()
-        .unwrap();
+    let body = call.to_string();
+    let url = cluster.url();
+    let mut curl = vec![
+        "curl",
+        "-s",
+        "-w",
+        "\n%{http_code}",
+        "-X",
+        "POST",
+        &url,
+        "-H",
+        "content-type: application/json",
+        "-H",
+        "accept: application/json, text/event-stream",
+        "-d",
+        &body,
+    ];
+    let authorization = token.map(|t| format!("authorization: Bearer {t}"));
+    if let Some(header) = &authorization {
+        curl.extend(["-H", header]);
+    }
+    let out = pod.run("app", &curl).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let (body, status) = text
         .trim_end()
@@ -845,33 +848,7 @@ fn an_api_server_that_is_down_at_start_keeps_readyz_at_503_with_a_clear_log_unti
 
 /// `tools/call echo MESSAGE` from `pod`, with no token: the JSON-RPC reply.
 fn echo(pod: &SimPod, cluster: &Cluster, message: &str) -> Value {
-    let call = json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call",
-                      "params": {"name": "echo", "arguments": {"message": message}}});
-    let out = pod
-        .run(
-            "app",
-            &[
-                "curl",
-                "-s",
-                "-X",
-                "POST",
-                &cluster.url(),
-                "-H",
-                "content-type: application/json",
-                "-H",
-                "accept: application/json, text/event-stream",
-                "-d",
-                &call.to_string(),
-            ],
-        )
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let json = text
-        .lines()
-        .find_map(|l| l.strip_prefix("data: "))
-        .unwrap_or(&text);
-    serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {text}"))
+    call_echo(pod, cluster, None, message).1
 }
 
 #[test]
