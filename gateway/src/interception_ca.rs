@@ -18,8 +18,9 @@ use std::{
 };
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CidrSubnet, DnType, ExtendedKeyUsagePurpose,
-    GeneralSubtree, IsCa, Issuer, KeyPair, KeyUsagePurpose, NameConstraints,
+    BasicConstraints, CertificateParams, CidrSubnet, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, GeneralSubtree, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    NameConstraints,
 };
 use rustls::{
     pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer},
@@ -34,6 +35,8 @@ pub const API_SERVER_NAMES: [&str; 4] = [
     "kubernetes.default.svc",
     "kubernetes.default.svc.cluster.local",
 ];
+/// Where a pod (and the gateway's own pod) reads the cluster's CA.
+pub const IN_CLUSTER_CA: &str = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt";
 const SUBJECT: &str = "Interlock interception CA";
 /// Leaves live a day and are minted again after half of it, so a cached one never expires
 /// in use.
@@ -196,9 +199,9 @@ impl InterceptionCa {
             LeafName::Dns(dns) => rcgen::SanType::DnsName(dns.clone().try_into().map_err(fail)?),
             LeafName::Ip(ip) => rcgen::SanType::IpAddress(*ip),
         }];
-        params
-            .distinguished_name
-            .push(DnType::CommonName, name.to_string());
+        // No subject: OpenSSL checks a common name against the DNS constraints as if it were
+        // a name, which an address never passes. The SAN is then critical, as RFC 5280 asks.
+        params.distinguished_name = DistinguishedName::new();
         params.not_before = time::OffsetDateTime::now_utc() - time::Duration::minutes(5);
         params.not_after = time::OffsetDateTime::now_utc() + LEAF_LIFETIME;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];

@@ -56,7 +56,7 @@ enum Cmd {
         #[arg(long, env = "INTERLOCK_CONFIG")]
         config: PathBuf,
         /// The cluster's CA certificate (PEM).
-        #[arg(long, default_value = commands::ca_bundle::IN_CLUSTER_CA)]
+        #[arg(long, default_value = interlock::interception_ca::IN_CLUSTER_CA)]
         cluster_ca: PathBuf,
     },
     /// List the built-in secret detectors (names for `masking.disable`).

@@ -34,6 +34,9 @@ pub enum Outcome {
     Timeout,
     /// The gateway refused the session at a limit (the error names it); nothing was relayed.
     Refused,
+    /// The client refused the interception certificate (`kubernetes` targets): it does not
+    /// trust the interception CA. Nothing was relayed.
+    TlsRejectedByClient,
 }
 
 impl Outcome {
@@ -48,6 +51,7 @@ impl Outcome {
             Outcome::Shutdown => "shutdown",
             Outcome::Timeout => "timeout",
             Outcome::Refused => "refused",
+            Outcome::TlsRejectedByClient => "tls_rejected_by_client",
         }
     }
 }

@@ -7,9 +7,6 @@ use anyhow::{Context, Result, bail};
 
 use crate::{config::Config, interception_ca::InterceptionCa};
 
-/// Where a pod (and the gateway's own pod) reads the cluster's CA.
-pub const IN_CLUSTER_CA: &str = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt";
-
 pub fn ca_bundle(config: &Config, cluster_ca: &Path) -> Result<String> {
     let cluster = std::fs::read_to_string(cluster_ca).with_context(|| {
         format!(

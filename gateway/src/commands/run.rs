@@ -15,6 +15,7 @@ use crate::{
     admin::{Admin, control},
     config::{Config, FailMode},
     ebpf::Dataplane,
+    protocols::kubernetes::tls::ApiServerTls,
     proxy::{Engines, Proxy, upstream::TcpConnector, workers::Workers},
     recording::{
         Recorder, WriterOptions,
@@ -129,6 +130,8 @@ pub async fn run(config_path: &Path) -> Result<()> {
         recorder.clone(),
         Engines {
             masker,
+            api_server_tls: ApiServerTls::load(&config.interception_ca, &config.targets)?
+                .map(Arc::new),
             approvals: approvals.clone(),
             pods: node_mode
                 .as_ref()

@@ -451,6 +451,16 @@ impl Config {
                     ),
                 ));
             }
+            if target.protocol != Protocol::Kubernetes && target.upstream_ca.is_some() {
+                return Err(invalid(
+                    "upstream_ca",
+                    format!(
+                        "target `{}` is {}: `upstream_ca` verifies the API server of a \
+                         kubernetes target; remove it or set `protocol: kubernetes`",
+                        target.name, target.protocol
+                    ),
+                ));
+            }
         }
         Ok(())
     }
@@ -761,10 +771,18 @@ mod tests {
     }
 
     #[test]
-    fn later_protocols_are_refused_clearly() {
-        let e =
-            error_of("targets:\n  - name: a\n    address: 127.0.0.1:1\n    protocol: kubernetes\n");
-        assert!(e.contains("not supported by this build yet"), "{e}");
+    fn upstream_ca_belongs_to_kubernetes_targets() {
+        let c = Config::parse(
+            "targets:\n  - name: a\n    address: 127.0.0.1:1\n    protocol: kubernetes\n    \
+             upstream_ca: /etc/ca.crt\n",
+        )
+        .unwrap();
+        assert_eq!(c.targets[0].protocol, Protocol::Kubernetes);
+        let e = error_of(
+            "targets:\n  - name: a\n    address: 127.0.0.1:1\n    protocol: http\n    \
+             upstream_ca: /etc/ca.crt\n",
+        );
+        assert!(e.contains("`upstream_ca` verifies the API server"), "{e}");
     }
 
     #[test]

@@ -4,7 +4,10 @@ use std::{io, time::Duration};
 
 use humantime::format_duration;
 
-use crate::vocabulary::Outcome;
+use crate::{
+    interception_ca::{CaError, LeafName},
+    vocabulary::Outcome,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
@@ -24,6 +27,31 @@ pub enum SessionError {
     Io(io::Error),
     #[error("gateway shut down before the session ended")]
     Shutdown,
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+}
+
+/// Why TLS with the client or the API server failed (`kubernetes` targets).
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// The client refused the interception certificate: it does not trust the CA.
+    #[error(
+        "the client rejected the interception certificate for {name} (TLS alert {alert:?}); give the pod the bundle `interlock ca-bundle` prints as the CA it trusts for the API server"
+    )]
+    RejectedByClient {
+        name: LeafName,
+        alert: rustls::AlertDescription,
+    },
+    #[error(
+        "the client asked for {0}, which the interception CA may not certify; add it to interception_ca.names or .addresses if it is the API server"
+    )]
+    NameNotPermitted(LeafName),
+    #[error("TLS from the client: {0}")]
+    Client(io::Error),
+    #[error("TLS to the API server: {0}; check the target's upstream_ca")]
+    Upstream(io::Error),
+    #[error(transparent)]
+    Ca(#[from] CaError),
 }
 
 impl SessionError {
@@ -41,6 +69,9 @@ impl SessionError {
                 _ => Outcome::Error,
             },
             SessionError::Shutdown => Outcome::Shutdown,
+            SessionError::Tls(TlsError::RejectedByClient { .. }) => Outcome::TlsRejectedByClient,
+            SessionError::Tls(TlsError::NameNotPermitted(_)) => Outcome::Refused,
+            SessionError::Tls(_) => Outcome::Error,
         }
     }
 }

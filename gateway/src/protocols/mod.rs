@@ -1,12 +1,14 @@
 //! One client connection, from bytes to protocol inspectors. `serve` picks the path by the
 //! target's protocol: tcp sessions go through the copy loop; `http` and `mcp` sessions
-//! through the HTTP layer, with the inspector of their protocol.
+//! through the HTTP layer, with the inspector of their protocol; `kubernetes` sessions
+//! through TLS on both sides first.
 //! - `target`: what is intercepted;
 //! - `error`: how a session ends;
 //! - `copy`: the copy loop over any stream;
 //! - `l7`: the per-connection context and the exchange log;
 //! - `http`: HTTP/1.1 and HTTP/2 on the client side, with inspectors;
-//! - `mcp`: the MCP inspector.
+//! - `mcp`: the MCP inspector;
+//! - `kubernetes`: the API-server path.
 pub mod copy;
 pub mod error;
 pub mod http;
@@ -15,14 +17,19 @@ pub mod l7;
 pub mod mcp;
 pub mod target;
 
-use std::sync::Arc;
+use std::{future::Future, io, net::SocketAddr, pin::Pin, sync::Arc};
 
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use self::{
     error::SessionResult,
-    http::{inspect::Plain, upstream::Redial},
+    error::{SessionError, TlsError},
+    http::{
+        inspect::Plain,
+        upstream::{Connection, Redial},
+    },
+    kubernetes::tls::ApiServerTls,
     l7::Exchange,
     mcp::{McpInspector, holds::HoldDesk},
     target::{Protocol, Target},
@@ -38,6 +45,20 @@ pub struct NodeServices {
     pub desk: Arc<HoldDesk>,
     /// The bearer-token verifiers: node mode's service-account tokens, `identity.oidc`.
     pub tokens: Arc<TokenVerifiers>,
+    /// The TLS of `kubernetes` targets; none when the config has none.
+    pub api_server_tls: Option<Arc<ApiServerTls>>,
+}
+
+/// Opens a new TCP connection to the session's upstream.
+pub type Dial =
+    Box<dyn Fn() -> Pin<Box<dyn Future<Output = io::Result<TcpStream>> + Send>> + Send + Sync>;
+
+/// New plain connections through `dial`.
+fn plain(dial: Dial) -> Redial {
+    Box::new(move || {
+        let connecting = dial();
+        Box::pin(async move { connecting.await.map(Connection::http1) })
+    })
 }
 
 /// One recorded session, as the accept path hands it over.
@@ -45,6 +66,8 @@ pub struct Session {
     pub recorder: SessionRecorder,
     pub target: Target,
     pub workload: Workload,
+    /// Where the client was going, before the redirect.
+    pub original_dst: SocketAddr,
     /// The policy as it is when the session starts.
     pub policy: Arc<Policy>,
     /// Cancelled when the gateway cuts open sessions.
@@ -55,7 +78,7 @@ pub struct Session {
 pub async fn serve(
     client: TcpStream,
     upstream: TcpStream,
-    redial: Redial,
+    dial: Dial,
     session: Session,
     services: &NodeServices,
 ) -> SessionResult {
@@ -63,6 +86,7 @@ pub async fn serve(
         recorder,
         target,
         workload,
+        original_dst,
         policy,
         hard_stop,
     } = session;
@@ -70,7 +94,7 @@ pub async fn serve(
     if protocol == Protocol::Tcp {
         // Bytes only: nothing else is kept for as long as the session is open.
         let idle_timeout = target.idle_timeout;
-        drop((target, workload, policy, redial));
+        drop((target, workload, policy, dial));
         return copy::relay(
             client.into_split(),
             upstream.into_split(),
@@ -97,17 +121,51 @@ pub async fn serve(
                 policy,
                 desk: services.desk.clone(),
             };
+            let upstream = Connection::http1(upstream);
             Box::pin(http::serve(
-                client, upstream, redial, exchange, pumps, inspector,
+                client,
+                upstream,
+                plain(dial),
+                exchange,
+                pumps,
+                inspector,
             ))
             .await
         }
         Protocol::Http | Protocol::Tcp => {
+            let upstream = Connection::http1(upstream);
             Box::pin(http::serve(
-                client, upstream, redial, exchange, pumps, Plain,
+                client,
+                upstream,
+                plain(dial),
+                exchange,
+                pumps,
+                Plain,
             ))
             .await
         }
+        Protocol::Kubernetes => match &services.api_server_tls {
+            Some(tls) => {
+                Box::pin(kubernetes::serve(
+                    client,
+                    upstream,
+                    dial,
+                    original_dst,
+                    tls,
+                    exchange,
+                    pumps,
+                ))
+                .await
+            }
+            // Config loading builds the TLS whenever a target is `kubernetes`.
+            None => error::SessionResult {
+                bytes_up: 0,
+                bytes_down: 0,
+                error: Some(SessionError::Tls(TlsError::Client(io::Error::other(
+                    "no interception CA is loaded",
+                )))),
+            },
+        },
     }
 }
 

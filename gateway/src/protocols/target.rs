@@ -1,6 +1,6 @@
 //! What the gateway intercepts: a named address with its protocol and per-target limits, as
 //! the `targets` section of the config writes it.
-use std::{collections::HashMap, fmt, net::SocketAddr, time::Duration};
+use std::{collections::HashMap, fmt, net::SocketAddr, path::PathBuf, time::Duration};
 
 use interlock_common::MAX_CONFIG_TARGETS;
 use serde::{Deserialize, Deserializer, de};
@@ -58,6 +58,10 @@ pub struct Target {
         deserialize_with = "crate::config::values::duration"
     )]
     pub upstream_response_timeout: Duration,
+    /// `kubernetes`: the CA the API server's certificate is verified against (PEM); by
+    /// default the in-cluster `ca.crt` of the gateway's own pod.
+    #[serde(default)]
+    pub upstream_ca: Option<PathBuf>,
     /// A session in which no byte moves either way for this long is closed.
     #[serde(
         default = "defaults::idle_timeout",
@@ -98,6 +102,9 @@ pub enum Protocol {
     Http,
     /// HTTP plus MCP: every JSON-RPC message recorded and checked against the policy.
     Mcp,
+    /// The Kubernetes API server: TLS terminated with the interception CA and opened again
+    /// upstream, then HTTP/1.1 or HTTP/2 understood.
+    Kubernetes,
 }
 
 impl fmt::Display for Protocol {
@@ -106,6 +113,7 @@ impl fmt::Display for Protocol {
             Protocol::Tcp => "tcp",
             Protocol::Http => "http",
             Protocol::Mcp => "mcp",
+            Protocol::Kubernetes => "kubernetes",
         })
     }
 }
@@ -117,11 +125,9 @@ impl<'de> Deserialize<'de> for Protocol {
             "tcp" => Ok(Protocol::Tcp),
             "http" => Ok(Protocol::Http),
             "mcp" => Ok(Protocol::Mcp),
-            "kubernetes" => Err(de::Error::custom(
-                "protocol `kubernetes` is not supported by this build yet; use tcp, http or mcp",
-            )),
+            "kubernetes" => Ok(Protocol::Kubernetes),
             other => Err(de::Error::custom(format!(
-                "unknown protocol `{other}`; expected tcp, http or mcp"
+                "unknown protocol `{other}`; expected tcp, http, mcp or kubernetes"
             ))),
         }
     }

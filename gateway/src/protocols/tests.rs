@@ -168,6 +168,7 @@ impl Gateway {
         let approvals = Arc::new(Approvals::new(ApprovalsConfig::default()).unwrap());
         let services = NodeServices {
             tokens: Default::default(),
+            api_server_tls: None,
             masker: Arc::new(Masker::new(&MaskingConfig::default()).unwrap()),
             desk: Arc::new(HoldDesk {
                 approvals: approvals.clone(),
@@ -188,6 +189,7 @@ impl Gateway {
                 pod: None,
                 kubernetes: None,
             },
+            original_dst: upstream,
             policy: Arc::new(config.policy.clone()),
             hard_stop: CancellationToken::new(),
         };

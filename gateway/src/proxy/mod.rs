@@ -34,8 +34,7 @@ use crate::{
     masking::Masker,
     policy::Policy,
     protocols::{
-        self, NodeServices, copy,
-        http::upstream::Redial,
+        self, Dial, NodeServices, copy,
         mcp::{holds::HoldDesk, sessions::McpSessions},
     },
     recording::{
@@ -77,6 +76,7 @@ pub struct Proxy<C> {
 /// knows (empty outside node mode).
 pub struct Engines {
     pub masker: Arc<Masker>,
+    pub api_server_tls: Option<Arc<protocols::kubernetes::tls::ApiServerTls>>,
     pub approvals: Arc<Approvals>,
     pub pods: Arc<PodDirectory>,
     pub tokens: Arc<TokenVerifiers>,
@@ -96,6 +96,7 @@ impl<C: UpstreamConnector> Proxy<C> {
             approvals,
             pods,
             tokens,
+            api_server_tls,
         } = engines;
         // Sessions are sized to the descriptors there are: the limit is raised first.
         let fd_limit = limits::raise_fd_limit();
@@ -111,6 +112,7 @@ impl<C: UpstreamConnector> Proxy<C> {
             limits,
             services: NodeServices {
                 tokens,
+                api_server_tls,
                 masker,
                 desk: Arc::new(HoldDesk {
                     approvals,
@@ -347,11 +349,12 @@ impl<C: UpstreamConnector> Proxy<C> {
                     recorder: session.clone(),
                     target: target.clone(),
                     workload,
+                    original_dst,
                     policy: self.policy.read().expect("policy lock").clone(),
                     hard_stop: self.hard_stop.clone(),
                 };
-                let redial = self.redial(original_dst);
-                let r = protocols::serve(client, upstream, redial, serving, &self.services).await;
+                let dial = self.dial(original_dst);
+                let r = protocols::serve(client, upstream, dial, serving, &self.services).await;
                 let outcome = r.outcome();
                 end(
                     outcome,
@@ -376,7 +379,7 @@ impl<C: UpstreamConnector> Proxy<C> {
     }
 
     /// Connects to `addr` again, through the same connector as the session's first connection.
-    fn redial(self: &Arc<Self>, addr: SocketAddr) -> Redial {
+    fn dial(self: &Arc<Self>, addr: SocketAddr) -> Dial {
         let proxy = self.clone();
         Box::new(move || {
             let proxy = proxy.clone();

@@ -96,6 +96,25 @@ impl InternalEvent for UpstreamConnectFailed<'_> {
     }
 }
 
+pub struct ClientTlsFailed<'a> {
+    pub session_id: &'a str,
+    pub target: &'a str,
+    pub error: &'a dyn std::error::Error,
+}
+
+impl InternalEvent for ClientTlsFailed<'_> {
+    fn emit(self) {
+        // Counted through the session's outcome (`tls_rejected_by_client`, `refused`, `error`);
+        // the error says what to do.
+        warn!(
+            session_id = self.session_id,
+            target = self.target,
+            error = %self.error,
+            "TLS with the client failed; nothing was relayed"
+        );
+    }
+}
+
 pub struct OriginNotFound {
     pub peer: SocketAddr,
 }

@@ -1,6 +1,6 @@
 //! The HTTP layer for `http` and `mcp` targets: hyper on both sides of one client
 //! connection. The client may speak HTTP/1.1 or HTTP/2 (told apart by its first bytes); the
-//! upstream is spoken to in HTTP/1.1. An inspector decides each request before anything is
+//! upstream is spoken to in HTTP/1.1, or in HTTP/2 where TLS agreed on it. An inspector decides each request before anything is
 //! forwarded, and reads each answer as it streams back.
 //! - `request`: one request, from head to verdict;
 //! - `response`: the answer streamed back, and upgrades;
@@ -28,13 +28,12 @@ use hyper_util::{
 };
 use tokio::{
     io::{AsyncRead, AsyncWrite},
-    net::TcpStream,
     sync::mpsc,
 };
 
 use self::{
     inspect::Inspector,
-    upstream::{Redial, Upstream},
+    upstream::{Connection, Redial, Upstream},
 };
 use crate::protocols::{
     error::{SessionError, SessionResult},
@@ -130,7 +129,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
 /// Serves one client connection over any stream (TLS-terminated later) until it closes.
 pub async fn serve<S, I>(
     client: S,
-    upstream: TcpStream,
+    upstream: Connection,
     redial: Redial,
     exchange: Arc<Exchange>,
     pump_queue: mpsc::UnboundedReceiver<Pump>,
