@@ -17,7 +17,7 @@ pub mod l7;
 pub mod mcp;
 pub mod target;
 
-use std::{future::Future, io, net::SocketAddr, pin::Pin, sync::Arc};
+use std::{io, net::SocketAddr, sync::Arc};
 
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
@@ -27,7 +27,7 @@ use self::{
     error::{SessionError, TlsError},
     http::{
         inspect::Plain,
-        upstream::{Connection, Redial},
+        upstream::{Connection, Dial},
     },
     kubernetes::tls::ApiServerTls,
     l7::Exchange,
@@ -47,18 +47,6 @@ pub struct NodeServices {
     pub tokens: Arc<TokenVerifiers>,
     /// The TLS of `kubernetes` targets; none when the config has none.
     pub api_server_tls: Option<Arc<ApiServerTls>>,
-}
-
-/// Opens a new TCP connection to the session's upstream.
-pub type Dial =
-    Box<dyn Fn() -> Pin<Box<dyn Future<Output = io::Result<TcpStream>> + Send>> + Send + Sync>;
-
-/// New plain connections through `dial`.
-fn plain(dial: Dial) -> Redial {
-    Box::new(move || {
-        let connecting = dial();
-        Box::pin(async move { connecting.await.map(Connection::http1) })
-    })
 }
 
 /// One recorded session, as the accept path hands it over.
@@ -125,7 +113,7 @@ pub async fn serve(
             Box::pin(http::serve(
                 client,
                 upstream,
-                plain(dial),
+                Connection::plain_redial(dial),
                 exchange,
                 pumps,
                 inspector,
@@ -137,7 +125,7 @@ pub async fn serve(
             Box::pin(http::serve(
                 client,
                 upstream,
-                plain(dial),
+                Connection::plain_redial(dial),
                 exchange,
                 pumps,
                 Plain,

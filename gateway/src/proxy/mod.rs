@@ -34,7 +34,8 @@ use crate::{
     masking::Masker,
     policy::Policy,
     protocols::{
-        self, Dial, NodeServices, copy,
+        self, NodeServices, copy,
+        http::upstream::Dial,
         mcp::{holds::HoldDesk, sessions::McpSessions},
     },
     recording::{

@@ -21,6 +21,7 @@ use hyper::{
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::{
     io::{AsyncRead, AsyncWrite},
+    net::TcpStream,
     sync::mpsc,
 };
 
@@ -48,9 +49,21 @@ impl Connection {
             http2: false,
         }
     }
+
+    /// New plain HTTP/1.1 connections through `dial`.
+    pub fn plain_redial(dial: Dial) -> Redial {
+        Box::new(move || {
+            let connecting = dial();
+            Box::pin(async move { connecting.await.map(Connection::http1) })
+        })
+    }
 }
 
-/// Opens a new connection to the session's upstream.
+/// Opens a new TCP connection to the session's upstream.
+pub type Dial =
+    Box<dyn Fn() -> Pin<Box<dyn Future<Output = io::Result<TcpStream>> + Send>> + Send + Sync>;
+
+/// Opens a new connection to the session's upstream, ready for HTTP.
 pub type Redial =
     Box<dyn Fn() -> Pin<Box<dyn Future<Output = io::Result<Connection>> + Send>> + Send + Sync>;
 

@@ -12,9 +12,8 @@ use tokio::{net::TcpStream, sync::mpsc};
 use self::tls::ApiServerTls;
 use crate::{
     protocols::{
-        Dial,
         error::{SessionError, SessionResult, TlsError},
-        http::{self, inspect::Plain},
+        http::{self, inspect::Plain, upstream::Dial},
         l7::{Exchange, Pump},
     },
     telemetry::events::{ClientTlsFailed, InternalEvent},

@@ -22,9 +22,8 @@ use tokio_rustls::{LazyConfigAcceptor, TlsConnector, server::TlsStream};
 use crate::{
     interception_ca::{CaError, IN_CLUSTER_CA, InterceptionCa, InterceptionCaConfig, LeafName},
     protocols::{
-        Dial,
         error::TlsError,
-        http::upstream::{Connection, Redial},
+        http::upstream::{Connection, Dial, Redial},
         target::{Protocol, Target},
     },
 };
