@@ -23,8 +23,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use self::{
-    error::SessionResult,
-    error::{SessionError, TlsError},
+    error::{SessionError, SessionResult, TlsError},
     http::{
         inspect::Plain,
         upstream::{Connection, Dial},
