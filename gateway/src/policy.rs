@@ -1,15 +1,21 @@
-//! Policy: which MCP operations are allowed, denied or held. Part of the config file
-//! (`policy:`), validated by `check-config`, and reloaded on SIGHUP or when the file changes.
+//! Policy: which MCP operations and API-server requests are allowed, denied or held. Part of
+//! the config file (`policy:`), validated by `check-config`, and reloaded on SIGHUP or when
+//! the file changes.
 //!
 //! Matchers are `patterns::Pattern`s: globs, or `re:` regexes.
 //! Argument matchers take a dotted path into `arguments` (`path.to.key`, list items by index).
+//! `method`, `tool` and `args` match MCP operations only, `kube` API-server requests only;
+//! a rule with neither matches both.
 use std::{collections::BTreeMap, time::Duration};
 
 use serde::Deserialize;
 
 use crate::{
     identity::{PodIdentity, Principal, Workload},
-    kubernetes::selector::LabelSelector,
+    kubernetes::{
+        request_info::{Impersonation, RequestInfo},
+        selector::LabelSelector,
+    },
     patterns::Pattern,
 };
 
@@ -96,6 +102,34 @@ pub struct Match {
     /// `system:serviceaccounts:NS`).
     #[serde(default)]
     pub group: Option<Pattern>,
+    /// An API-server request (`kubernetes` targets).
+    #[serde(default)]
+    pub kube: Option<KubeMatch>,
+}
+
+/// What an API-server request does, as RBAC names it.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubeMatch {
+    /// get, list, watch, create, update, patch, delete, deletecollection, or connect (exec,
+    /// attach, port-forward).
+    #[serde(default)]
+    pub verb: Option<Pattern>,
+    /// The resource, or `resource/subresource` (`pods/exec`).
+    #[serde(default)]
+    pub resource: Option<Pattern>,
+    /// The API group; `""` is the core group.
+    #[serde(default)]
+    pub api_group: Option<Pattern>,
+    /// The namespace the request acts in (a namespace's own name, for `namespaces`).
+    #[serde(default)]
+    pub namespace: Option<Pattern>,
+    /// The object's name.
+    #[serde(default)]
+    pub name: Option<Pattern>,
+    /// The user the request asks to impersonate (`Impersonate-User`).
+    #[serde(default)]
+    pub impersonate_user: Option<Pattern>,
 }
 
 /// What a policy decision is made about.
@@ -104,9 +138,21 @@ pub struct Request<'a> {
     pub workload: &'a Workload,
     /// Who a verified bearer token says the caller is (`protocols::l7::identity`).
     pub caller: Option<&'a Principal>,
-    pub method: &'a str,
-    pub tool: Option<&'a str>,
-    pub arguments: Option<&'a serde_json::Value>,
+    pub operation: Operation<'a>,
+}
+
+pub enum Operation<'a> {
+    /// One MCP JSON-RPC message with a method.
+    Mcp {
+        method: &'a str,
+        tool: Option<&'a str>,
+        arguments: Option<&'a serde_json::Value>,
+    },
+    /// One API-server request.
+    Kube {
+        info: &'a RequestInfo,
+        impersonate: Option<&'a Impersonation>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, Deserialize)]
@@ -166,17 +212,51 @@ impl Match {
             && field(&self.process, Some(&r.workload.process))
             // A workload whose cgroup is gone matches as the empty path, as it always has.
             && field(&self.cgroup, Some(r.workload.cgroup.as_deref().unwrap_or("")))
-            && field(&self.method, Some(r.method))
-            && field(&self.tool, r.tool)
-            && self.args.iter().all(|(path, pattern)| {
-                argument(r.arguments, path).is_some_and(|v| pattern.is_match(&v))
-            })
+            && self.matches_operation(&r.operation)
             && self.matches_pod(r.workload.kubernetes.as_deref())
             && field(&self.subject, r.caller.and_then(|c| c.subject.as_deref()))
             && self.group.as_ref().is_none_or(|p| {
                 r.caller
                     .is_some_and(|c| c.groups.iter().any(|g| p.is_match(g)))
             })
+    }
+
+    fn matches_operation(&self, operation: &Operation) -> bool {
+        let field = |pattern: &Option<Pattern>, value: Option<&str>| match pattern {
+            None => true,
+            Some(p) => value.is_some_and(|v| p.is_match(v)),
+        };
+        match operation {
+            Operation::Mcp {
+                method,
+                tool,
+                arguments,
+            } => {
+                self.kube.is_none()
+                    && field(&self.method, Some(method))
+                    && field(&self.tool, *tool)
+                    && self.args.iter().all(|(path, pattern)| {
+                        argument(*arguments, path).is_some_and(|v| pattern.is_match(&v))
+                    })
+            }
+            Operation::Kube { info, impersonate } => {
+                let mcp_keys =
+                    self.method.is_some() || self.tool.is_some() || !self.args.is_empty();
+                let Some(kube) = &self.kube else {
+                    return !mcp_keys;
+                };
+                !mcp_keys
+                    && field(&kube.verb, Some(&info.verb))
+                    && field(&kube.resource, info.resource_path().as_deref())
+                    && field(&kube.api_group, info.api_group.as_deref())
+                    && field(&kube.namespace, info.namespace.as_deref())
+                    && field(&kube.name, info.name.as_deref())
+                    && field(
+                        &kube.impersonate_user,
+                        impersonate.and_then(|i| i.user.as_deref()),
+                    )
+            }
+        }
     }
 
     fn matches_pod(&self, pod: Option<&PodIdentity>) -> bool {
@@ -234,10 +314,63 @@ mod tests {
             target: "demo-mcp",
             workload: &PYTHON,
             caller: None,
-            method: "tools/call",
-            tool: Some(tool),
-            arguments: Some(args),
+            operation: Operation::Mcp {
+                method: "tools/call",
+                tool: Some(tool),
+                arguments: Some(args),
+            },
         }
+    }
+
+    #[test]
+    fn kube_keys_match_api_server_requests_and_mcp_keys_do_not() {
+        let p = policy(
+            "rules:\n  - name: hold-namespace-deletes\n    match: { kube: { verb: delete, resource: namespaces } }\n    action: hold\n  - name: no-prod-exec\n    match: { kube: { resource: pods/exec, namespace: \"prod*\" } }\n    action: deny\n  - name: no-core-secrets-as-admin\n    match: { kube: { resource: secrets, api_group: \"\", impersonate_user: admin } }\n    action: deny\n  - name: mcp-only\n    match: { method: \"*\" }\n    action: deny\n",
+        );
+        let decide = |method: hyper::Method, uri: &str, impersonate: Option<&str>| {
+            let info = crate::kubernetes::request_info::parse(&method, &uri.parse().unwrap());
+            let impersonate = impersonate.map(|user| Impersonation {
+                user: Some(user.into()),
+                ..Impersonation::default()
+            });
+            let decision = p.decide(&Request {
+                target: "kube",
+                workload: &PYTHON,
+                caller: None,
+                operation: Operation::Kube {
+                    info: &info,
+                    impersonate: impersonate.as_ref(),
+                },
+            });
+            (decision.action, decision.rule)
+        };
+        let hold = (Action::Hold, Some("hold-namespace-deletes".to_string()));
+        assert_eq!(
+            decide(hyper::Method::DELETE, "/api/v1/namespaces/team", None),
+            hold
+        );
+        let deny_exec = (Action::Deny, Some("no-prod-exec".to_string()));
+        let exec = "/api/v1/namespaces/prod-eu/pods/web/exec?command=sh";
+        assert_eq!(decide(hyper::Method::GET, exec, None), deny_exec);
+        let staging_exec = "/api/v1/namespaces/staging/pods/web/exec?command=sh";
+        assert_eq!(
+            decide(hyper::Method::GET, staging_exec, None),
+            (Action::Allow, None)
+        );
+        let secret = "/api/v1/namespaces/team/secrets/db";
+        let deny_admin = (Action::Deny, Some("no-core-secrets-as-admin".to_string()));
+        assert_eq!(
+            decide(hyper::Method::GET, secret, Some("admin")),
+            deny_admin
+        );
+        assert_eq!(
+            decide(hyper::Method::GET, secret, None),
+            (Action::Allow, None)
+        );
+        // A kube rule never matches an MCP call.
+        let args = serde_json::json!({});
+        let mcp = p.decide(&call("x", &args));
+        assert_eq!(mcp.rule.as_deref(), Some("mcp-only"));
     }
 
     #[test]

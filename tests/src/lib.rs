@@ -11,6 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use base64::Engine as _;
 use serde_json::Value;
 
 pub mod apiserver;
@@ -729,4 +730,32 @@ pub fn hold_client_outcomes(child: Child) -> Vec<Value> {
             String::from_utf8_lossy(&out.stdout)
         )
     })
+}
+
+/// Every regular file under `dir` (records, spool, checkpoints, logs), read as bytes.
+pub fn all_bytes(dir: &Path, out: &mut Vec<(String, Vec<u8>)>) {
+    for entry in fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        let kind = entry.file_type().unwrap();
+        if kind.is_dir() {
+            all_bytes(&path, out);
+        } else if kind.is_file() {
+            out.push((path.display().to_string(), fs::read(&path).unwrap()));
+        }
+    }
+}
+
+pub fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
+}
+
+/// The secrets in every form they could be stored in: clear, JSON-escaped, base64.
+pub fn stored_forms(secret: &str) -> Vec<String> {
+    vec![
+        secret.to_string(),
+        secret.replace('/', "\\/"),
+        base64::engine::general_purpose::STANDARD.encode(secret),
+    ]
 }

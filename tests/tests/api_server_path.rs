@@ -7,6 +7,7 @@ use std::{
     process::Output,
 };
 
+use base64::Engine as _;
 use interlock_e2e::{apiserver::*, *};
 use serde_json::Value;
 
@@ -20,12 +21,17 @@ struct Setup {
 
 impl Setup {
     fn start() -> Setup {
+        Setup::start_with("")
+    }
+
+    /// With more config (policy, approvals) before the target.
+    fn start_with(extra_config: &str) -> Setup {
         require_root();
         let api = ApiServer::start(&[]);
         let address = api.url.trim_start_matches("https://").to_string();
         let key = api.dir.path().join("interception/ca.key");
         let mut gateway = Gateway::configure(&format!(
-            "interception_ca:\n  key: {}\n  addresses: [127.0.0.1]\ntargets:\n  - name: kube\n    \
+            "{extra_config}interception_ca:\n  key: {}\n  addresses: [127.0.0.1]\ntargets:\n  - name: kube\n    \
              address: \"{address}\"\n    protocol: kubernetes\n    upstream_ca: {}\n",
             key.display(),
             api.ca.display()
@@ -263,4 +269,294 @@ fn a_client_that_does_not_trust_the_interception_ca_fails_cleanly_and_is_recorde
         log.contains("evil.example.com, which the interception CA may not certify"),
         "{log}"
     );
+}
+
+/// What the API-server path's policy test configures: approvers from a local issuer, a hold
+/// on namespace deletion and a denial of some Secrets.
+fn held_and_denied(issuer: &OidcIssuer) -> String {
+    format!(
+        "approvals:\n  oidc:\n    issuer: {}\n    audience: interlock\n    allowed_groups: [sre]\n\
+         policy:\n  default: allow\n  rules:\n\
+         \x20   - name: namespace-deletes-need-a-human\n      match: {{ kube: {{ verb: delete, resource: namespaces }} }}\n      action: hold\n      reason: a namespace takes everything in it along\n\
+         \x20   - name: no-break-glass-secrets\n      match: {{ kube: {{ verb: get, resource: secrets, name: \"break-glass-*\" }} }}\n      action: deny\n      reason: break-glass credentials are read in the vault only\n",
+        issuer.url()
+    )
+}
+
+impl Setup {
+    /// kubectl under `interlock wrap`, in the background.
+    fn spawn_wrapped_kubectl(&self, kubeconfig: &Path, args: &[&str]) -> std::process::Child {
+        let kubectl = kubectl_137();
+        let mut command = vec![kubectl.to_str().unwrap(), "--kubeconfig"];
+        command.push(kubeconfig.to_str().unwrap());
+        command.extend(args);
+        self.gateway
+            .wrap_cmd(None, &command)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    /// The paths of the requests the server received with `method`.
+    fn received(&self, method: &str) -> Vec<String> {
+        self.api
+            .requests()
+            .iter()
+            .filter(|r| r["method"] == method)
+            .map(|r| r["path"].as_str().unwrap().to_string())
+            .collect()
+    }
+}
+
+#[test]
+fn api_requests_are_recorded_as_operations_secrets_masked_and_risky_verbs_held_or_denied() {
+    let issuer = OidcIssuer::start();
+    let setup = Setup::start_with(&held_and_denied(&issuer));
+    let kubeconfig = setup.kubeconfig("pod", &setup.bundle, Some("kubernetes.default.svc"));
+    const PASSWORD: &str = "hunter2-correct-horse-battery";
+    let encoded = base64::engine::general_purpose::STANDARD.encode(PASSWORD);
+    for name in ["db-creds", "break-glass-root"] {
+        setup.api.post(
+            "/api/v1/namespaces/team/secrets",
+            &serde_json::json!({
+                "apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": name, "namespace": "team"},
+                "data": {"password": encoded},
+            }),
+        );
+    }
+    for name in ["doomed", "spared"] {
+        setup.api.post(
+            "/api/v1/namespaces",
+            &serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}),
+        );
+    }
+
+    // A Secret read: the client sees the value masked.
+    let out = setup.wrapped_kubectl(
+        &kubeconfig,
+        &["get", "secret", "db-creds", "-n", "team", "-o", "json"],
+    );
+    let secret = json_of(&out);
+    assert_eq!(secret["metadata"]["name"], "db-creds");
+    let shown = secret["data"]["password"].as_str().unwrap();
+    assert!(shown.starts_with("[MASKED:"), "{shown}");
+
+    // A denied read: kubectl prints the Forbidden Status; the server never saw the request.
+    let out = setup.wrapped_kubectl(
+        &kubeconfig,
+        &["get", "secret", "break-glass-root", "-n", "team"],
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("Error from server (Forbidden): denied by Interlock policy rule `no-break-glass-secrets`: break-glass credentials are read in the vault only"),
+        "{stderr}"
+    );
+
+    // A watch streams through: an event made after it started reaches kubectl while it runs.
+    let mut watch = setup.spawn_wrapped_kubectl(
+        &kubeconfig,
+        &["get", "pods", "-n", "team", "-w", "-o", "name"],
+    );
+    let lines = {
+        let stdout = watch.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let _ = tx.send(line);
+            }
+        });
+        rx
+    };
+    let first = lines
+        .recv_timeout(std::time::Duration::from_secs(20))
+        .unwrap();
+    assert!(first.starts_with("pod/"), "{first}");
+    setup.api.post(
+        "/api/v1/namespaces/team/pods",
+        &serde_json::json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "watched-late", "namespace": "team"},
+            "spec": {"containers": [{"name": "c", "image": "busybox"}]}}),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let line = lines
+            .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+            .expect("the pod created during the watch reaches kubectl");
+        if line == "pod/watched-late" {
+            break;
+        }
+    }
+    let _ = watch.kill();
+    let _ = watch.wait();
+
+    // Holds: approved, the deletion reaches the server; denied, kubectl prints why and the
+    // server never sees it.
+    let approver = issuer
+        .mint(serde_json::json!({"sub": "alice", "email": "alice@example.com", "groups": ["sre"]}));
+    for (namespace, verb, reason) in [
+        ("doomed", "approve", "ticket 42"),
+        ("spared", "deny", "not during the freeze"),
+    ] {
+        let client = setup.spawn_wrapped_kubectl(
+            &kubeconfig,
+            &["delete", "namespace", namespace, "--wait=false"],
+        );
+        let holds = setup.gateway.wait_holds(&approver, 1);
+        assert_eq!(holds[0]["kube"]["verb"], "delete");
+        assert_eq!(holds[0]["kube"]["resource"], "namespaces");
+        assert_eq!(holds[0]["kube"]["name"], namespace);
+        assert!(setup.received("DELETE").is_empty() || verb == "deny");
+        let hold_id = holds[0]["hold_id"].as_str().unwrap();
+        let decided = setup
+            .gateway
+            .approvals_cli(&approver, &[verb, hold_id, "--reason", reason]);
+        assert!(
+            decided.status.success(),
+            "{}",
+            String::from_utf8_lossy(&decided.stderr)
+        );
+        let out = client.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if verb == "approve" {
+            assert!(out.status.success(), "{stderr}");
+        } else {
+            assert!(!out.status.success());
+            assert!(
+                stderr.contains("Error from server (Forbidden): held by Interlock policy rule `namespace-deletes-need-a-human` and denied by alice@example.com: not during the freeze"),
+                "{stderr}"
+            );
+        }
+    }
+    assert_eq!(setup.received("DELETE"), ["/api/v1/namespaces/doomed"]);
+    assert!(
+        !setup
+            .received("GET")
+            .iter()
+            .any(|p| p.contains("break-glass")),
+        "the denied read reached the server"
+    );
+
+    // A client that offers protobuf is answered in JSON, which the gateway can read and mask.
+    let header = setup.api.dir.path().join("authorization");
+    fs::write(&header, format!("Authorization: Bearer {}\n", setup.token)).unwrap();
+    let out = setup.gateway.wrap(&[
+        "curl",
+        "-sS",
+        "--fail",
+        "--cacert",
+        setup.bundle.to_str().unwrap(),
+        "-H",
+        &format!("@{}", header.display()),
+        "-H",
+        "Accept: application/vnd.kubernetes.protobuf, application/json",
+        &format!("{}/api/v1/namespaces/team/secrets", setup.api.url),
+    ]);
+    let list = json_of(&out);
+    assert_eq!(list["kind"], "SecretList");
+    assert!(list["items"].as_array().unwrap().iter().all(|s| {
+        s["data"]["password"]
+            .as_str()
+            .unwrap()
+            .starts_with("[MASKED:")
+    }));
+    let accepts: Vec<Value> = setup
+        .api
+        .requests()
+        .into_iter()
+        .filter(|r| r["path"] == "/api/v1/namespaces/team/secrets" && r["method"] == "GET")
+        .map(|r| r["accept"].clone())
+        .collect();
+    assert_eq!(accepts, ["application/json"]);
+
+    // Every request is a kube_request with its kube_response, by stream, in its session.
+    let records = setup.gateway.all_records();
+    let of_kind =
+        |kind: &str| -> Vec<&Value> { records.iter().filter(|r| r["kind"] == kind).collect() };
+    let (requests, responses) = (of_kind("kube_request"), of_kind("kube_response"));
+    let answer_to = |request: &Value| -> Value {
+        responses
+            .iter()
+            .find(|r| r["session_id"] == request["session_id"] && r["stream"] == request["stream"])
+            .map(|r| (*r).clone())
+            .unwrap_or_else(|| {
+                let session: Vec<String> = records
+                    .iter()
+                    .filter(|r| r["session_id"] == request["session_id"])
+                    .map(|r| format!("{} {}", r["kind"], r["stream"]))
+                    .collect();
+                panic!("no kube_response for {request} in {session:?}")
+            })
+    };
+    let find = |verb: &str, resource: &str, name: Option<&str>| -> &Value {
+        requests
+            .iter()
+            .find(|r| {
+                r["verb"] == verb
+                    && r["resource"] == resource
+                    && name.is_none_or(|n| r["name"] == n)
+            })
+            .unwrap_or_else(|| panic!("no kube_request {verb} {resource} {name:?} in {requests:?}"))
+    };
+    let read = find("get", "secrets", Some("db-creds"));
+    assert_eq!(read["namespace"], "team");
+    assert_eq!(read["api_version"], "v1");
+    assert_eq!(read["policy"]["action"], "allow");
+    let answer = answer_to(read);
+    assert_eq!(answer["code"], 200);
+    assert_eq!(answer["object_kind"], "Secret");
+    assert_eq!(answer["name"], "db-creds");
+    assert!(answer["resource_version"].is_string());
+    let denied = find("get", "secrets", Some("break-glass-root"));
+    assert_eq!(denied["policy"]["action"], "deny");
+    let answer = answer_to(denied);
+    assert_eq!(answer["code"], 403);
+    assert_eq!(answer["reason"], "Forbidden");
+    assert_eq!(answer["generated_by_gateway"], true);
+    let watched = find("watch", "pods", None);
+    assert!(answer_to(watched)["events"].as_u64().unwrap() >= 1);
+    let held = find("delete", "namespaces", Some("doomed"));
+    assert_eq!(held["policy"]["action"], "hold");
+    assert_eq!(answer_to(held)["code"], 200);
+    assert_eq!(
+        answer_to(find("delete", "namespaces", Some("spared")))["code"],
+        403
+    );
+    assert_eq!(answer_to(find("list", "secrets", None))["items"], 2);
+    assert!(
+        records
+            .iter()
+            .any(|r| r["kind"] == "hold_decided" && r["outcome"] == "approved")
+    );
+    assert!(
+        records
+            .iter()
+            .any(|r| r["kind"] == "hold_decided" && r["outcome"] == "denied")
+    );
+
+    // replay shows the operations as RBAC reads them.
+    let session = read["session_id"].as_str().unwrap();
+    let out = setup.gateway.cli(&["replay", session]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = format!("kube [{}] get secrets team/db-creds", read["stream"]);
+    assert!(text.contains(&line), "{text}");
+    assert!(text.contains("-> 200 Secret db-creds in "), "{text}");
+
+    // Nothing the gateway wrote holds the password, in any form it could be stored in.
+    let mut files = Vec::new();
+    all_bytes(setup.gateway.dir.path(), &mut files);
+    for form in stored_forms(PASSWORD).iter().chain([&encoded]) {
+        for (path, bytes) in &files {
+            assert!(
+                !contains(bytes, form),
+                "{path} holds the Secret's value ({form})"
+            );
+        }
+    }
 }

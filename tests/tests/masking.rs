@@ -1,7 +1,6 @@
 //! Secret masking through the eBPF redirect: server-everything runs under `env -i` with fake
 //! secrets, the official Python client calls `get-env`, and neither the client nor any byte
 //! the gateway stored holds a secret in clear text.
-use std::{fs, path::Path};
 
 use base64::Engine as _;
 use interlock_e2e::*;
@@ -41,34 +40,6 @@ fn server_with_secrets() -> (McpServer, Vec<String>) {
         CARD.to_string(),
     ];
     (server, secrets)
-}
-
-/// Every regular file under `dir` (records, spool, checkpoints, logs), read as bytes.
-fn all_bytes(dir: &Path, out: &mut Vec<(String, Vec<u8>)>) {
-    for entry in fs::read_dir(dir).unwrap().flatten() {
-        let path = entry.path();
-        let kind = entry.file_type().unwrap();
-        if kind.is_dir() {
-            all_bytes(&path, out);
-        } else if kind.is_file() {
-            out.push((path.display().to_string(), fs::read(&path).unwrap()));
-        }
-    }
-}
-
-fn contains(haystack: &[u8], needle: &str) -> bool {
-    haystack
-        .windows(needle.len())
-        .any(|w| w == needle.as_bytes())
-}
-
-/// The secrets in every form they could be stored in: clear, JSON-escaped, base64.
-fn stored_forms(secret: &str) -> Vec<String> {
-    vec![
-        secret.to_string(),
-        secret.replace('/', "\\/"),
-        base64::engine::general_purpose::STANDARD.encode(secret),
-    ]
 }
 
 fn mcp_target(server: &McpServer) -> [Target<'static>; 1] {

@@ -18,6 +18,7 @@ pub const LAYERS: &[&str] = &[
     "vocabulary",
     "patterns",
     "kubernetes::selector",
+    "kubernetes::request_info",
     "sse",
     "cgroup",
     "kubelet",

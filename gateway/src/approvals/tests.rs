@@ -34,6 +34,7 @@ fn hold(id: &str, requester: Option<Principal>) -> Hold {
         arguments: None,
         rule: Some("risky".into()),
         reason: None,
+        kube: None,
     }
 }
 

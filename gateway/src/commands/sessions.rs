@@ -9,6 +9,7 @@ use time::format_description::well_known::Rfc3339;
 
 use crate::{
     config::Config,
+    kubernetes::request_info::RequestInfo,
     recording::{
         chain::Sealer,
         head,
@@ -233,6 +234,26 @@ pub fn tail(config: &Config, from_latest: bool) -> Result<()> {
     Ok(())
 }
 
+/// An API-server request as RBAC reads it: `delete namespaces team`,
+/// `connect pods/exec team/web`, `get /version`.
+fn kube_operation(info: &RequestInfo) -> String {
+    let Some(resource) = info.resource_path() else {
+        return format!("{} {}", info.verb, info.path);
+    };
+    let group = match info.api_group.as_deref() {
+        Some("") | None => String::new(),
+        Some(group) => format!(".{group}"),
+    };
+    let object = match (&info.namespace, &info.name) {
+        (Some(ns), Some(name)) if resource != "namespaces" => format!(" {ns}/{name}"),
+        (_, Some(name)) => format!(" {name}"),
+        (Some(ns), None) => format!(" in {ns}"),
+        (None, None) => String::new(),
+    };
+    let dry_run = if info.dry_run { " (dry run)" } else { "" };
+    format!("{} {resource}{group}{object}{dry_run}", info.verb)
+}
+
 /// The human form: who, what, when, then the data in both directions.
 pub fn render(records: &[&Record]) -> String {
     let mut out = String::new();
@@ -303,6 +324,64 @@ pub fn render(records: &[&Record]) -> String {
             RecordBody::McpMessage(m) => {
                 out.push_str(&render_mcp(&format!("#{}", record.seq), &ts, m))
             }
+            RecordBody::KubeRequest(request) => {
+                let user = request
+                    .user
+                    .as_ref()
+                    .and_then(|u| u.subject.as_deref())
+                    .map(|s| format!("  as {s}"))
+                    .unwrap_or_default();
+                let impersonating = request
+                    .impersonate
+                    .as_ref()
+                    .and_then(|i| i.user.as_deref())
+                    .map(|u| format!("  impersonating {u}"))
+                    .unwrap_or_default();
+                let policy = match &request.policy.rule {
+                    Some(rule) => format!("  ({:?} by rule {rule})", request.policy.action),
+                    None => String::new(),
+                };
+                let _ = writeln!(
+                    out,
+                    "\n#{} {ts}  kube [{}] {}{user}{impersonating}{policy}",
+                    record.seq,
+                    request.stream,
+                    kube_operation(&request.info)
+                );
+            }
+            RecordBody::KubeResponse(response) => {
+                let what = match (&response.object_kind, &response.name) {
+                    (Some(kind), Some(name)) => format!(" {kind} {name}"),
+                    (Some(kind), None) => format!(" {kind}"),
+                    _ => String::new(),
+                };
+                let mut details = Vec::new();
+                if let Some(rv) = &response.resource_version {
+                    details.push(format!("resourceVersion {rv}"));
+                }
+                if let Some(items) = response.items {
+                    details.push(format!("{items} items"));
+                }
+                if let Some(events) = response.events {
+                    details.push(format!("{events} events"));
+                }
+                if let (Some(reason), Some(message)) = (&response.reason, &response.message) {
+                    details.push(format!("{reason}: {message}"));
+                }
+                if response.generated_by_gateway {
+                    details.push("answered by Interlock".into());
+                }
+                let details = if details.is_empty() {
+                    String::new()
+                } else {
+                    format!("  ({})", details.join(", "))
+                };
+                let _ = writeln!(
+                    out,
+                    "\n#{} {ts}  kube [{}] -> {}{what} in {:.1} ms{details}",
+                    record.seq, response.stream, response.code, response.latency_ms
+                );
+            }
             RecordBody::Masked(masked) => {
                 let counts: Vec<String> = masked
                     .detectors
@@ -329,7 +408,11 @@ pub fn render(records: &[&Record]) -> String {
                     out,
                     "\n#{} {ts}  HELD {} by rule {} for approval (hold {}, until {})",
                     record.seq,
-                    hold.tool.as_deref().unwrap_or(&hold.method),
+                    hold.kube
+                        .as_deref()
+                        .map(kube_operation)
+                        .or_else(|| hold.tool.clone())
+                        .unwrap_or_else(|| hold.method.clone()),
                     hold.rule.as_deref().unwrap_or("default"),
                     hold.hold_id,
                     hold.expires_at.format(&Rfc3339).unwrap_or_default()

@@ -4,10 +4,12 @@
 //! (`services`). Ready once every first list is in and applied.
 //!
 //! - `config`: the `kubernetes:` section;
-//! - `selector`: label selectors, strict.
+//! - `selector`: label selectors, strict;
+//! - `request_info`: what an API-server request is, as the API server reads it.
 pub mod config;
 mod keys;
 mod registrar;
+pub mod request_info;
 pub mod selector;
 mod services;
 

@@ -1,7 +1,8 @@
 //! Masking a body as it streams. Output comes in pieces, each the raw bytes and, when
 //! masking changed them, the masked bytes: the caller forwards one and records the other.
-//! SSE is masked per complete event, JSON as a whole body, other text through a hold-back
-//! window; each bounded by the configured buffer sizes.
+//! SSE is masked per complete event, JSON as a whole body, a stream of JSON lines (an API
+//! server's watch) per line, other text through a hold-back window; each bounded by the
+//! configured buffer sizes.
 use std::borrow::Cow;
 
 use bytes::{Bytes, BytesMut};
@@ -25,6 +26,9 @@ impl Piece {
 pub enum BodyKind {
     Sse,
     Json,
+    /// One JSON document a line, for as long as the stream lasts (a Kubernetes watch). Never
+    /// told by content type, which says `application/json`: the request says it is a watch.
+    JsonLines,
     Text,
     /// Images, audio, archives: passed through as they are.
     Binary,
@@ -59,6 +63,7 @@ impl BodyKind {
 enum Mode {
     Sse,
     Json,
+    JsonLines,
     Text,
     Binary,
 }
@@ -67,7 +72,7 @@ pub struct BodyMasker<'m> {
     masker: &'m Masker,
     mode: Mode,
     pending: BytesMut,
-    /// SSE: how far `pending` was searched for an event end.
+    /// SSE and JSON lines: how far `pending` was searched for an event or line end.
     scanned: usize,
     pub report: MaskReport,
 }
@@ -79,6 +84,7 @@ impl<'m> BodyMasker<'m> {
             mode: match kind {
                 BodyKind::Sse => Mode::Sse,
                 BodyKind::Json => Mode::Json,
+                BodyKind::JsonLines => Mode::JsonLines,
                 BodyKind::Text => Mode::Text,
                 BodyKind::Binary => Mode::Binary,
             },
@@ -117,6 +123,18 @@ impl<'m> BodyMasker<'m> {
                     self.mode = Mode::Text;
                 }
             }
+            Mode::JsonLines => {
+                let from = self.scanned;
+                if let Some(last) = memchr::memrchr(b'\n', &self.pending[from..]) {
+                    let lines = self.pending.split_to(from + last + 1).freeze();
+                    pieces.push(self.mask_json(lines));
+                }
+                self.scanned = self.pending.len();
+                if self.pending.len() > self.masker.max_buffer {
+                    // A line this large is masked as text from here on.
+                    self.mode = Mode::Text;
+                }
+            }
             Mode::Json if self.pending.len() > self.masker.max_buffer => self.mode = Mode::Text,
             _ => {}
         }
@@ -133,13 +151,9 @@ impl<'m> BodyMasker<'m> {
             return pieces;
         }
         match self.mode {
-            Mode::Json => {
+            Mode::Json | Mode::JsonLines => {
                 let body = self.pending.split().freeze();
-                let masked = self.masker.mask_body(&body, &mut self.report);
-                pieces.push(Piece {
-                    raw: body,
-                    masked: masked.map(Bytes::from),
-                });
+                pieces.push(self.mask_json(body));
             }
             Mode::Sse => {
                 let event = self.pending.split().freeze();
@@ -181,6 +195,19 @@ impl<'m> BodyMasker<'m> {
         });
     }
 
+    /// Masks a whole JSON body, or complete JSON lines: each line is one document, and a
+    /// document written without line breaks (as watch events are) is masked as one.
+    fn mask_json(&mut self, body: Bytes) -> Piece {
+        let masked = match self.mode {
+            Mode::JsonLines => mask_json_lines(self.masker, &body, &mut self.report),
+            _ => self.masker.mask_body(&body, &mut self.report),
+        };
+        Piece {
+            raw: body,
+            masked: masked.map(Bytes::from),
+        }
+    }
+
     fn mask_event(&mut self, event: Bytes) -> Piece {
         let masked = mask_sse_event(self.masker, &event, &mut self.report);
         Piece {
@@ -188,6 +215,22 @@ impl<'m> BodyMasker<'m> {
             masked: masked.map(Bytes::from),
         }
     }
+}
+
+/// Masks each line as a body of its own; None when nothing changed.
+fn mask_json_lines(masker: &Masker, lines: &[u8], report: &mut MaskReport) -> Option<Vec<u8>> {
+    let mut out: Option<Vec<u8>> = None;
+    let mut start = 0;
+    for line in lines.split_inclusive(|&b| b == b'\n') {
+        if let Some(masked) = masker.mask_body(line, report) {
+            let out = out.get_or_insert_with(|| lines[..start].to_vec());
+            out.extend_from_slice(&masked);
+        } else if let Some(out) = &mut out {
+            out.extend_from_slice(line);
+        }
+        start += line.len();
+    }
+    out
 }
 
 /// The end (separator included) of the first complete event at or after `from`.

@@ -28,7 +28,7 @@ use self::{
         inspect::Plain,
         upstream::{Connection, Dial},
     },
-    kubernetes::tls::ApiServerTls,
+    kubernetes::{inspect::KubeInspector, tls::ApiServerTls},
     l7::Exchange,
     mcp::{McpInspector, holds::HoldDesk},
     target::{Protocol, Target},
@@ -133,14 +133,18 @@ pub async fn serve(
         }
         Protocol::Kubernetes => match &services.api_server_tls {
             Some(tls) => {
-                Box::pin(kubernetes::serve(
+                let connections = kubernetes::Connections {
                     client,
                     upstream,
                     dial,
                     original_dst,
+                };
+                Box::pin(kubernetes::serve(
+                    connections,
                     tls,
                     exchange,
                     pumps,
+                    KubeInspector::new(policy, services.desk.approvals.clone()),
                 ))
                 .await
             }

@@ -6,11 +6,15 @@ use time::OffsetDateTime;
 
 use super::chain::Seal;
 pub use crate::identity::Principal;
-use crate::identity::Workload;
 pub use crate::vocabulary::{Direction, HoldOutcome, Outcome};
+use crate::{
+    identity::Workload,
+    kubernetes::request_info::{Impersonation, RequestInfo},
+};
 
-/// 2 added the `kubernetes` pod identity to the workload (node mode); readers take 1 and 2.
-pub const SCHEMA_VERSION: u32 = 2;
+/// 2 added the `kubernetes` pod identity to the workload (node mode); 3 added `kube_request`
+/// and `kube_response` (the API-server path) and a hold's `kube`. Readers take 1 to 3.
+pub const SCHEMA_VERSION: u32 = 3;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Record {
@@ -111,6 +115,56 @@ pub enum RecordBody {
     HoldDecided(HoldDecision),
     /// A request's bearer token checked against the pod the kernel attests (node mode).
     TokenCheck(TokenCheck),
+    /// An API-server request (`kubernetes` targets), read as the API server reads it; its
+    /// head and body are in the `http_request` and `data` records beside it.
+    KubeRequest(KubeRequest),
+    /// The answer to a `kube_request`, once its body has ended (a watch's, when it closes).
+    KubeResponse(KubeResponse),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KubeRequest {
+    /// Pairs the request with its `kube_response`: HTTP/2 answers interleave.
+    pub stream: u64,
+    #[serde(flatten)]
+    pub info: RequestInfo,
+    /// Who the request's verified bearer token names; none without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<Principal>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub impersonate: Option<Impersonation>,
+    pub policy: crate::policy::Decision,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KubeResponse {
+    pub stream: u64,
+    pub code: u16,
+    /// The gateway answered (a denial, a refused token, an upstream that failed).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub generated_by_gateway: bool,
+    /// The object answered, from its `kind` and `metadata` (`kind` names the record).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object_kind: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_version: Option<String>,
+    /// A list's length.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub items: Option<u64>,
+    /// A watch's events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<u64>,
+    /// A `Status` answer's reason and message (masked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// From the request to the response head.
+    pub latency_ms: f64,
 }
 
 /// What a request's service-account token proved.
@@ -255,6 +309,9 @@ pub struct Hold {
     pub arguments: Option<serde_json::Value>,
     pub rule: Option<String>,
     pub reason: Option<String>,
+    /// A held API-server request: what it would do. Boxed: most holds are MCP calls.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kube: Option<Box<RequestInfo>>,
 }
 
 /// Sessions that were not recorded, reported in a `spool_gap` record once space returns.
@@ -385,6 +442,41 @@ mod tests {
                 arguments: Some(serde_json::json!({"a": 1})),
                 rule: Some("r".into()),
                 reason: None,
+                kube: None,
+            }),
+            RecordBody::KubeRequest(KubeRequest {
+                stream: 3,
+                info: crate::kubernetes::request_info::parse(
+                    &hyper::Method::DELETE,
+                    &"/api/v1/namespaces/team".parse().unwrap(),
+                ),
+                user: None,
+                impersonate: Some(Impersonation {
+                    user: Some("jane".into()),
+                    ..Impersonation::default()
+                }),
+                policy: crate::policy::Decision {
+                    action: crate::policy::Action::Hold,
+                    rule: Some("r".into()),
+                    reason: None,
+                    timeout: None,
+                    mask: None,
+                    record_raw: None,
+                },
+            }),
+            RecordBody::KubeResponse(KubeResponse {
+                stream: 3,
+                code: 200,
+                generated_by_gateway: false,
+                object_kind: Some("Namespace".into()),
+                namespace: None,
+                name: Some("team".into()),
+                resource_version: Some("12".into()),
+                items: None,
+                events: None,
+                reason: None,
+                message: None,
+                latency_ms: 1.5,
             }),
             RecordBody::HoldDecided(HoldDecision {
                 hold_id: "h".into(),
@@ -441,7 +533,7 @@ mod tests {
         assert_eq!(json["kind"], "data");
         assert_eq!(json["record_id"], "s1:1");
         assert_eq!(json["data"], "AGhp");
-        assert_eq!(json["schema_version"], 2);
+        assert_eq!(json["schema_version"], 3);
         let back: Record = serde_json::from_value(json).unwrap();
         assert_eq!(back, chunk);
     }

@@ -105,6 +105,8 @@ impl Store {
                 RecordBody::SpoolGap(_) | RecordBody::RegistrationsAdopted(_) => {}
                 RecordBody::HttpRequest(_)
                 | RecordBody::HttpResponse(_)
+                | RecordBody::KubeRequest(_)
+                | RecordBody::KubeResponse(_)
                 | RecordBody::McpMessage(_)
                 | RecordBody::Masked(_)
                 | RecordBody::HoldCreated(_)

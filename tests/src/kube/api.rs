@@ -109,6 +109,7 @@ async fn route(
             "query": parts.uri.query(),
             "user": user.name(),
             "version": format!("{:?}", parts.version),
+            "accept": parts.headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()),
         }));
     if let [
         "",

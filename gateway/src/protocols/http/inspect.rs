@@ -24,6 +24,10 @@ pub trait Inspector: Send + Sync + 'static {
     type Answering: Send + 'static;
     type Reader: ResponseReader;
 
+    /// Adjusts a request's head before anything reads it (the API-server path asks for JSON
+    /// where a client asked for protobuf, so that answers can be read and masked).
+    fn prepare(&self, _head: &mut request::Parts) {}
+
     /// Decides a request whose complete body is `body`. The inspector records the body (with
     /// `ExchangeLog::request_body`, under the masking it chose) and what it read in it.
     fn on_request(
@@ -44,6 +48,12 @@ pub trait Inspector: Send + Sync + 'static {
         reason: String,
     ) -> impl Future<Output = Response<ProxyBody>> + Send {
         generated_text(exchange, StatusCode::FORBIDDEN, reason)
+    }
+
+    /// How an answer's body is read for masking, when the request says more than its content
+    /// type does (a watch is JSON lines).
+    fn body_kind(&self, _answering: &Self::Answering, kind: BodyKind) -> BodyKind {
+        kind
     }
 
     /// A reader for the answer to a forwarded request; `get_stream` for a GET's answer.

@@ -25,6 +25,7 @@ pub async fn handle<I: Inspector>(
     // Taken before anything else: an answer of 101 hands this connection to a tunnel.
     let client_upgrade = hyper::upgrade::on(&mut request);
     let (mut head, body) = request.into_parts();
+    inspector.prepare(&mut head);
     exchange.log.request_head(&head).await;
     let limit = exchange.target.max_body_bytes as usize;
     let body = match Limited::new(body, limit).collect().await {

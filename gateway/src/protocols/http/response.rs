@@ -127,6 +127,7 @@ pub async fn forward<I: Inspector>(
         .await;
     parts.headers.remove(header::TRANSFER_ENCODING);
     let kind = BodyKind::of(header_str(&parts.headers, "content-type"));
+    let kind = inspector.body_kind(&forward.answering, kind);
     let reader = inspector.on_response(exchange, forward.answering, &parts, kind, get_stream);
     let stream = ResponseStream::new(reader, forward.masking, kind);
     let body_changes = stream.changes_body();

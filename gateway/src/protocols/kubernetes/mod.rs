@@ -1,36 +1,50 @@
 //! The API-server path (`protocol: kubernetes` targets): the pod's TLS terminated and opened
 //! again to the API server, then every request read as the API server itself reads it.
 //! - `tls`: both sides' TLS;
-//! - `request_info`: what a request is, by the API server's own resolver.
-pub mod request_info;
+//! - `inspect`: each request decided and recorded, each answer summed up.
+pub mod inspect;
 pub mod tls;
 
 use std::{net::SocketAddr, sync::Arc};
 
 use tokio::{net::TcpStream, sync::mpsc};
 
-use self::tls::ApiServerTls;
+use self::{inspect::KubeInspector, tls::ApiServerTls};
 use crate::{
     protocols::{
         error::{SessionError, SessionResult, TlsError},
-        http::{self, inspect::Plain, upstream::Dial},
+        http::{self, upstream::Dial},
         l7::{Exchange, Pump},
     },
     telemetry::events::{ClientTlsFailed, InternalEvent},
 };
 
+/// A pod's connection to the API server, and the one the gateway opened for it.
+pub struct Connections {
+    pub client: TcpStream,
+    pub upstream: TcpStream,
+    /// Opens another upstream connection when the first one closes.
+    pub dial: Dial,
+    /// Where the pod was going: the leaf names it when the client sends no SNI.
+    pub original_dst: SocketAddr,
+}
+
 /// Serves one pod connection to the API server: TLS with the client first (its SNI names the
 /// leaf and the upstream's server name), then TLS upstream over the connection already open,
-/// then the HTTP layer between the two.
+/// then the HTTP layer between the two, with the API-server inspector.
 pub async fn serve(
-    client: TcpStream,
-    upstream: TcpStream,
-    dial: Dial,
-    original_dst: SocketAddr,
+    connections: Connections,
     tls: &ApiServerTls,
     exchange: Arc<Exchange>,
     pumps: mpsc::UnboundedReceiver<Pump>,
+    inspector: KubeInspector,
 ) -> SessionResult {
+    let Connections {
+        client,
+        upstream,
+        dial,
+        original_dst,
+    } = connections;
     let failed = |error: SessionError| SessionResult {
         bytes_up: 0,
         bytes_down: 0,
@@ -63,7 +77,7 @@ pub async fn serve(
         redial,
         exchange,
         pumps,
-        Plain,
+        inspector,
     )
     .await
 }

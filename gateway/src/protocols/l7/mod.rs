@@ -1,6 +1,7 @@
 //! The L7 session layer: what every request on one client connection shares (`Exchange`),
 //! whichever protocol inspector reads it, and the exchange log through which all of its
 //! records are written.
+pub mod hold;
 pub mod identity;
 pub mod log;
 

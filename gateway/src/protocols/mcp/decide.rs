@@ -7,10 +7,10 @@ use serde_json::Value;
 use super::jsonrpc::{Fields, JsonRpcError, parse_messages};
 use crate::{
     identity::Principal,
-    policy::{Action, Decision, Policy, Request},
+    policy::{Action, Decision, Operation, Policy, Request},
     protocols::{
         http::reply::header_str,
-        l7::{Exchange, Masking},
+        l7::{Exchange, Masking, hold},
     },
 };
 
@@ -77,9 +77,11 @@ pub fn evaluate(policy: &Policy, exchange: &Exchange, head: &Parts, body: &Bytes
                 target: &exchange.target.name,
                 workload: &exchange.workload,
                 caller: head.extensions.get::<Principal>(),
-                method,
-                tool: fields.tool,
-                arguments: fields.arguments,
+                operation: Operation::Mcp {
+                    method,
+                    tool: fields.tool,
+                    arguments: fields.arguments,
+                },
             }),
         };
         if !overridden && (decision.mask.is_some() || decision.record_raw.is_some()) {
@@ -93,7 +95,7 @@ pub fn evaluate(policy: &Policy, exchange: &Exchange, head: &Parts, body: &Bytes
             Action::Allow => {}
             Action::Deny => evaluation
                 .refusals
-                .push((fields.id.cloned(), refusal_text(&decision))),
+                .push((fields.id.cloned(), hold::rule_text(&decision))),
             // One hold per request: a second held message in a batch waits with the first.
             Action::Hold if evaluation.held.is_none() => {
                 evaluation.held = Some(HeldCall {
@@ -116,7 +118,7 @@ pub fn evaluate(policy: &Policy, exchange: &Exchange, head: &Parts, body: &Bytes
             Some(held.id),
             format!(
                 "{} (and another message in the same batch was denied)",
-                refusal_text(&held.decision)
+                hold::rule_text(&held.decision)
             ),
         ));
     }
@@ -160,13 +162,4 @@ fn mismatch(
         ));
     }
     None
-}
-
-pub fn refusal_text(decision: &Decision) -> String {
-    let rule = decision.rule.as_deref().unwrap_or("default");
-    let reason = decision.reason.as_deref().unwrap_or("no reason given");
-    match decision.action {
-        Action::Hold => format!("held by Interlock policy rule `{rule}` ({reason})"),
-        _ => format!("denied by Interlock policy rule `{rule}`: {reason}"),
-    }
 }

@@ -1,7 +1,7 @@
 //! Requests held for a human decision. A client that takes SSE gets its stream at once, kept
 //! alive by comments until the verdict; any other waits for its answer. Approved, the request
 //! is forwarded; otherwise it is answered with a JSON-RPC error saying why.
-use std::{pin::pin, sync::Arc, time::Duration};
+use std::{pin::pin, sync::Arc};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Either, Full, Limited, channel::Channel};
@@ -20,7 +20,7 @@ use super::{
     sessions::McpSessions,
 };
 use crate::{
-    approvals::{self, Approvals, HoldWait, Verdict as HoldVerdict},
+    approvals::{Approvals, HoldWait},
     masking::{
         MaskReport,
         stream::{BodyKind, BodyMasker, Piece},
@@ -33,9 +33,11 @@ use crate::{
             response::{Outlet, ResponseStream, deliver, gather_ready, stream_body},
             upstream::{Upstream, upstream_request},
         },
-        l7::{Exchange, Masking},
+        l7::{
+            Exchange, Masking,
+            hold::{self, HeldOperation},
+        },
     },
-    recording::record::{Hold, HoldDecision, RecordBody},
     vocabulary::{Direction, HoldOutcome},
 };
 
@@ -66,7 +68,21 @@ impl HoldDesk {
         masking: Masking,
         answering: McpAnswering,
     ) -> Verdict<McpAnswering> {
-        let wait = self.open(exchange, &held, masking, &head.headers).await;
+        let operation = HeldOperation {
+            method: held.method,
+            tool: held.tool,
+            arguments: held.arguments,
+            kube: None,
+        };
+        let wait = hold::open(
+            &self.approvals,
+            exchange,
+            &held.decision,
+            masking,
+            &head.headers,
+            operation,
+        )
+        .await;
         // Legacy HTTP+SSE: the answer goes on the client's GET stream, never on this POST.
         let legacy_endpoint = head
             .uri
@@ -108,7 +124,7 @@ impl HoldDesk {
         let (desk, exchange) = (self.clone(), exchange.clone());
         Verdict::Hold(Box::pin(async move {
             let (hold, verdict, waited) = wait.verdict(&desk.approvals).await;
-            record_verdict(&exchange, &hold, &verdict, waited).await;
+            hold::record_verdict(&exchange, &hold, &verdict, waited).await;
             if verdict.outcome == HoldOutcome::Approved {
                 return Verdict::Forward(Forward {
                     body,
@@ -119,7 +135,7 @@ impl HoldDesk {
             let error = error_response(
                 &stream.request_id,
                 POLICY_DENIED,
-                &held_refusal_text(&stream.decision, &verdict, waited),
+                &hold::refusal_text(&stream.decision, &verdict, waited),
             );
             let answers = std::slice::from_ref(&error);
             let legacy_endpoint = legacy_endpoint.as_deref();
@@ -131,48 +147,6 @@ impl HoldDesk {
             let session = stream.answering.session.as_deref();
             Verdict::Answer(generated_json(&exchange, StatusCode::OK, &error, session).await)
         }))
-    }
-
-    /// Registers and records a hold (arguments masked unless the rule keeps raw records).
-    async fn open(
-        &self,
-        exchange: &Exchange,
-        held: &HeldCall,
-        masking: Masking,
-        headers: &HeaderMap,
-    ) -> HoldWait {
-        let mut arguments = held.arguments.clone();
-        if !masking.record_raw
-            && let Some(arguments) = &mut arguments
-        {
-            exchange
-                .masker()
-                .mask_value(arguments, &mut MaskReport::default());
-        }
-        let created_at = time::OffsetDateTime::now_utc();
-        let timeout = held
-            .decision
-            .timeout
-            .unwrap_or(self.approvals.config.default_timeout);
-        let hold = Hold {
-            hold_id: uuid::Uuid::now_v7().to_string(),
-            in_session: exchange.log.session_id().to_string(),
-            created_at,
-            expires_at: created_at + timeout,
-            target: exchange.target.name.clone(),
-            workload: exchange.workload.clone(),
-            requester: approvals::requester_of(header_str(headers, "authorization")),
-            method: held.method.clone(),
-            tool: held.tool.clone(),
-            arguments,
-            rule: held.decision.rule.clone(),
-            reason: held.decision.reason.clone(),
-        };
-        exchange
-            .log
-            .record(RecordBody::HoldCreated(hold.clone()))
-            .await;
-        self.approvals.open(hold, timeout)
     }
 
     /// A held request whose client takes SSE: the stream is already open. Keep-alive
@@ -209,12 +183,12 @@ impl HoldDesk {
             self.approvals.abandon(&hold_id);
             break verdict.await;
         };
-        record_verdict(&exchange, &hold, &verdict, waited).await;
+        hold::record_verdict(&exchange, &hold, &verdict, waited).await;
         if verdict.outcome != HoldOutcome::Approved {
             let error = error_response(
                 &held.request_id,
                 POLICY_DENIED,
-                &held_refusal_text(&held.decision, &verdict, waited),
+                &hold::refusal_text(&held.decision, &verdict, waited),
             );
             self.send_events(&exchange, &mut out, &held, &[error], EventSource::Gateway)
                 .await;
@@ -352,40 +326,4 @@ fn owned_head(head: &request::Parts) -> request::Parts {
 
 fn accepts_sse(headers: &HeaderMap) -> bool {
     header_str(headers, "accept").is_some_and(|a| a.contains("text/event-stream"))
-}
-
-async fn record_verdict(exchange: &Exchange, hold: &Hold, verdict: &HoldVerdict, waited: Duration) {
-    exchange
-        .log
-        .record(RecordBody::HoldDecided(HoldDecision {
-            hold_id: hold.hold_id.clone(),
-            outcome: verdict.outcome,
-            approver: verdict.approver.clone(),
-            reason: verdict.reason.clone(),
-            waited_ms: waited.as_millis() as u64,
-        }))
-        .await;
-}
-
-/// The JSON-RPC error text for a hold that was not approved.
-fn held_refusal_text(decision: &Decision, verdict: &HoldVerdict, waited: Duration) -> String {
-    let rule = decision.rule.as_deref().unwrap_or("default");
-    let reason = verdict.reason.as_deref().unwrap_or("no reason given");
-    match verdict.outcome {
-        HoldOutcome::Denied => {
-            let who = verdict
-                .approver
-                .as_ref()
-                .and_then(|a| a.email.clone().or(a.subject.clone()))
-                .unwrap_or_else(|| "an approver".into());
-            format!("held by Interlock policy rule `{rule}` and denied by {who}: {reason}")
-        }
-        HoldOutcome::TimedOut => format!(
-            "held by Interlock policy rule `{rule}` for approval; nobody decided within {}s, so it is denied",
-            waited.as_secs()
-        ),
-        HoldOutcome::Interrupted | HoldOutcome::Approved => format!(
-            "held by Interlock policy rule `{rule}` for approval, and the wait was cut short ({reason}); denied"
-        ),
-    }
 }

@@ -68,7 +68,7 @@ impl McpReader {
                 ResponseParse::SseForRecord(Arc::new(Mutex::new(SseParser::new(limit))))
             }
             BodyKind::Json => ResponseParse::Json(Vec::new()),
-            BodyKind::Text | BodyKind::Binary => ResponseParse::None,
+            BodyKind::JsonLines | BodyKind::Text | BodyKind::Binary => ResponseParse::None,
         };
         McpReader {
             parse,

@@ -5,7 +5,9 @@
 //!
 //! One difference, on purpose: exec, attach and port-forward (and proxy) are the verb
 //! `connect`, whatever the method, because they open a stream rather than act on an object.
-use hyper::{Method, Uri};
+use std::collections::BTreeMap;
+
+use hyper::{HeaderMap, Method, Uri};
 use serde::{Deserialize, Serialize};
 
 /// Subresources of a namespace that name no resource under it.
@@ -135,6 +137,42 @@ pub fn parse(method: &Method, uri: &Uri) -> RequestInfo {
     info
 }
 
+/// Whom a request asks the API server to act as (the `Impersonate-*` headers). The API server
+/// decides whether the caller may; the record and policy see who was asked for.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Impersonation {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+    /// `Impersonate-Extra-KEY`, by KEY.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub extra: BTreeMap<String, Vec<String>>,
+}
+
+impl Impersonation {
+    /// None when the request impersonates nobody.
+    pub fn of(headers: &HeaderMap) -> Option<Impersonation> {
+        let mut found = Impersonation::default();
+        for (name, value) in headers {
+            let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+            match name.as_str() {
+                "impersonate-user" => found.user = Some(value),
+                "impersonate-uid" => found.uid = Some(value),
+                "impersonate-group" => found.groups.push(value),
+                other => {
+                    if let Some(key) = other.strip_prefix("impersonate-extra-") {
+                        found.extra.entry(key.to_string()).or_default().push(value);
+                    }
+                }
+            }
+        }
+        (found != Impersonation::default()).then_some(found)
+    }
+}
+
 /// The name a field selector pins exactly: `metadata.name=NAME` (or `==`), alone or among
 /// other terms.
 fn exact_name(selector: &str) -> Option<&str> {
@@ -149,6 +187,20 @@ fn exact_name(selector: &str) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn impersonation_headers_are_read_whole() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(Impersonation::of(&headers), None);
+        headers.insert("impersonate-user", "jane".parse().unwrap());
+        headers.append("impersonate-group", "sre".parse().unwrap());
+        headers.append("impersonate-group", "dev".parse().unwrap());
+        headers.insert("impersonate-extra-scopes", "view".parse().unwrap());
+        let found = Impersonation::of(&headers).unwrap();
+        assert_eq!(found.user.as_deref(), Some("jane"));
+        assert_eq!(found.groups, ["sre", "dev"]);
+        assert_eq!(found.extra["scopes"], ["view"]);
+    }
 
     fn info(method: Method, uri: &str) -> RequestInfo {
         parse(&method, &uri.parse().unwrap())

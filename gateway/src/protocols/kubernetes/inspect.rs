@@ -1,0 +1,444 @@
+//! The API-server inspector: each request read as the API server reads it, decided by the
+//! policy and recorded as a `kube_request`; its answer summed up in a `kube_response` once the
+//! body ends. Denials and refused holds are answered with a Forbidden `Status`, which kubectl
+//! prints as `Error from server (Forbidden): …`.
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use hyper::{
+    HeaderMap, Response, StatusCode,
+    header::{self, HeaderValue},
+    http::{request, response},
+};
+use serde_json::{Value, json};
+
+use crate::{
+    approvals::Approvals,
+    identity::Principal,
+    kubernetes::request_info::{self, Impersonation, RequestInfo},
+    masking::stream::BodyKind,
+    policy::{Action, Operation, Policy, Request},
+    protocols::{
+        http::{
+            inspect::{Forward, Inspector, ResponseReader, Verdict},
+            reply::{ProxyBody, generated},
+            upstream::Upstream,
+        },
+        l7::{
+            Exchange, Masking,
+            hold::{self, HeldOperation},
+        },
+    },
+    recording::record::{KubeRequest, KubeResponse, RecordBody},
+    vocabulary::{Direction, HoldOutcome},
+};
+
+/// The media type of protobuf-encoded Kubernetes objects, which nothing here can read.
+const PROTOBUF: &str = "application/vnd.kubernetes.protobuf";
+
+pub struct KubeInspector {
+    /// The policy as it was when the connection opened.
+    pub policy: Arc<Policy>,
+    pub approvals: Arc<Approvals>,
+    /// Numbers this connection's requests, to pair each with its answer.
+    streams: AtomicU64,
+}
+
+impl KubeInspector {
+    pub fn new(policy: Arc<Policy>, approvals: Arc<Approvals>) -> Self {
+        KubeInspector {
+            policy,
+            approvals,
+            streams: AtomicU64::new(0),
+        }
+    }
+}
+
+/// What the gateway keeps of a forwarded request, to sum up its answer.
+pub struct KubeAnswering {
+    stream: u64,
+    started: Instant,
+    watch: bool,
+}
+
+impl Inspector for KubeInspector {
+    type Answering = KubeAnswering;
+    type Reader = KubeReader;
+
+    fn prepare(&self, head: &mut request::Parts) {
+        ask_for_json(&mut head.headers);
+    }
+
+    async fn on_request(
+        &self,
+        exchange: &Arc<Exchange>,
+        _upstream: &Arc<Upstream>,
+        head: &request::Parts,
+        body: Bytes,
+    ) -> Verdict<KubeAnswering> {
+        let answering = KubeAnswering {
+            stream: self.streams.fetch_add(1, Ordering::Relaxed),
+            started: Instant::now(),
+            watch: false,
+        };
+        let info = request_info::parse(&head.method, &head.uri);
+        let impersonate = Impersonation::of(&head.headers);
+        let caller = head.extensions.get::<Principal>();
+        let decision = self.policy.decide(&Request {
+            target: &exchange.target.name,
+            workload: &exchange.workload,
+            caller,
+            operation: Operation::Kube {
+                info: &info,
+                impersonate: impersonate.as_ref(),
+            },
+        });
+        let target = exchange.target_masking();
+        let masking = Masking {
+            apply: decision.mask.unwrap_or(target.apply),
+            record_raw: decision.record_raw.unwrap_or(target.record_raw),
+        };
+        let answering = KubeAnswering {
+            watch: info.verb == "watch",
+            ..answering
+        };
+        exchange
+            .log
+            .record(RecordBody::KubeRequest(KubeRequest {
+                stream: answering.stream,
+                info: info.clone(),
+                user: caller.cloned(),
+                impersonate,
+                policy: decision.clone(),
+            }))
+            .await;
+        let body = exchange.log.request_body(body, masking).await;
+        match decision.action {
+            Action::Allow => Verdict::Forward(Forward {
+                body,
+                masking,
+                answering,
+            }),
+            Action::Deny => {
+                let message = hold::rule_text(&decision);
+                Verdict::Answer(forbidden(exchange, &answering, &info, message).await)
+            }
+            Action::Hold => {
+                let operation = HeldOperation {
+                    method: info.verb.clone(),
+                    tool: info.resource_path(),
+                    arguments: None,
+                    kube: Some(info.clone()),
+                };
+                let wait = hold::open(
+                    &self.approvals,
+                    exchange,
+                    &decision,
+                    masking,
+                    &head.headers,
+                    operation,
+                )
+                .await;
+                let (approvals, exchange) = (self.approvals.clone(), exchange.clone());
+                Verdict::Hold(Box::pin(async move {
+                    let (hold, verdict, waited) = wait.verdict(&approvals).await;
+                    hold::record_verdict(&exchange, &hold, &verdict, waited).await;
+                    if verdict.outcome == HoldOutcome::Approved {
+                        return Verdict::Forward(Forward {
+                            body,
+                            masking,
+                            answering,
+                        });
+                    }
+                    let message = hold::refusal_text(&decision, &verdict, waited);
+                    Verdict::Answer(forbidden(&exchange, &answering, &info, message).await)
+                }))
+            }
+        }
+    }
+
+    /// A bearer token that is not the pod's: a Forbidden `Status`, as the API server would
+    /// refuse it; nothing goes upstream.
+    async fn refused(
+        &self,
+        exchange: &Exchange,
+        head: &request::Parts,
+        _body: &Bytes,
+        reason: String,
+    ) -> Response<ProxyBody> {
+        let answering = KubeAnswering {
+            stream: self.streams.fetch_add(1, Ordering::Relaxed),
+            started: Instant::now(),
+            watch: false,
+        };
+        let info = request_info::parse(&head.method, &head.uri);
+        forbidden(exchange, &answering, &info, reason).await
+    }
+
+    fn body_kind(&self, answering: &KubeAnswering, kind: BodyKind) -> BodyKind {
+        match kind {
+            // A watch answers one JSON event a line, for as long as it runs.
+            BodyKind::Json if answering.watch => BodyKind::JsonLines,
+            other => other,
+        }
+    }
+
+    fn on_response(
+        &self,
+        exchange: &Exchange,
+        answering: KubeAnswering,
+        head: &response::Parts,
+        _kind: BodyKind,
+        _get_stream: bool,
+    ) -> KubeReader {
+        KubeReader {
+            code: head.status.as_u16(),
+            latency: answering.started.elapsed(),
+            answering,
+            limit: exchange.target.max_body_bytes as usize,
+            gathered: Vec::new(),
+            truncated: false,
+            events: 0,
+        }
+    }
+}
+
+/// Where the client asked for protobuf, asks for JSON instead: a protobuf answer could be
+/// neither masked nor summed up. Every client that offers protobuf also takes JSON.
+fn ask_for_json(headers: &mut HeaderMap) {
+    let Some(accept) = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()) else {
+        return;
+    };
+    if !accept.contains(PROTOBUF) {
+        return;
+    }
+    let kept: Vec<&str> = accept
+        .split(',')
+        .map(str::trim)
+        .filter(|range| {
+            range
+                .split(';')
+                .next()
+                .is_some_and(|t| t.trim() != PROTOBUF)
+        })
+        .collect();
+    let json = if kept.is_empty() {
+        "application/json".to_string()
+    } else {
+        kept.join(",")
+    };
+    if let Ok(value) = HeaderValue::from_str(&json) {
+        headers.insert(header::ACCEPT, value);
+    }
+}
+
+/// A Forbidden `Status`, recorded with its `kube_response`.
+async fn forbidden(
+    exchange: &Exchange,
+    answering: &KubeAnswering,
+    info: &RequestInfo,
+    message: String,
+) -> Response<ProxyBody> {
+    let status = json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": "Forbidden",
+        "details": {
+            "name": info.name,
+            "group": info.api_group,
+            "kind": info.resource,
+        },
+        "code": 403,
+    });
+    let body = Bytes::from(status.to_string());
+    let response = generated(exchange, StatusCode::FORBIDDEN, "application/json", body).await;
+    exchange
+        .log
+        .record(RecordBody::KubeResponse(KubeResponse {
+            stream: answering.stream,
+            code: 403,
+            generated_by_gateway: true,
+            object_kind: Some("Status".into()),
+            namespace: None,
+            name: None,
+            resource_version: None,
+            items: None,
+            events: None,
+            reason: Some("Forbidden".into()),
+            message: Some(message),
+            latency_ms: millis(answering.started.elapsed()),
+        }))
+        .await;
+    response
+}
+
+fn millis(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1000.0
+}
+
+/// Records an answer as it streams, and keeps what it needs to sum it up: the body (as
+/// recorded, so masked) up to the target's `max_body_bytes`, or a watch's event count.
+pub struct KubeReader {
+    answering: KubeAnswering,
+    code: u16,
+    latency: Duration,
+    limit: usize,
+    gathered: Vec<u8>,
+    truncated: bool,
+    events: u64,
+}
+
+impl ResponseReader for KubeReader {
+    async fn on_piece(&mut self, exchange: &Exchange, recorded: Bytes) {
+        if self.answering.watch {
+            self.events += memchr::memchr_iter(b'\n', &recorded).count() as u64;
+        } else if self.gathered.len() + recorded.len() <= self.limit {
+            self.gathered.extend_from_slice(&recorded);
+        } else {
+            self.truncated = true;
+        }
+        exchange.log.data(Direction::Down, recorded).await;
+    }
+
+    async fn injection(&mut self) {
+        std::future::pending().await
+    }
+
+    async fn inject(&mut self, _exchange: &Exchange) -> Vec<Bytes> {
+        Vec::new()
+    }
+
+    async fn finish(self, exchange: &Exchange) {
+        // Parsed on the record writer, off the data path.
+        exchange
+            .log
+            .later(move || vec![RecordBody::KubeResponse(self.summary())])
+            .await;
+    }
+}
+
+impl KubeReader {
+    fn summary(self) -> KubeResponse {
+        let mut response = KubeResponse {
+            stream: self.answering.stream,
+            code: self.code,
+            generated_by_gateway: false,
+            object_kind: None,
+            namespace: None,
+            name: None,
+            resource_version: None,
+            items: None,
+            events: self.answering.watch.then_some(self.events),
+            reason: None,
+            message: None,
+            latency_ms: millis(self.latency),
+        };
+        if self.truncated {
+            return response;
+        }
+        let Ok(object) = serde_json::from_slice::<Value>(&self.gathered) else {
+            return response;
+        };
+        let text = |value: &Value| value.as_str().map(str::to_string);
+        let metadata = &object["metadata"];
+        response.object_kind = text(&object["kind"]);
+        response.namespace = text(&metadata["namespace"]);
+        response.name = text(&metadata["name"]);
+        response.resource_version = text(&metadata["resourceVersion"]);
+        // A list's items, or a server-side Table's rows.
+        response.items = object
+            .get("items")
+            .or_else(|| object.get("rows"))
+            .and_then(Value::as_array)
+            .map(|items| items.len() as u64);
+        if response.object_kind.as_deref() == Some("Status") {
+            response.reason = text(&object["reason"]);
+            response.message = text(&object["message"]);
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn accept_after(accept: &str) -> String {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::ACCEPT, accept.parse().unwrap());
+        ask_for_json(&mut headers);
+        headers[header::ACCEPT].to_str().unwrap().to_string()
+    }
+
+    #[test]
+    fn protobuf_is_negotiated_down_to_json() {
+        // client-go's default for core types, and kubectl's Table request.
+        assert_eq!(
+            accept_after("application/vnd.kubernetes.protobuf, */*"),
+            "*/*"
+        );
+        assert_eq!(
+            accept_after(
+                "application/vnd.kubernetes.protobuf;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1;g=meta.k8s.io,application/json"
+            ),
+            "application/json;as=Table;v=v1;g=meta.k8s.io,application/json"
+        );
+        assert_eq!(
+            accept_after("application/vnd.kubernetes.protobuf;stream=watch"),
+            "application/json"
+        );
+        assert_eq!(accept_after("application/json"), "application/json");
+    }
+
+    #[test]
+    fn answers_are_summed_up_from_their_recorded_body() {
+        let reader = |body: &str, watch: bool| KubeReader {
+            answering: KubeAnswering {
+                stream: 4,
+                started: Instant::now(),
+                watch,
+            },
+            code: 200,
+            latency: Duration::from_millis(3),
+            limit: 1 << 20,
+            gathered: body.as_bytes().to_vec(),
+            truncated: false,
+            events: 2,
+        };
+        let secret = reader(
+            r#"{"kind":"Secret","metadata":{"name":"db","namespace":"team","resourceVersion":"17"},"data":{"password":"[MASKED:kubernetes_secret]"}}"#,
+            false,
+        )
+        .summary();
+        assert_eq!(secret.object_kind.as_deref(), Some("Secret"));
+        assert_eq!(secret.name.as_deref(), Some("db"));
+        assert_eq!(secret.namespace.as_deref(), Some("team"));
+        assert_eq!(secret.resource_version.as_deref(), Some("17"));
+        assert_eq!(secret.latency_ms, 3.0);
+        let list = reader(
+            r#"{"kind":"PodList","metadata":{"resourceVersion":"9"},"items":[{},{}]}"#,
+            false,
+        )
+        .summary();
+        assert_eq!(list.items, Some(2));
+        let status = reader(
+            r#"{"kind":"Status","status":"Failure","reason":"NotFound","message":"pods \"x\" not found","code":404}"#,
+            false,
+        )
+        .summary();
+        assert_eq!(status.reason.as_deref(), Some("NotFound"));
+        assert_eq!(status.message.as_deref(), Some("pods \"x\" not found"));
+        let watch = reader("", true).summary();
+        assert_eq!(watch.events, Some(2));
+        assert_eq!(reader("not json", false).summary().object_kind, None);
+    }
+}
