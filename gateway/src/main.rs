@@ -70,8 +70,11 @@ enum Cmd {
     Replay {
         session_id: String,
         /// SESSION_ID is an MCP session id (Mcp-Session-Id): show that conversation.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "asciicast")]
         mcp: bool,
+        /// Write the session's kubectl exec or attach stream as asciicast v2 (asciinema).
+        #[arg(long, conflicts_with = "json")]
+        asciicast: bool,
         #[arg(long, env = "INTERLOCK_CONFIG", default_value = "interlock.yaml")]
         config: PathBuf,
         #[arg(long, value_enum, default_value = "file")]
@@ -225,11 +228,18 @@ fn dispatch(command: Cmd) -> anyhow::Result<i32> {
         Cmd::Replay {
             session_id,
             mcp,
+            asciicast,
             config,
             from,
             json,
         } => {
-            commands::sessions::replay(&Config::load(&config)?, from, &session_id, mcp, json)?;
+            use commands::sessions::ReplayForm;
+            let form = match (asciicast, json) {
+                (true, _) => ReplayForm::Asciicast,
+                (_, true) => ReplayForm::Json,
+                _ => ReplayForm::Text,
+            };
+            commands::sessions::replay(&Config::load(&config)?, from, &session_id, mcp, form)?;
         }
         Cmd::Verify {
             session_id,

@@ -28,6 +28,11 @@ pub fn kubectl_130() -> PathBuf {
     PathBuf::from("/usr/lib/google-cloud-sdk/bin/kubectl.1.30")
 }
 
+/// asciinema 2 (PyPI), which plays exec recordings back.
+pub fn asciinema() -> PathBuf {
+    kube_peers().join("asciinema")
+}
+
 /// The Python that has the official Kubernetes client.
 pub fn kube_python() -> PathBuf {
     kube_peers().join("python")

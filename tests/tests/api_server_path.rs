@@ -560,3 +560,144 @@ fn api_requests_are_recorded_as_operations_secrets_masked_and_risky_verbs_held_o
         }
     }
 }
+
+#[test]
+fn exec_is_recorded_by_channel_masked_and_plays_back_as_asciicast() {
+    let setup = Setup::start();
+    let kubeconfig = setup.kubeconfig("pod", &setup.bundle, Some("kubernetes.default.svc"));
+    const AWS_KEY: &str = "AKIAIOSFODNN7EXAMPLE";
+    // stdin in, stdout and stderr out, and a non-zero exit code on the error channel.
+    let script = format!("read line; echo \"got $line\"; echo {AWS_KEY}; echo oops >&2; exit 3");
+    let mut child = setup
+        .gateway
+        .wrap_cmd(
+            None,
+            &[
+                kubectl_137().to_str().unwrap(),
+                "--kubeconfig",
+                kubeconfig.to_str().unwrap(),
+                "exec",
+                "-i",
+                "-n",
+                "team",
+                "web",
+                "--",
+                "sh",
+                "-c",
+                &script,
+            ],
+        )
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"typed-by-the-pod\n").unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    // kubectl passes the remote exit code through.
+    assert_eq!(out.status.code(), Some(3), "{stdout}\n{stderr}");
+    assert!(stdout.contains("got typed-by-the-pod"), "{stdout}");
+    assert!(stdout.contains("[MASKED:aws_access_key_id]"), "{stdout}");
+    assert!(!stdout.contains(AWS_KEY));
+    assert!(stderr.contains("oops"), "{stderr}");
+
+    let records = setup.gateway.all_records();
+    let exec = records
+        .iter()
+        .find(|r| r["kind"] == "kube_request" && r["subresource"] == "exec")
+        .expect("the exec is a kube_request");
+    assert_eq!(exec["verb"], "connect");
+    // The command line is recorded masked, as every record is.
+    let recorded_script = script.replace(AWS_KEY, "[MASKED:aws_access_key_id]");
+    assert_eq!(
+        exec["command"],
+        serde_json::json!(["sh", "-c", recorded_script])
+    );
+    let channel = |name: &str| -> String {
+        records
+            .iter()
+            .filter(|r| {
+                r["kind"] == "kube_channel"
+                    && r["session_id"] == exec["session_id"]
+                    && r["stream"] == exec["stream"]
+                    && r["channel"] == name
+            })
+            .map(|r| {
+                let data = base64::engine::general_purpose::STANDARD
+                    .decode(r["data"].as_str().unwrap())
+                    .unwrap();
+                String::from_utf8(data).unwrap()
+            })
+            .collect()
+    };
+    assert!(channel("stdin").contains("typed-by-the-pod"));
+    assert!(channel("stdout").contains("got typed-by-the-pod\n[MASKED:aws_access_key_id]"));
+    assert!(channel("stderr").contains("oops"));
+    let status: Value = serde_json::from_str(&channel("error")).unwrap();
+    assert_eq!(status["reason"], "NonZeroExitCode");
+    let upgraded = records
+        .iter()
+        .find(|r| {
+            r["kind"] == "kube_response"
+                && r["session_id"] == exec["session_id"]
+                && r["stream"] == exec["stream"]
+        })
+        .unwrap();
+    assert_eq!(upgraded["code"], 101);
+
+    // Exported as asciicast v2, it plays in asciinema with the typed line and the output.
+    let session = exec["session_id"].as_str().unwrap();
+    let out = setup
+        .gateway
+        .cli(&["replay", "--asciicast", session])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cast = String::from_utf8(out.stdout).unwrap();
+    let header: Value = serde_json::from_str(cast.lines().next().unwrap()).unwrap();
+    assert_eq!(header["version"], 2);
+    assert_eq!(header["interlock"]["pod"], "web");
+    assert_eq!(header["interlock"]["namespace"], "team");
+    assert_eq!(header["command"], format!("sh -c {recorded_script}"));
+    assert!(
+        cast.lines()
+            .skip(1)
+            .any(|l| l.contains("\"i\"") && l.contains("typed-by-the-pod"))
+    );
+    let file = setup.api.dir.path().join("exec.cast");
+    fs::write(&file, &cast).unwrap();
+    let played = std::process::Command::new(asciinema())
+        .arg("cat")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        played.status.success(),
+        "{}",
+        String::from_utf8_lossy(&played.stderr)
+    );
+    let played = String::from_utf8_lossy(&played.stdout);
+    assert!(played.contains("got typed-by-the-pod"), "{played}");
+    assert!(played.contains("oops"), "{played}");
+
+    // Nothing the gateway wrote holds the key.
+    let mut files = Vec::new();
+    all_bytes(setup.gateway.dir.path(), &mut files);
+    for form in stored_forms(AWS_KEY) {
+        for (path, bytes) in &files {
+            assert!(!contains(bytes, &form), "{path} holds the key ({form})");
+        }
+    }
+}

@@ -7,6 +7,7 @@ use clap::ValueEnum;
 use ed25519_dalek::{VerifyingKey, pkcs8::DecodePublicKey};
 use time::format_description::well_known::Rfc3339;
 
+use super::asciicast;
 use crate::{
     config::Config,
     kubernetes::request_info::RequestInfo,
@@ -101,7 +102,17 @@ pub fn list(config: &Config, from: Source, json: bool) -> Result<()> {
 
 /// Prints one session's records. With `mcp`, the id is an `Mcp-Session-Id`, and the MCP
 /// conversation is gathered from every connection that carried it, in time order.
-pub fn replay(config: &Config, from: Source, id: &str, mcp: bool, json: bool) -> Result<()> {
+/// How `replay` shows what it found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplayForm {
+    Text,
+    Json,
+    /// The session's exec or attach stream, as asciicast v2.
+    Asciicast,
+}
+
+/// `mcp`: `id` is an MCP session id (Mcp-Session-Id), whose conversation spans connections.
+pub fn replay(config: &Config, from: Source, id: &str, mcp: bool, form: ReplayForm) -> Result<()> {
     // An MCP conversation spans connections anywhere in the store.
     let store = open(config, from, (!mcp).then_some(id))?;
     let records = if mcp {
@@ -112,7 +123,9 @@ pub fn replay(config: &Config, from: Source, id: &str, mcp: bool, json: bool) ->
     if records.is_empty() {
         bail!("no session `{id}` found; `interlock sessions list` shows the recorded ones");
     }
-    if json {
+    if form == ReplayForm::Asciicast {
+        asciicast::write(&records, std::io::stdout().lock())?;
+    } else if form == ReplayForm::Json {
         println!("{}", serde_json::to_string_pretty(&records)?);
     } else if mcp {
         println!(
@@ -348,6 +361,17 @@ pub fn render(records: &[&Record]) -> String {
                     request.stream,
                     kube_operation(&request.info)
                 );
+            }
+            RecordBody::KubeChannel(message) => {
+                let _ = writeln!(
+                    out,
+                    "\n#{} {ts}  kube [{}] {:?}, {} bytes",
+                    record.seq,
+                    message.stream,
+                    message.channel,
+                    message.data.len()
+                );
+                out.push_str(&show_bytes(&message.data));
             }
             RecordBody::KubeResponse(response) => {
                 let what = match (&response.object_kind, &response.name) {

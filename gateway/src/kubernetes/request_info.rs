@@ -43,6 +43,15 @@ pub struct RequestInfo {
     /// `dryRun=All`: the server persists nothing.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dry_run: bool,
+    /// exec and attach: the container (none: the pod's default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    /// exec: the command, one argument per `command` parameter.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    /// exec and attach: a terminal was asked for (`kubectl exec -it`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tty: bool,
 }
 
 impl RequestInfo {
@@ -133,6 +142,13 @@ pub fn parse(method: &Method, uri: &Uri) -> RequestInfo {
         .is_some_and(|s| CONNECT_SUBRESOURCES.contains(&s))
     {
         info.verb = "connect".into();
+        info.container = param("container");
+        info.command = query
+            .iter()
+            .filter(|(k, _)| k == "command")
+            .map(|(_, v)| v.clone())
+            .collect();
+        info.tty = param("tty").is_some_and(|v| v == "true" || v == "1");
     }
     info
 }
@@ -187,6 +203,22 @@ fn exact_name(selector: &str) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exec_carries_its_container_command_and_terminal() {
+        let exec = info(
+            Method::GET,
+            "/api/v1/namespaces/team/pods/web/exec?command=sh&command=-c&command=echo%20hi&container=app&stdin=true&tty=true",
+        );
+        assert_eq!(exec.command, ["sh", "-c", "echo hi"]);
+        assert_eq!(exec.container.as_deref(), Some("app"));
+        assert!(exec.tty);
+        let get = info(
+            Method::GET,
+            "/api/v1/namespaces/team/pods/web?container=app",
+        );
+        assert_eq!((get.container, get.command.len()), (None, 0));
+    }
 
     #[test]
     fn impersonation_headers_are_read_whole() {

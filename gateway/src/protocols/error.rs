@@ -27,6 +27,9 @@ pub enum SessionError {
     Io(io::Error),
     #[error("gateway shut down before the session ended")]
     Shutdown,
+    /// An exec or attach stream broke: a malformed frame, an oversized message, a reset.
+    #[error("WebSocket with the {0}: {1}")]
+    WebSocket(&'static str, tokio_tungstenite::tungstenite::Error),
     #[error(transparent)]
     Tls(#[from] TlsError),
 }
@@ -69,6 +72,7 @@ impl SessionError {
                 _ => Outcome::Error,
             },
             SessionError::Shutdown => Outcome::Shutdown,
+            SessionError::WebSocket(_, _) => Outcome::Error,
             SessionError::Tls(TlsError::RejectedByClient { .. }) => Outcome::TlsRejectedByClient,
             SessionError::Tls(TlsError::NameNotPermitted(_)) => Outcome::Refused,
             SessionError::Tls(_) => Outcome::Error,

@@ -31,7 +31,7 @@ use crate::{
     ebpf::{Dataplane, key_addr},
     identity::{PodDirectory, Workload},
     kubernetes::config::AWAIT_TARGET,
-    masking::Masker,
+    masking::{MaskReport, Masker},
     policy::Policy,
     protocols::{
         self, NodeServices, copy,
@@ -260,6 +260,14 @@ impl<C: UpstreamConnector> Proxy<C> {
             return;
         }
         let mut workload = Workload::from_kernel(origin.cgroup_id, origin.pid_tgid);
+        if !target.record_raw {
+            // Command lines carry credentials (`curl -H "Authorization: …"`, `--token`).
+            for argument in &mut workload.cmdline {
+                self.services
+                    .masker
+                    .mask_string(argument, &mut MaskReport::default());
+            }
+        }
         workload.kubernetes = workload
             .pod
             .as_ref()

@@ -120,6 +120,50 @@ pub enum RecordBody {
     KubeRequest(KubeRequest),
     /// The answer to a `kube_request`, once its body has ended (a watch's, when it closes).
     KubeResponse(KubeResponse),
+    /// One message of an exec or attach stream, by channel, masked like any body.
+    KubeChannel(KubeChannelData),
+}
+
+/// The channels of the Kubernetes streaming protocols (`v4.channel.k8s.io`,
+/// `v5.channel.k8s.io`): the first byte of every binary message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KubeChannel {
+    Stdin,
+    Stdout,
+    Stderr,
+    /// The closing `Status`, with the exit code.
+    Error,
+    /// A terminal size, `{"Width":…,"Height":…}`.
+    Resize,
+    /// v5: the sender closed the channel its one byte of `data` names.
+    Close,
+    /// A channel number the protocols do not define.
+    Other(u8),
+}
+
+impl KubeChannel {
+    pub fn of(byte: u8) -> KubeChannel {
+        match byte {
+            0 => KubeChannel::Stdin,
+            1 => KubeChannel::Stdout,
+            2 => KubeChannel::Stderr,
+            3 => KubeChannel::Error,
+            4 => KubeChannel::Resize,
+            255 => KubeChannel::Close,
+            other => KubeChannel::Other(other),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KubeChannelData {
+    /// The `kube_request` that opened the stream.
+    pub stream: u64,
+    pub channel: KubeChannel,
+    /// The message without its channel byte, base64-encoded; masked unless `record_raw`.
+    #[serde(serialize_with = "to_base64", deserialize_with = "from_base64")]
+    pub data: Bytes,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -477,6 +521,16 @@ mod tests {
                 reason: None,
                 message: None,
                 latency_ms: 1.5,
+            }),
+            RecordBody::KubeChannel(KubeChannelData {
+                stream: 3,
+                channel: KubeChannel::of(1),
+                data: Bytes::from_static(b"total 0\n"),
+            }),
+            RecordBody::KubeChannel(KubeChannelData {
+                stream: 3,
+                channel: KubeChannel::of(9),
+                data: Bytes::new(),
             }),
             RecordBody::HoldDecided(HoldDecision {
                 hold_id: "h".into(),

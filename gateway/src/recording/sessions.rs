@@ -107,6 +107,7 @@ impl Store {
                 | RecordBody::HttpResponse(_)
                 | RecordBody::KubeRequest(_)
                 | RecordBody::KubeResponse(_)
+                | RecordBody::KubeChannel(_)
                 | RecordBody::McpMessage(_)
                 | RecordBody::Masked(_)
                 | RecordBody::HoldCreated(_)

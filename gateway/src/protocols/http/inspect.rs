@@ -7,15 +7,17 @@ use bytes::Bytes;
 use hyper::{
     Response, StatusCode,
     http::{request, response},
+    upgrade::OnUpgrade,
 };
 
 use super::{
     reply::{ProxyBody, generated_text},
+    tunnel,
     upstream::Upstream,
 };
 use crate::{
     masking::stream::BodyKind,
-    protocols::l7::{Exchange, Masking},
+    protocols::l7::{Exchange, Masking, Pump},
     vocabulary::Direction,
 };
 
@@ -54,6 +56,19 @@ pub trait Inspector: Send + Sync + 'static {
     /// type does (a watch is JSON lines).
     fn body_kind(&self, _answering: &Self::Answering, kind: BodyKind) -> BodyKind {
         kind
+    }
+
+    /// Relays a connection the upstream upgraded (101), on the connection's own task. By
+    /// default as bytes, recorded like a tcp session.
+    fn upgraded(
+        &self,
+        exchange: Arc<Exchange>,
+        _answering: Self::Answering,
+        _head: &response::Parts,
+        client: OnUpgrade,
+        upstream: OnUpgrade,
+    ) -> Pump {
+        Box::pin(tunnel::relay_bytes(exchange, client, upstream))
     }
 
     /// A reader for the answer to a forwarded request; `get_stream` for a GET's answer.

@@ -5,12 +5,14 @@
 //! - `request`: one request, from head to verdict;
 //! - `response`: the answer streamed back, and upgrades;
 //! - `upstream`: the upstream connections, and redial;
+//! - `tunnel`: an upgraded connection relayed as bytes;
 //! - `inspect`: what an inspector implements;
 //! - `reply`: answers the gateway makes itself.
 pub mod inspect;
 pub mod reply;
 pub mod request;
 pub mod response;
+pub mod tunnel;
 pub mod upstream;
 
 use std::{

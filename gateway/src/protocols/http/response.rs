@@ -1,14 +1,13 @@
 //! Answers from upstream, streamed back frame by frame: each frame is masked (per SSE event,
 //! whole JSON body, or text window), recorded and read by the inspector, then forwarded, so
 //! progress notifications reach the client as they are sent. A 101 answer turns the
-//! connection into a tunnel, relayed and recorded like a tcp session.
+//! connection into a tunnel, which the inspector relays.
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt;
 use http_body_util::{BodyExt, Either, Full, channel::Channel};
 use hyper::{Request, Response, StatusCode, body::Incoming, header, upgrade::OnUpgrade};
-use hyper_util::rt::TokioIo;
 
 use super::{
     inspect::{Forward, Inspector, ResponseReader},
@@ -17,10 +16,7 @@ use super::{
 };
 use crate::{
     masking::stream::{BodyKind, BodyMasker, Piece},
-    protocols::{
-        copy::{self, AnyStream},
-        l7::{Exchange, Masking},
-    },
+    protocols::l7::{Exchange, Masking},
     vocabulary::Direction,
 };
 
@@ -113,11 +109,13 @@ pub async fn forward<I: Inspector>(
             .log
             .response_head(parts.status, &parts.headers, false)
             .await;
-        exchange.drive(Box::pin(tunnel(
+        exchange.drive(inspector.upgraded(
             exchange.clone(),
+            forward.answering,
+            &parts,
             client_upgrade,
             upstream_upgrade,
-        )));
+        ));
         return Response::from_parts(parts, Either::Left(Full::new(Bytes::new())));
     }
     let (mut parts, mut body) = response.into_parts();
@@ -165,32 +163,6 @@ pub async fn forward<I: Inspector>(
         stream,
     )));
     Response::from_parts(parts, Either::Right(channel))
-}
-
-/// Relays an upgraded connection (a WebSocket) both ways, recording it like a tcp session.
-async fn tunnel(exchange: Arc<Exchange>, client: OnUpgrade, upstream: OnUpgrade) {
-    let (client, upstream) = match tokio::try_join!(client, upstream) {
-        Ok(both) => both,
-        Err(e) => {
-            tracing::warn!(target_name = %exchange.target.name, error = %e, "the upgrade did not complete; the connection ends");
-            return;
-        }
-    };
-    let (client_read, client_write) = tokio::io::split(TokioIo::new(client));
-    let (upstream_read, upstream_write) = tokio::io::split(TokioIo::new(upstream));
-    // The client's bytes are counted where they cross its socket, so the relay's own
-    // count is not added; how the tunnel ended is the session's outcome.
-    let relayed = copy::relay(
-        (AnyStream(client_read), client_write),
-        (AnyStream(upstream_read), upstream_write),
-        Some(exchange.log.session()),
-        &exchange.hard_stop,
-        exchange.target.idle_timeout,
-    )
-    .await;
-    if let Some(error) = relayed.error {
-        exchange.end_with(error);
-    }
 }
 
 /// Streams a response body to the client; an upstream that dies mid-body cuts the client's

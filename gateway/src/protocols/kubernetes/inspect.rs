@@ -15,23 +15,27 @@ use hyper::{
     HeaderMap, Response, StatusCode,
     header::{self, HeaderValue},
     http::{request, response},
+    upgrade::OnUpgrade,
 };
 use serde_json::{Value, json};
+
+use super::channels::{self, CHANNEL_PROTOCOLS};
 
 use crate::{
     approvals::Approvals,
     identity::Principal,
     kubernetes::request_info::{self, Impersonation, RequestInfo},
-    masking::stream::BodyKind,
+    masking::{MaskReport, stream::BodyKind},
     policy::{Action, Operation, Policy, Request},
     protocols::{
         http::{
             inspect::{Forward, Inspector, ResponseReader, Verdict},
             reply::{ProxyBody, generated},
+            tunnel,
             upstream::Upstream,
         },
         l7::{
-            Exchange, Masking,
+            Exchange, Masking, Pump,
             hold::{self, HeldOperation},
         },
     },
@@ -65,6 +69,8 @@ pub struct KubeAnswering {
     stream: u64,
     started: Instant,
     watch: bool,
+    /// For an exec or attach stream, which is masked message by message.
+    masking: Masking,
 }
 
 impl Inspector for KubeInspector {
@@ -82,11 +88,7 @@ impl Inspector for KubeInspector {
         head: &request::Parts,
         body: Bytes,
     ) -> Verdict<KubeAnswering> {
-        let answering = KubeAnswering {
-            stream: self.streams.fetch_add(1, Ordering::Relaxed),
-            started: Instant::now(),
-            watch: false,
-        };
+        let (stream, started) = (self.streams.fetch_add(1, Ordering::Relaxed), Instant::now());
         let info = request_info::parse(&head.method, &head.uri);
         let impersonate = Impersonation::of(&head.headers);
         let caller = head.extensions.get::<Principal>();
@@ -105,14 +107,17 @@ impl Inspector for KubeInspector {
             record_raw: decision.record_raw.unwrap_or(target.record_raw),
         };
         let answering = KubeAnswering {
+            stream,
+            started,
             watch: info.verb == "watch",
-            ..answering
+            masking,
         };
+        let recorded = recordable(exchange, &info, masking);
         exchange
             .log
             .record(RecordBody::KubeRequest(KubeRequest {
                 stream: answering.stream,
-                info: info.clone(),
+                info: recorded.clone(),
                 user: caller.cloned(),
                 impersonate,
                 policy: decision.clone(),
@@ -134,7 +139,7 @@ impl Inspector for KubeInspector {
                     method: info.verb.clone(),
                     tool: info.resource_path(),
                     arguments: None,
-                    kube: Some(info.clone()),
+                    kube: Some(recorded),
                 };
                 let wait = hold::open(
                     &self.approvals,
@@ -176,6 +181,7 @@ impl Inspector for KubeInspector {
             stream: self.streams.fetch_add(1, Ordering::Relaxed),
             started: Instant::now(),
             watch: false,
+            masking: exchange.target_masking(),
         };
         let info = request_info::parse(&head.method, &head.uri);
         forbidden(exchange, &answering, &info, reason).await
@@ -187,6 +193,41 @@ impl Inspector for KubeInspector {
             BodyKind::Json if answering.watch => BodyKind::JsonLines,
             other => other,
         }
+    }
+
+    /// exec and attach are read by channel; anything else (port-forward, SPDY, the base64
+    /// protocols) is relayed and recorded as bytes, with a warning that it went unread.
+    fn upgraded(
+        &self,
+        exchange: Arc<Exchange>,
+        answering: KubeAnswering,
+        head: &response::Parts,
+        client: OnUpgrade,
+        upstream: OnUpgrade,
+    ) -> Pump {
+        let protocol = head
+            .headers
+            .get(header::SEC_WEBSOCKET_PROTOCOL)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let summary = answered(answering.stream, 101, answering.started.elapsed());
+        Box::pin(async move {
+            exchange.log.record(RecordBody::KubeResponse(summary)).await;
+            if CHANNEL_PROTOCOLS.contains(&protocol.as_str()) {
+                channels::relay(
+                    exchange,
+                    answering.stream,
+                    answering.masking,
+                    client,
+                    upstream,
+                )
+                .await;
+            } else {
+                tracing::warn!(target_name = %exchange.target.name, protocol, "an upgraded stream in a protocol Interlock does not read: relayed and recorded as bytes");
+                tunnel::relay_bytes(exchange, client, upstream).await;
+            }
+        })
     }
 
     fn on_response(
@@ -207,6 +248,25 @@ impl Inspector for KubeInspector {
             events: 0,
         }
     }
+}
+
+/// The request as records keep it: an exec's command and the selectors masked, unless the
+/// target or rule keeps raw records.
+fn recordable(exchange: &Exchange, info: &RequestInfo, masking: Masking) -> RequestInfo {
+    let mut recorded = info.clone();
+    if !masking.record_raw {
+        let masker = exchange.masker();
+        let mut report = MaskReport::default();
+        let texts = recorded.command.iter_mut().chain(
+            [&mut recorded.label_selector, &mut recorded.field_selector]
+                .into_iter()
+                .flatten(),
+        );
+        for text in texts {
+            masker.mask_string(text, &mut report);
+        }
+    }
+    recorded
 }
 
 /// Where the client asked for protobuf, asks for JSON instead: a protobuf answer could be
@@ -264,25 +324,32 @@ async fn forbidden(
     exchange
         .log
         .record(RecordBody::KubeResponse(KubeResponse {
-            stream: answering.stream,
-            code: 403,
             generated_by_gateway: true,
             object_kind: Some("Status".into()),
-            namespace: None,
-            name: None,
-            resource_version: None,
-            items: None,
-            events: None,
             reason: Some("Forbidden".into()),
             message: Some(message),
-            latency_ms: millis(answering.started.elapsed()),
+            ..answered(answering.stream, 403, answering.started.elapsed())
         }))
         .await;
     response
 }
 
-fn millis(duration: Duration) -> f64 {
-    duration.as_secs_f64() * 1000.0
+/// An answer's summary before its body is read.
+fn answered(stream: u64, code: u16, latency: Duration) -> KubeResponse {
+    KubeResponse {
+        stream,
+        code,
+        generated_by_gateway: false,
+        object_kind: None,
+        namespace: None,
+        name: None,
+        resource_version: None,
+        items: None,
+        events: None,
+        reason: None,
+        message: None,
+        latency_ms: latency.as_secs_f64() * 1000.0,
+    }
 }
 
 /// Records an answer as it streams, and keeps what it needs to sum it up: the body (as
@@ -329,18 +396,8 @@ impl ResponseReader for KubeReader {
 impl KubeReader {
     fn summary(self) -> KubeResponse {
         let mut response = KubeResponse {
-            stream: self.answering.stream,
-            code: self.code,
-            generated_by_gateway: false,
-            object_kind: None,
-            namespace: None,
-            name: None,
-            resource_version: None,
-            items: None,
             events: self.answering.watch.then_some(self.events),
-            reason: None,
-            message: None,
-            latency_ms: millis(self.latency),
+            ..answered(self.answering.stream, self.code, self.latency)
         };
         if self.truncated {
             return response;
@@ -406,6 +463,10 @@ mod tests {
                 stream: 4,
                 started: Instant::now(),
                 watch,
+                masking: Masking {
+                    apply: Default::default(),
+                    record_raw: false,
+                },
             },
             code: 200,
             latency: Duration::from_millis(3),

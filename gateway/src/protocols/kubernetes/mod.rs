@@ -1,7 +1,9 @@
 //! The API-server path (`protocol: kubernetes` targets): the pod's TLS terminated and opened
 //! again to the API server, then every request read as the API server itself reads it.
 //! - `tls`: both sides' TLS;
-//! - `inspect`: each request decided and recorded, each answer summed up.
+//! - `inspect`: each request decided and recorded, each answer summed up;
+//! - `channels`: exec and attach streams, recorded by channel.
+pub mod channels;
 pub mod inspect;
 pub mod tls;
 
