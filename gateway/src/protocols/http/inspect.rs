@@ -71,6 +71,19 @@ pub trait Inspector: Send + Sync + 'static {
         Box::pin(tunnel::relay_bytes(exchange, client, upstream))
     }
 
+    /// The gateway's own answer to a request it could not take or forward (a body over the
+    /// limit, an upstream that failed or was too slow): by default plain text. `answering`
+    /// is there once the inspector let the request go.
+    fn failed(
+        &self,
+        exchange: &Exchange,
+        _answering: Option<&Self::Answering>,
+        status: StatusCode,
+        message: String,
+    ) -> impl Future<Output = Response<ProxyBody>> + Send {
+        generated_text(exchange, status, message)
+    }
+
     /// A reader for the answer to a forwarded request; `get_stream` for a GET's answer.
     fn on_response(
         &self,

@@ -7,7 +7,7 @@ use hyper::{Request, Response, StatusCode, body::Incoming};
 
 use super::{
     inspect::{Inspector, Verdict},
-    reply::{ProxyBody, generated_text},
+    reply::ProxyBody,
     response,
     upstream::{Upstream, upstream_request},
 };
@@ -45,7 +45,7 @@ pub async fn handle<I: Inspector>(
                     format!("request body ended early: {e}"),
                 )
             };
-            return generated_text(exchange, status, message).await;
+            return inspector.failed(exchange, None, status, message).await;
         }
     };
     match identity::check(exchange, &head.headers).await {

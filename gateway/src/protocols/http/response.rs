@@ -11,7 +11,7 @@ use hyper::{Request, Response, StatusCode, body::Incoming, header, upgrade::OnUp
 
 use super::{
     inspect::{Forward, Inspector, ResponseReader},
-    reply::{ProxyBody, generated_text, header_str},
+    reply::{ProxyBody, header_str},
     upstream::Upstream,
 };
 use crate::{
@@ -95,11 +95,17 @@ pub async fn forward<I: Inspector>(
                 humantime::format_duration(waited),
                 target.name
             );
-            return generated_text(exchange, StatusCode::GATEWAY_TIMEOUT, message).await;
+            let status = StatusCode::GATEWAY_TIMEOUT;
+            return inspector
+                .failed(exchange, Some(&forward.answering), status, message)
+                .await;
         }
         Ok(Err(e)) => {
             let message = format!("upstream {} failed: {e}", target.destination());
-            return generated_text(exchange, StatusCode::BAD_GATEWAY, message).await;
+            let status = StatusCode::BAD_GATEWAY;
+            return inspector
+                .failed(exchange, Some(&forward.answering), status, message)
+                .await;
         }
     };
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {

@@ -230,6 +230,30 @@ impl Inspector for KubeInspector {
         })
     }
 
+    /// A `Status`, as the API server answers its own errors, so clients print the message.
+    async fn failed(
+        &self,
+        exchange: &Exchange,
+        answering: Option<&KubeAnswering>,
+        status: StatusCode,
+        message: String,
+    ) -> Response<ProxyBody> {
+        let reason = match status {
+            StatusCode::GATEWAY_TIMEOUT => "Timeout",
+            StatusCode::BAD_GATEWAY => "ServiceUnavailable",
+            StatusCode::PAYLOAD_TOO_LARGE => "RequestEntityTooLarge",
+            StatusCode::BAD_REQUEST => "BadRequest",
+            _ => "InternalError",
+        };
+        let failure = Failure {
+            status,
+            reason,
+            message,
+            details: json!({}),
+        };
+        status_answer(exchange, answering, failure).await
+    }
+
     fn on_response(
         &self,
         exchange: &Exchange,
@@ -298,39 +322,66 @@ fn ask_for_json(headers: &mut HeaderMap) {
     }
 }
 
-/// A Forbidden `Status`, recorded with its `kube_response`.
+/// What the gateway refuses or failed to do, as a `Status` says it.
+struct Failure {
+    status: StatusCode,
+    reason: &'static str,
+    message: String,
+    details: Value,
+}
+
+/// A Forbidden `Status` naming the request's object.
 async fn forbidden(
     exchange: &Exchange,
     answering: &KubeAnswering,
     info: &RequestInfo,
     message: String,
 ) -> Response<ProxyBody> {
+    let failure = Failure {
+        status: StatusCode::FORBIDDEN,
+        reason: "Forbidden",
+        message,
+        details: json!({
+            "name": info.name,
+            "group": info.api_group,
+            "kind": info.resource,
+        }),
+    };
+    status_answer(exchange, Some(answering), failure).await
+}
+
+/// A failure `Status`, recorded with its `kube_response` when the request has a
+/// `kube_request`.
+async fn status_answer(
+    exchange: &Exchange,
+    answering: Option<&KubeAnswering>,
+    failure: Failure,
+) -> Response<ProxyBody> {
+    let code = failure.status.as_u16();
     let status = json!({
         "kind": "Status",
         "apiVersion": "v1",
         "metadata": {},
         "status": "Failure",
-        "message": message,
-        "reason": "Forbidden",
-        "details": {
-            "name": info.name,
-            "group": info.api_group,
-            "kind": info.resource,
-        },
-        "code": 403,
+        "message": failure.message,
+        "reason": failure.reason,
+        "details": failure.details,
+        "code": code,
     });
     let body = Bytes::from(status.to_string());
-    let response = generated(exchange, StatusCode::FORBIDDEN, "application/json", body).await;
-    exchange
-        .log
-        .record(RecordBody::KubeResponse(KubeResponse {
-            generated_by_gateway: true,
-            object_kind: Some("Status".into()),
-            reason: Some("Forbidden".into()),
-            message: Some(message),
-            ..answered(answering.stream, 403, answering.started.elapsed())
-        }))
-        .await;
+    let response = generated(exchange, failure.status, "application/json", body).await;
+    if let Some(answering) = answering {
+        exchange
+            .log
+            .record(RecordBody::KubeResponse(KubeResponse {
+                generated_by_gateway: true,
+                object_kind: Some("Status".into()),
+                reason: Some(failure.reason.into()),
+                message: Some(failure.message),
+                ..answered(answering.stream, code, answering.started.elapsed())
+            }))
+            .await;
+    }
     response
 }
 
