@@ -1,7 +1,9 @@
 //! `cargo xtask demo`: what the product is for, in numbered steps on one box. An unmodified
 //! MCP client is redirected by eBPF through the gateway to the reference MCP server, sees the
-//! server's secret masked and a risky tool denied, and the recorded conversation is read back
-//! and verified. Each step is a function in `STEPS`; a new one (Kubernetes) is one more entry.
+//! server's secret masked and a risky tool denied; kubectl reaches a Kubernetes API server
+//! (the in-repo test server) through the gateway's API-server path, reads a Secret masked and
+//! runs an exec that is recorded; then the records are read back and verified. Each step is a
+//! function in `STEPS`.
 use std::{
     net::TcpListener,
     path::{Path, PathBuf},
@@ -29,6 +31,10 @@ struct Demo {
     bin: PathBuf,
     config: PathBuf,
     server_url: String,
+    /// kubectl, and a kubeconfig that trusts the interception CA, as a pod's would.
+    kubectl: PathBuf,
+    kubeconfig: PathBuf,
+    work: PathBuf,
     /// What the wrapped client reported (filled by the first step).
     seen: Value,
     /// Stopped (drained and synced) before the record store is read.
@@ -51,24 +57,82 @@ const STEPS: &[Step] = &[
         tool_denied,
     ),
     (
-        "The conversation, read back from the record store, and its sessions verified",
+        "kubectl reads a Secret through the API-server path: its TLS is terminated with the name-constrained interception CA, and the Secret's data is masked",
+        kube_secret_masked,
+    ),
+    (
+        "kubectl exec through the gateway: stdout, stderr and the exit code recorded per channel",
+        kube_exec,
+    ),
+    (
+        "The records read back: the MCP conversation, the API requests as RBAC reads them, the exec as asciicast, and every session verified",
         read_back,
     ),
 ];
+
+/// The Kubernetes side of the demo: kube-testserver, which speaks the API server's wire
+/// protocol, and what a pod would be given to reach it through the gateway.
+struct ApiServer {
+    _server: Killed,
+    /// `127.0.0.1:PORT`
+    address: String,
+    ca: PathBuf,
+    admin_kubeconfig: PathBuf,
+    token: String,
+}
+
+fn start_api_server(work: &Path) -> Result<ApiServer> {
+    let state = work.join("kube");
+    std::fs::create_dir_all(&state)?;
+    let admin_kubeconfig = state.join("kubeconfig");
+    step("starting kube-testserver (TLS, HTTP/2, the Kubernetes API, exec over WebSocket)");
+    let server = Killed(
+        Command::new(root().join("target/debug/kube-testserver"))
+            .arg("--state-dir")
+            .arg(&state)
+            .arg("--fixture")
+            .arg(root().join("tests/support/kube/cluster.yaml"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(state.join("server.log"))?)
+            .spawn()
+            .context("starting kube-testserver (built by `cargo xtask demo`)")?,
+    );
+    wait_until("kube-testserver's kubeconfig", || admin_kubeconfig.exists())?;
+    let kubeconfig = std::fs::read_to_string(&admin_kubeconfig)?;
+    let address = kubeconfig
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("server: https://"))
+        .context("kube-testserver's kubeconfig names no server")?
+        .to_string();
+    Ok(ApiServer {
+        _server: server,
+        address,
+        ca: state.join("ca.crt"),
+        token: std::fs::read_to_string(state.join("admin.token"))?
+            .trim()
+            .to_string(),
+        admin_kubeconfig,
+    })
+}
 
 pub fn demo(bin: &Path) -> Result<()> {
     let work = std::env::temp_dir().join(format!("interlock-demo-{}", std::process::id()));
     std::fs::create_dir_all(&work)?;
     let server_port = free_port()?;
     let (listen_port, admin_port) = (free_port()?, free_port()?);
+    let api = start_api_server(&work)?;
     let config = work.join("interlock.yaml");
     std::fs::write(
         &config,
         format!(
             "listen: 127.0.0.1:{listen_port}\nlisten_v6: null\nadmin: 127.0.0.1:{admin_port}\n\
              control_socket: ./control.sock\nfail_mode: open\ntargets:\n  - name: everything\n    \
-             address: 127.0.0.1:{server_port}\n    protocol: mcp\nrecording:\n  dir: ./records\n\
-             {POLICY}"
+             address: 127.0.0.1:{server_port}\n    protocol: mcp\n  - name: kubernetes\n    \
+             address: {}\n    protocol: kubernetes\n    upstream_ca: {}\n\
+             interception_ca:\n  key: ./interception-ca.key\n  addresses: [127.0.0.1]\n\
+             recording:\n  dir: ./records\n{POLICY}",
+            api.address,
+            api.ca.display()
         ),
     )?;
     step(&format!(
@@ -113,19 +177,65 @@ pub fn demo(bin: &Path) -> Result<()> {
         )
     })?;
 
+    let kubeconfig = pod_kubeconfig(bin, &config, &work, &api)?;
     let mut demo = Demo {
         bin: bin.into(),
         config,
         server_url: format!("http://127.0.0.1:{server_port}/mcp"),
+        kubectl: root().join("target/kube-peers/bin/kubectl"),
+        kubeconfig,
+        work: work.clone(),
         seen: Value::Null,
         gateway: Some(gateway),
     };
+    // What the API server holds: a Secret, created directly (not through the gateway).
+    let secret = work.join("secret.json");
+    std::fs::write(&secret, SECRET)?;
+    output(
+        Command::new(&demo.kubectl)
+            .arg("--kubeconfig")
+            .arg(&api.admin_kubeconfig)
+            .args(["create", "--raw", "/api/v1/namespaces/team/secrets", "-f"])
+            .arg(&secret),
+    )?;
     for (number, (title, run_step)) in STEPS.iter().enumerate() {
         step(&format!("{}/{}  {title}", number + 1, STEPS.len()));
         run_step(&mut demo)?;
     }
     eprintln!("\nrecords and config are in {}", work.display());
     Ok(())
+}
+
+/// The Secret the demo's API server holds: `hunter2-is-not-a-password`, base64.
+const SECRET: &str = r#"{"apiVersion":"v1","kind":"Secret","metadata":{"name":"db-creds","namespace":"team"},"data":{"password":"aHVudGVyMi1pcy1ub3QtYS1wYXNzd29yZA=="}}"#;
+const SECRET_BASE64: &str = "aHVudGVyMi1pcy1ub3QtYS1wYXNzd29yZA==";
+
+/// A kubeconfig like a selected pod's in-cluster config: the API server's address, the
+/// bundle `interlock ca-bundle` prints as the CA, and a token.
+fn pod_kubeconfig(bin: &Path, config: &Path, work: &Path, api: &ApiServer) -> Result<PathBuf> {
+    let bundle = output(
+        Command::new(bin)
+            .args(["ca-bundle", "--cluster-ca"])
+            .arg(&api.ca)
+            .arg("--config")
+            .arg(config),
+    )?;
+    let bundle_path = work.join("ca-bundle.crt");
+    std::fs::write(&bundle_path, bundle)?;
+    let kubeconfig = work.join("pod-kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://{}\n    \
+             certificate-authority: {}\n    tls-server-name: kubernetes.default.svc\nusers:\n- name: u\n  \
+             user:\n    token: {}\ncontexts:\n- name: c\n  context: {{cluster: c, user: u}}\n\
+             current-context: c\n",
+            api.address,
+            bundle_path.display(),
+            api.token
+        ),
+    )?;
+    Ok(kubeconfig)
 }
 
 fn mcp_session(demo: &mut Demo) -> Result<()> {
@@ -184,21 +294,116 @@ fn tool_denied(demo: &mut Demo) -> Result<()> {
     Ok(())
 }
 
+/// `interlock wrap -- kubectl ARGS` with the pod's kubeconfig.
+fn wrapped_kubectl(demo: &Demo, args: &[&str]) -> Command {
+    println!("$ interlock wrap -- kubectl {}", args.join(" "));
+    let mut wrapped = Command::new(&demo.bin);
+    wrapped
+        .args(["wrap", "--config"])
+        .arg(&demo.config)
+        .arg("--")
+        .arg(&demo.kubectl)
+        .arg("--kubeconfig")
+        .arg(&demo.kubeconfig)
+        .args(args);
+    wrapped
+}
+
+fn kube_secret_masked(demo: &mut Demo) -> Result<()> {
+    let data = output(&mut wrapped_kubectl(
+        demo,
+        &[
+            "get",
+            "secret",
+            "db-creds",
+            "-n",
+            "team",
+            "-o",
+            "jsonpath={.data}",
+        ],
+    ))?;
+    println!("kubectl: {data}");
+    if data.contains(SECRET_BASE64) {
+        bail!("kubectl saw the Secret's value: masking did not apply");
+    }
+    Ok(())
+}
+
+fn kube_exec(demo: &mut Demo) -> Result<()> {
+    let out = wrapped_kubectl(
+        demo,
+        &[
+            "exec",
+            "-n",
+            "team",
+            "web",
+            "--",
+            "sh",
+            "-c",
+            "echo hello from the pod; echo an error >&2; exit 3",
+        ],
+    )
+    .output()?;
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+    eprint!("{}", String::from_utf8_lossy(&out.stderr));
+    match out.status.code() {
+        Some(3) => println!("kubectl: exited 3, the command's own exit code"),
+        other => bail!("kubectl exec exited {other:?}, not the command's 3"),
+    }
+    Ok(())
+}
+
 fn read_back(demo: &mut Demo) -> Result<()> {
     demo.gateway.take();
-    let mcp_session = mcp_session_id(demo)?;
+    let mcp_session = find_record(demo, |r| r["mcp_session_id"].is_string())?["mcp_session_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     println!("$ interlock replay --mcp {mcp_session}");
     run(Command::new(&demo.bin)
         .args(["replay", "--mcp", &mcp_session, "--config"])
         .arg(&demo.config))?;
+
+    let secret_read = find_record(demo, |r| {
+        r["kind"] == "kube_request" && r["resource"] == "secrets"
+    })?;
+    let session = secret_read["session_id"].as_str().unwrap_or_default();
+    println!("\n$ interlock replay {session} | grep 'kube \\['");
+    let replayed = output(
+        Command::new(&demo.bin)
+            .args(["replay", session, "--config"])
+            .arg(&demo.config),
+    )?;
+    for line in replayed.lines().filter(|l| l.contains("kube [")) {
+        println!("{line}");
+    }
+
+    let exec = find_record(demo, |r| {
+        r["kind"] == "kube_request" && r["subresource"] == "exec"
+    })?;
+    let session = exec["session_id"].as_str().unwrap_or_default();
+    let cast = demo.work.join("exec.cast");
+    println!("\n$ interlock replay --asciicast {session} > exec.cast && asciinema cat exec.cast");
+    std::fs::write(
+        &cast,
+        output(
+            Command::new(&demo.bin)
+                .args(["replay", "--asciicast", session, "--config"])
+                .arg(&demo.config),
+        )?,
+    )?;
+    run(Command::new(root().join("target/kube-peers/bin/asciinema"))
+        .arg("cat")
+        .arg(&cast))?;
+
     println!("\n$ interlock verify");
     run(Command::new(&demo.bin)
         .args(["verify", "--config"])
         .arg(&demo.config))
 }
 
-/// The `Mcp-Session-Id` of the demo client's conversation, from its recorded messages.
-fn mcp_session_id(demo: &Demo) -> Result<String> {
+/// The first record in the store that `wanted` picks.
+fn find_record(demo: &Demo, wanted: impl Fn(&Value) -> bool) -> Result<Value> {
     let cli = |args: &[&str]| -> Result<Value> {
         let json = output(
             Command::new(&demo.bin)
@@ -212,16 +417,11 @@ fn mcp_session_id(demo: &Demo) -> Result<String> {
     for session in sessions.as_array().into_iter().flatten() {
         let id = session["id"].as_str().unwrap_or_default();
         let records = cli(&["replay", id, "--json"])?;
-        if let Some(mcp_session) = records
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find_map(|r| r["mcp_session_id"].as_str())
-        {
-            return Ok(mcp_session.into());
+        if let Some(found) = records.as_array().into_iter().flatten().find(|r| wanted(r)) {
+            return Ok(found.clone());
         }
     }
-    bail!("no MCP message was recorded")
+    bail!("the record store has no such record; see the steps above")
 }
 
 fn list_head(list: &Value, n: usize) -> String {

@@ -47,7 +47,20 @@ fn main() -> ExitCode {
         Task::Setup => setup::setup(),
         Task::BuildEbpf => toolchain::ensure(setup::install_debian).and_then(|()| build_ebpf()),
         Task::Build { release } => build(release).map(drop),
-        Task::Demo => build(false).and_then(|bin| demo::demo(&bin)),
+        Task::Demo => build(false).and_then(|bin| {
+            step("building kube-testserver (the demo's Kubernetes API server)");
+            run(Command::new("cargo")
+                .args([
+                    "build",
+                    "--locked",
+                    "-p",
+                    "interlock-e2e",
+                    "--bin",
+                    "kube-testserver",
+                ])
+                .current_dir(root()))?;
+            demo::demo(&bin)
+        }),
         Task::Test => test(),
         Task::Bench => bench(),
         Task::Layers => layers::check(&root().join("gateway/src")),
