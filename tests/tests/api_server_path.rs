@@ -250,6 +250,59 @@ fn a_client_that_does_not_trust_the_interception_ca_fails_cleanly_and_is_recorde
         String::from_utf8_lossy(&out.stderr)
     );
 
+    // A client that authenticates with a certificate is refused with a Status that says why
+    // and what to use instead: its certificate cannot pass the terminator.
+    let dir = setup.api.dir.path();
+    let (cert, key) = (dir.join("jane.crt"), dir.join("jane.key"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "1", "-subj", "/CN=jane/O=sre", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let with_certificate = dir.join("with-certificate");
+    fs::write(
+        &with_certificate,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {}\n    \
+             certificate-authority: {}\nusers:\n- name: u\n  user:\n    client-certificate: {}\n    \
+             client-key: {}\ncontexts:\n- name: c\n  context: {{cluster: c, user: u}}\ncurrent-context: c\n",
+            setup.api.url,
+            setup.bundle.display(),
+            cert.display(),
+            key.display()
+        ),
+    )
+    .unwrap();
+    let before = setup.api.requests().len();
+    let out = setup.wrapped_kubectl(&with_certificate, &["get", "namespaces"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("Error from server (Forbidden): denied by Interlock policy rule `client-certificate`: this connection authenticates with a client certificate"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("authenticate with a bearer token instead"),
+        "{stderr}"
+    );
+    // Only the test's own look at the log reached the server.
+    assert_eq!(setup.api.requests().len(), before + 1);
+
     // A client asking for a name the CA may not certify gets no leaf at all.
     let out = setup.gateway.wrap(&[
         "curl",

@@ -26,7 +26,7 @@ use crate::{
     identity::Principal,
     kubernetes::request_info::{self, Impersonation, RequestInfo},
     masking::{MaskReport, stream::BodyKind},
-    policy::{Action, Operation, Policy, Request},
+    policy::{Action, Decision, Operation, Policy, Request},
     protocols::{
         http::{
             inspect::{Forward, Inspector, ResponseReader, Verdict},
@@ -52,6 +52,8 @@ pub struct KubeInspector {
     pub approvals: Arc<Approvals>,
     /// Numbers this connection's requests, to pair each with its answer.
     streams: AtomicU64,
+    /// The client's TLS carried a certificate: every request is refused.
+    client_certificate: bool,
 }
 
 impl KubeInspector {
@@ -60,9 +62,39 @@ impl KubeInspector {
             policy,
             approvals,
             streams: AtomicU64::new(0),
+            client_certificate: false,
+        }
+    }
+
+    /// For a client that authenticated with a certificate.
+    pub fn refusing_client_certificates(self, client_certificate: bool) -> Self {
+        KubeInspector {
+            client_certificate,
+            ..self
+        }
+    }
+
+    /// The policy's decision, unless a client certificate refuses the request first.
+    fn decide(&self, request: &Request) -> Decision {
+        if !self.client_certificate {
+            return self.policy.decide(request);
+        }
+        Decision {
+            action: Action::Deny,
+            rule: Some(CLIENT_CERTIFICATE_RULE.into()),
+            reason: Some(
+                "this connection authenticates with a client certificate, which cannot reach the API server through Interlock's TLS termination; authenticate with a bearer token instead (the pod's service-account token, or an exec credential plugin)"
+                    .into(),
+            ),
+            timeout: None,
+            mask: None,
+            record_raw: None,
         }
     }
 }
+
+/// The built-in rule that refuses requests of a client that sent a certificate.
+const CLIENT_CERTIFICATE_RULE: &str = "client-certificate";
 
 /// What the gateway keeps of a forwarded request, to sum up its answer.
 pub struct KubeAnswering {
@@ -92,7 +124,7 @@ impl Inspector for KubeInspector {
         let info = request_info::parse(&head.method, &head.uri);
         let impersonate = Impersonation::of(&head.headers);
         let caller = head.extensions.get::<Principal>();
-        let decision = self.policy.decide(&Request {
+        let decision = self.decide(&Request {
             target: &exchange.target.name,
             workload: &exchange.workload,
             caller,

@@ -73,6 +73,7 @@ pub async fn serve(
         Err(e) => return failed(SessionError::Tls(TlsError::Upstream(e))),
     };
     let redial = upstream_tls.redial(dial);
+    let inspector = inspector.refusing_client_certificates(terminated.client_certificate);
     http::serve(
         terminated.stream,
         connection,

@@ -11,9 +11,15 @@ use std::{
 };
 
 use rustls::{
-    AlertDescription, ClientConfig, RootCertStore, ServerConfig,
-    pki_types::{CertificateDer, ServerName, pem::PemObject},
-    server::{Acceptor, ClientHello, ResolvesServerCert},
+    AlertDescription, ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore,
+    ServerConfig, SignatureScheme,
+    client::danger::HandshakeSignatureValid,
+    crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature},
+    pki_types::{CertificateDer, ServerName, UnixTime, pem::PemObject},
+    server::{
+        Acceptor, ClientHello, ResolvesServerCert,
+        danger::{ClientCertVerified, ClientCertVerifier},
+    },
     sign::CertifiedKey,
 };
 use tokio::net::TcpStream;
@@ -118,6 +124,9 @@ pub struct Terminated {
     pub name: LeafName,
     /// The protocol agreed with the client, if any, to agree with the API server too.
     pub alpn: Option<Vec<u8>>,
+    /// The client authenticated with a certificate, which cannot reach the API server
+    /// through a terminator: its requests are refused.
+    pub client_certificate: bool,
 }
 
 impl ApiServerTls {
@@ -135,7 +144,7 @@ impl ApiServerTls {
         let mut config = ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| TlsError::Client(io::Error::other(e)))?
-            .with_no_client_auth()
+            .with_client_cert_verifier(Arc::new(NoticeClientCertificate(provider())))
             .with_cert_resolver(Arc::new(Leaf(leaf)));
         config.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP1.to_vec()];
         let stream =
@@ -149,8 +158,15 @@ impl ApiServerTls {
                     },
                     None => TlsError::Client(e),
                 })?;
-        let alpn = stream.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
-        Ok(Terminated { stream, name, alpn })
+        let session = stream.get_ref().1;
+        let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
+        let client_certificate = session.peer_certificates().is_some_and(|c| !c.is_empty());
+        Ok(Terminated {
+            stream,
+            name,
+            alpn,
+            client_certificate,
+        })
     }
 
     /// How to reach the API server of `target` for one terminated client: TLS for the
@@ -226,6 +242,68 @@ fn rejection(error: &io::Error) -> Option<AlertDescription> {
             | AlertDescription::AccessDenied),
         ) => Some(*alert),
         _ => None,
+    }
+}
+
+/// Asks for a client certificate, optionally, only to learn that the client has one: its
+/// requests are then refused with a Status saying why, where a client never asked would fail
+/// with no explanation at the API server. The certificate is trusted for nothing, so its
+/// chain is not checked; its handshake signature is, as the TLS library requires.
+#[derive(Debug)]
+struct NoticeClientCertificate(Arc<CryptoProvider>);
+
+impl ClientCertVerifier for NoticeClientCertificate {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
     }
 }
 
