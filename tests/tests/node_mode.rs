@@ -48,9 +48,14 @@ fn cluster() -> Cluster {
 /// The test API server, a node, and an MCP server in its own pod behind Service
 /// `team/tools`, whose cluster IP and EndpointSlice both lead to it.
 fn cluster_with(upstream: Upstream) -> Cluster {
+    cluster_serving(upstream, |_| ApiServer::start(&[]))
+}
+
+/// Like `cluster_with`, the API server started by `api` once the node exists.
+fn cluster_serving(upstream: Upstream, api: impl FnOnce(&SimNode) -> ApiServer) -> Cluster {
     require_root();
-    let api = ApiServer::start(&[]);
     let node = SimNode::create("node-sim");
+    let api = api(&node);
     let server_pod = PodNetns::create(30);
     let run = |args: &[&str]| {
         let out = Command::new("ip").args(args).output().unwrap();
@@ -888,5 +893,185 @@ fn a_deny_rule_for_one_service_account_on_one_tool_applies_to_that_service_accou
     assert!(
         !executed.contains("from-agent") && executed.contains("from-other"),
         "{executed}"
+    );
+}
+
+/// An address on the host's `lo`, removed again on drop.
+struct HostAddress(String);
+
+impl HostAddress {
+    fn add(address: &str) -> HostAddress {
+        let _ = Command::new("ip")
+            .args(["addr", "del", &format!("{address}/32"), "dev", "lo"])
+            .output();
+        interlock_e2e::ip(&["addr", "add", &format!("{address}/32"), "dev", "lo"]);
+        HostAddress(address.into())
+    }
+}
+
+impl Drop for HostAddress {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["addr", "del", &format!("{}/32", self.0), "dev", "lo"])
+            .output();
+    }
+}
+
+/// kubectl in a pod, with a kubeconfig as its in-cluster config would give it: the API
+/// server's endpoint, the bundle `interlock ca-bundle` prints, and `token`.
+fn pod_kubectl(
+    pod: &SimPod,
+    cluster: &Cluster,
+    bundle: &std::path::Path,
+    token: &str,
+    args: &[&str],
+) -> std::process::Output {
+    let kubeconfig = cluster
+        .api
+        .dir
+        .path()
+        .join(format!("{}-kubeconfig", pod.name));
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {}\n    \
+             certificate-authority: {}\n    tls-server-name: kubernetes.default.svc\nusers:\n- name: u\n  \
+             user:\n    token: {token}\ncontexts:\n- name: c\n  context: {{cluster: c, user: u}}\n\
+             current-context: c\n",
+            cluster.api.url,
+            bundle.display()
+        ),
+    )
+    .unwrap();
+    let kubectl = interlock_e2e::apiserver::kubectl_137();
+    let mut command = vec![
+        kubectl.to_str().unwrap(),
+        "--kubeconfig",
+        kubeconfig.to_str().unwrap(),
+    ];
+    command.extend(args);
+    pod.run("app", &command).output().unwrap()
+}
+
+#[test]
+fn a_selected_pods_kubectl_reaches_the_api_server_as_that_pod_and_a_replayed_token_is_refused_with_a_status()
+ {
+    // The API server listens on an address of its own, which pods reach through the host:
+    // its EndpointSlice address, part of the target `service: default/kubernetes`.
+    let api_address = HostAddress::add(&format!("10.231.{}.1", std::process::id() % 250));
+    let cluster = cluster_serving(Upstream::Everything, |_| {
+        ApiServer::start(&["--listen", &format!("{}:0", api_address.0)])
+    });
+    let agent = cluster.pod(
+        11,
+        "agent-11",
+        "agent",
+        (Driver::Systemd, Runtime::Containerd, Qos::Burstable),
+        "agent",
+    );
+    let other = cluster.pod(
+        12,
+        "agent-12",
+        "agent",
+        (Driver::Cgroupfs, Runtime::CriO, Qos::BestEffort),
+        "other",
+    );
+    let key = cluster.api.dir.path().join("interception/ca.key");
+    let config = format!(
+        "interception_ca:\n  key: {}\nkubernetes:\n  kubeconfig: {}\n  node_name: {}\n  pod_proxy_address: {}\n  selections:\n\
+         \x20   - name: agents\n      pods: {{matchLabels: {{app: agent}}}}\n      targets: [kube]\n\
+         targets:\n  - name: kube\n    service: default/kubernetes\n    port: 443\n    protocol: kubernetes\n    upstream_ca: {}\n",
+        key.display(),
+        cluster.api.kubeconfig.display(),
+        cluster.node.name,
+        cluster.node.node_ip,
+        cluster.api.ca.display()
+    );
+    let gw = Gateway::start_config(&config);
+    let out = gw
+        .cli(&[
+            "ca-bundle",
+            "--cluster-ca",
+            cluster.api.ca.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bundle = cluster.api.dir.path().join("bundle.crt");
+    std::fs::write(&bundle, &out.stdout).unwrap();
+
+    // The pod's own bound token: served, and recorded as that pod and that service account.
+    let own = cluster.token("agent", &agent);
+    let out = pod_kubectl(
+        &agent,
+        &cluster,
+        &bundle,
+        &own,
+        &["get", "pods", "-n", "team", "-o", "name"],
+    );
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        gw.log()
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("pod/agent-11"));
+
+    // Another pod's token, replayed: a Forbidden Status, and the server never sees it.
+    let stolen = cluster.token("other", &other);
+    let out = pod_kubectl(
+        &agent,
+        &cluster,
+        &bundle,
+        &stolen,
+        &["get", "secrets", "-n", "team"],
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("Error from server (Forbidden)"), "{stderr}");
+    assert!(stderr.contains("replayed from another pod"), "{stderr}");
+    let requests = cluster.api.requests();
+    assert!(
+        !requests
+            .iter()
+            .any(|r| r["path"] == "/api/v1/namespaces/team/secrets"
+                || r["user"] == "system:serviceaccount:team:other"),
+        "the replayed token reached the API server: {requests:?}"
+    );
+
+    let records = gw.all_records();
+    let listed = records
+        .iter()
+        .find(|r| r["kind"] == "kube_request" && r["verb"] == "list" && r["resource"] == "pods")
+        .expect("the pod's list is a kube_request");
+    assert_eq!(
+        listed["user"]["subject"],
+        "system:serviceaccount:team:agent"
+    );
+    let start = records
+        .iter()
+        .find(|r| r["kind"] == "session_start" && r["session_id"] == listed["session_id"])
+        .unwrap();
+    assert_eq!(start["kubernetes"]["pod"], "agent-11");
+    assert_eq!(start["kubernetes"]["service_account"], "agent");
+    assert_eq!(start["protocol"], "kubernetes");
+    let checks: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["kind"] == "token_check")
+        .collect();
+    assert!(checks.iter().any(|c| c["outcome"] == "verified"));
+    assert!(
+        checks
+            .iter()
+            .any(|c| c["outcome"] == "identity_mismatch" && c["allowed"] == false)
+    );
+    assert!(
+        records.iter().any(|r| r["kind"] == "kube_response"
+            && r["code"] == 403
+            && r["reason"] == "Forbidden")
     );
 }

@@ -75,7 +75,11 @@ pub async fn run(options: Options) -> Result<(), String> {
     // A restart in the same state dir keeps the CA and the admin token, so clients holding
     // the kubeconfig reconnect as to a real API server that came back.
     let kept = |name: &str| std::fs::read_to_string(options.state_dir.join(name)).ok();
-    let tls = tls::mint(&options.sans, kept("ca.key").as_deref())?;
+    // The serving certificate covers the address it listens on, as an API server's covers
+    // its advertise address.
+    let mut sans = options.sans.clone();
+    sans.push(local.ip().to_string());
+    let tls = tls::mint(&sans, kept("ca.key").as_deref())?;
     let state = Arc::new(State {
         store: store::Store::default(),
         issuer: RwLock::new(tokens::Issuer::new(
