@@ -21,18 +21,18 @@ struct Setup {
 
 impl Setup {
     fn start() -> Setup {
-        Setup::start_with("")
+        Setup::start_with("", "")
     }
 
-    /// With more config (policy, approvals) before the target.
-    fn start_with(extra_config: &str) -> Setup {
+    /// With more config (policy, approvals) before the target, and more keys for the target.
+    fn start_with(extra_config: &str, target_keys: &str) -> Setup {
         require_root();
         let api = ApiServer::start(&[]);
         let address = api.url.trim_start_matches("https://").to_string();
         let key = api.dir.path().join("interception/ca.key");
         let mut gateway = Gateway::configure(&format!(
             "{extra_config}interception_ca:\n  key: {}\n  addresses: [127.0.0.1]\ntargets:\n  - name: kube\n    \
-             address: \"{address}\"\n    protocol: kubernetes\n    upstream_ca: {}\n",
+             address: \"{address}\"\n    protocol: kubernetes\n    upstream_ca: {}\n{target_keys}",
             key.display(),
             api.ca.display()
         ));
@@ -365,7 +365,7 @@ impl Setup {
 #[test]
 fn api_requests_are_recorded_as_operations_secrets_masked_and_risky_verbs_held_or_denied() {
     let issuer = OidcIssuer::start();
-    let setup = Setup::start_with(&held_and_denied(&issuer));
+    let setup = Setup::start_with(&held_and_denied(&issuer), "");
     let kubeconfig = setup.kubeconfig("pod", &setup.bundle, Some("kubernetes.default.svc"));
     const PASSWORD: &str = "hunter2-correct-horse-battery";
     let encoded = base64::engine::general_purpose::STANDARD.encode(PASSWORD);
@@ -753,4 +753,128 @@ fn exec_is_recorded_by_channel_masked_and_plays_back_as_asciicast() {
             assert!(!contains(bytes, &form), "{path} holds the key ({form})");
         }
     }
+}
+
+#[test]
+fn bad_input_on_the_api_server_path_gets_a_clear_answer_and_the_next_request_is_served() {
+    let setup = Setup::start_with("", "    max_body_bytes: 64KiB\n");
+    let kubeconfig = setup.kubeconfig("pod", &setup.bundle, Some("kubernetes.default.svc"));
+    let token_file = setup.api.dir.path().join("token");
+    fs::write(&token_file, &setup.token).unwrap();
+    let address = setup.api.url.trim_start_matches("https://").to_string();
+    let rude = |scenario: &str| -> Value {
+        let client = interlock_e2e::probe_bin().with_file_name("kube-rude-client");
+        let out = setup.gateway.wrap(&[
+            client.to_str().unwrap(),
+            scenario,
+            &address,
+            "--ca",
+            setup.bundle.to_str().unwrap(),
+            "--token-file",
+            token_file.to_str().unwrap(),
+        ]);
+        assert!(
+            out.status.success(),
+            "{scenario}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+
+    // Bytes that are no HTTP, after a good handshake: a 400, and the connection closes.
+    let garbage = rude("garbage");
+    assert!(
+        garbage["answer"]
+            .as_str()
+            .unwrap()
+            .starts_with("HTTP/1.1 400"),
+        "{garbage}"
+    );
+    assert_eq!(garbage["closed"], true);
+
+    // An HTTP/2 body reset mid-way: the stream is gone, the connection serves the next one.
+    let reset = rude("h2-reset");
+    assert_eq!(reset["next_status"], 200, "{reset}");
+    assert!(reset["next_body"]["gitVersion"].is_string(), "{reset}");
+    let created = setup.api.requests();
+    assert!(
+        !created
+            .iter()
+            .any(|r| r["method"] == "POST" && r["path"] == "/api/v1/namespaces/team/configmaps"),
+        "the reset create reached the server: {created:?}"
+    );
+
+    // A WebSocket frame claiming 2^63 bytes: the exec stream ends, nothing more.
+    let websocket = rude("ws-bad-length");
+    assert_eq!(websocket["upgraded"], 101, "{websocket}");
+    assert_eq!(websocket["closed"], true, "{websocket}");
+
+    // A body over max_body_bytes: a Status kubectl prints, and nothing reaches the server.
+    let big = setup.api.dir.path().join("big.json");
+    let data = base64::engine::general_purpose::STANDARD.encode("x".repeat(100 << 10));
+    fs::write(
+        &big,
+        serde_json::json!({"apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "big", "namespace": "team"}, "data": {"blob": data}})
+        .to_string(),
+    )
+    .unwrap();
+    let out = setup.wrapped_kubectl(
+        &kubeconfig,
+        &["create", "-f", big.to_str().unwrap(), "--validate=false"],
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("Error from server (RequestEntityTooLarge)"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("max_body_bytes"), "{stderr}");
+
+    // A malformed Status from upstream reaches the client as it was, and is recorded.
+    let header = setup.api.dir.path().join("authorization");
+    fs::write(&header, format!("Authorization: Bearer {}\n", setup.token)).unwrap();
+    let out = setup.gateway.wrap(&[
+        "curl",
+        "-sS",
+        "-w",
+        "\n%{http_code}",
+        "--cacert",
+        setup.bundle.to_str().unwrap(),
+        "-H",
+        &format!("@{}", header.display()),
+        &format!("{}/testserver/malformed-status", setup.api.url),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.ends_with("\n500"), "{text}");
+    assert!(text.contains(r#""message":"cut o"#), "{text}");
+
+    // And the gateway serves the next client as if nothing happened.
+    let out = setup.wrapped_kubectl(&kubeconfig, &["get", "namespaces", "-o", "name"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("namespace/team"));
+    let log = setup.gateway.log();
+    assert!(!log.contains("panicked"), "{log}");
+    let records = setup.gateway.all_records();
+    let malformed = records
+        .iter()
+        .find(|r| r["kind"] == "kube_response" && r["code"] == 500)
+        .expect("the malformed answer is a kube_response");
+    assert!(malformed.get("object_kind").is_none(), "{malformed}");
+    let ended: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["kind"] == "session_end")
+        .collect();
+    assert!(
+        ended.iter().any(|e| e["outcome"] == "error"
+            && e["error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("WebSocket with the client")),
+        "{ended:?}"
+    );
 }

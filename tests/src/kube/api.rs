@@ -805,6 +805,21 @@ fn testserver(state: &State, control: &str, call: &Call) -> Result<Response<Body
                 .clone();
             Ok(respond(200, &Value::Array(log)))
         }
+        ("malformed-status", &Method::GET) => {
+            // A Status cut off mid-object, as a proxy that died mid-answer would leave it.
+            let mut response = Response::new(
+                Full::new(Bytes::from_static(
+                    br#"{"kind":"Status","apiVersion":"v1","status":"Failure","message":"cut o"#,
+                ))
+                .boxed(),
+            );
+            *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/json"),
+            );
+            Ok(response)
+        }
         ("compact", &Method::POST) => Ok(respond(
             200,
             &json!({"resourceVersion": state.store.compact().to_string()}),
