@@ -60,6 +60,20 @@ enum Mode {
         #[arg(long)]
         testserver: PathBuf,
     },
+    /// The API server: GET and LIST latency and exec throughput, direct, nginx (TLS
+    /// re-encrypting, HTTP/2) and Interlock (protocol: kubernetes).
+    Kube {
+        #[arg(long)]
+        interlock: PathBuf,
+        #[arg(long)]
+        testserver: PathBuf,
+    },
+    /// The API-server load generator: ROUTES is JSON, [direct, nginx, interlock].
+    KubeClient {
+        routes: String,
+        #[arg(long)]
+        token: String,
+    },
     /// The idle load generator: opens COUNT sessions to ADDR and holds them until stdin closes.
     IdleClient {
         addr: SocketAddr,
@@ -71,6 +85,7 @@ enum Mode {
 }
 
 mod idle;
+mod kube;
 mod masking;
 mod mcp;
 mod node;
@@ -112,6 +127,11 @@ fn main() -> Result<()> {
             interlock,
             testserver,
         }) => node::orchestrate(&interlock, &testserver),
+        Some(Mode::Kube {
+            interlock,
+            testserver,
+        }) => kube::orchestrate(&interlock, &testserver),
+        Some(Mode::KubeClient { routes, token }) => kube::client(&routes, &token),
         Some(Mode::IdleClient {
             addr,
             count,

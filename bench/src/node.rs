@@ -18,15 +18,16 @@ use crate::{Killed, free_port, idle::rss_mib, wait_listening};
 const SELECTED: usize = 100;
 const CACHED: usize = 1000;
 
-struct ApiServer {
+/// `kube-testserver` with a state dir of its own, and an admin client for it.
+pub(crate) struct ApiServer {
     _process: Killed,
-    url: String,
+    pub url: String,
     token: String,
     client: reqwest::Client,
 }
 
 impl ApiServer {
-    fn start(bin: &Path, dir: &Path) -> Result<ApiServer> {
+    pub fn start(bin: &Path, dir: &Path) -> Result<ApiServer> {
         let process = Killed(
             Command::new(bin)
                 .arg("--state-dir")
@@ -63,7 +64,7 @@ impl ApiServer {
         })
     }
 
-    async fn create(&self, path: &str, object: &Value) -> Result<()> {
+    pub async fn create(&self, path: &str, object: &Value) -> Result<()> {
         let response = self
             .client
             .post(format!("{}{path}", self.url))

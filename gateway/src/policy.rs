@@ -130,6 +130,10 @@ pub struct KubeMatch {
     /// The user the request asks to impersonate (`Impersonate-User`).
     #[serde(default)]
     pub impersonate_user: Option<Pattern>,
+    /// The protocol the request asks to upgrade to (`Upgrade`): `websocket`, or `SPDY/3.1`
+    /// from kubectl before 1.30, whose streams Interlock relays unread.
+    #[serde(default)]
+    pub upgrade: Option<Pattern>,
 }
 
 /// What a policy decision is made about.
@@ -152,6 +156,8 @@ pub enum Operation<'a> {
     Kube {
         info: &'a RequestInfo,
         impersonate: Option<&'a Impersonation>,
+        /// The `Upgrade` header.
+        upgrade: Option<&'a str>,
     },
 }
 
@@ -239,7 +245,11 @@ impl Match {
                         argument(*arguments, path).is_some_and(|v| pattern.is_match(&v))
                     })
             }
-            Operation::Kube { info, impersonate } => {
+            Operation::Kube {
+                info,
+                impersonate,
+                upgrade,
+            } => {
                 let mcp_keys =
                     self.method.is_some() || self.tool.is_some() || !self.args.is_empty();
                 let Some(kube) = &self.kube else {
@@ -255,6 +265,7 @@ impl Match {
                         &kube.impersonate_user,
                         impersonate.and_then(|i| i.user.as_deref()),
                     )
+                    && field(&kube.upgrade, *upgrade)
             }
         }
     }
@@ -340,6 +351,7 @@ mod tests {
                 operation: Operation::Kube {
                     info: &info,
                     impersonate: impersonate.as_ref(),
+                    upgrade: None,
                 },
             });
             (decision.action, decision.rule)

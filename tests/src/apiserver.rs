@@ -166,6 +166,24 @@ fn spawn(dir: &Path, args: &[String]) -> Proc {
     Proc(child)
 }
 
+/// A kubeconfig for `server`, trusting `ca`, asking TLS for `server_name` if given (else
+/// the address), and authenticating with `user`: its YAML keys, `; `-separated.
+pub fn kubeconfig_text(server: &str, ca: &Path, server_name: Option<&str>, user: &str) -> String {
+    let server_name = server_name
+        .map(|n| format!("    tls-server-name: {n}\n"))
+        .unwrap_or_default();
+    let user: String = user
+        .split("; ")
+        .map(|line| format!("    {line}\n"))
+        .collect();
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {server}\n    \
+         certificate-authority: {}\n{server_name}users:\n- name: u\n  user:\n{user}\
+         contexts:\n- name: c\n  context: {{cluster: c, user: u}}\ncurrent-context: c\n",
+        ca.display(),
+    )
+}
+
 /// The stdout of a command that must have succeeded, as JSON.
 pub fn json_of(out: &Output) -> Value {
     assert!(

@@ -60,20 +60,35 @@ impl Setup {
     /// A kubeconfig as a pod's in-cluster config reads: the server, the CA to trust, the
     /// token, and the name to ask TLS for, if not the address.
     fn kubeconfig(&self, name: &str, ca: &Path, server_name: Option<&str>) -> PathBuf {
-        let server_name = server_name
-            .map(|n| format!("    tls-server-name: {n}\n"))
-            .unwrap_or_default();
-        let text = format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {}\n    \
-             certificate-authority: {}\n{server_name}users:\n- name: u\n  user:\n    token: {}\n\
-             contexts:\n- name: c\n  context: {{cluster: c, user: u}}\ncurrent-context: c\n",
-            self.api.url,
-            ca.display(),
-            self.token
-        );
+        self.kubeconfig_as(name, ca, server_name, &format!("token: {}", self.token))
+    }
+
+    /// A kubeconfig whose user authenticates with `user` (its YAML keys, `; `-separated).
+    fn kubeconfig_as(
+        &self,
+        name: &str,
+        ca: &Path,
+        server_name: Option<&str>,
+        user: &str,
+    ) -> PathBuf {
+        let text = kubeconfig_text(&self.api.url, ca, server_name, user);
         let path = self.api.dir.path().join(name);
         fs::write(&path, text).unwrap();
         path
+    }
+
+    /// curl under `interlock wrap`, trusting the bundle, with the admin token from a file
+    /// (a command line is recorded): `options`, then the server's `path`.
+    fn wrapped_curl(&self, options: &[&str], path: &str) -> Output {
+        let header = self.api.dir.path().join("authorization");
+        fs::write(&header, format!("Authorization: Bearer {}\n", self.token)).unwrap();
+        let header = format!("@{}", header.display());
+        let url = format!("{}{path}", self.api.url);
+        let mut command = vec!["curl", "-sS", "--cacert", self.bundle.to_str().unwrap()];
+        command.extend(["-H", &header]);
+        command.extend(options);
+        command.push(&url);
+        self.gateway.wrap(&command)
     }
 
     fn wrapped_kubectl(&self, kubeconfig: &Path, args: &[&str]) -> Output {
@@ -127,21 +142,8 @@ fn kubectl_and_curl_reach_the_api_server_through_terminated_and_reencrypted_tls(
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("namespace/team"));
 
-    // An HTTP/1.1 client is spoken for in HTTP/1.1 upstream, as ALPN agreed with it. (The
-    // header comes from a file: a command line is recorded.)
-    let header = setup.api.dir.path().join("authorization");
-    fs::write(&header, format!("Authorization: Bearer {}\n", setup.token)).unwrap();
-    let out = setup.gateway.wrap(&[
-        "curl",
-        "-sS",
-        "--fail",
-        "--http1.1",
-        "--cacert",
-        setup.bundle.to_str().unwrap(),
-        "-H",
-        &format!("@{}", header.display()),
-        &format!("{}/api/v1/namespaces/team/pods", setup.api.url),
-    ]);
+    // An HTTP/1.1 client is spoken for in HTTP/1.1 upstream, as ALPN agreed with it.
+    let out = setup.wrapped_curl(&["--fail", "--http1.1"], "/api/v1/namespaces/team/pods");
     assert!(
         out.status.success(),
         "{}",
@@ -274,20 +276,16 @@ fn a_client_that_does_not_trust_the_interception_ca_fails_cleanly_and_is_recorde
         "{}",
         String::from_utf8_lossy(&made.stderr)
     );
-    let with_certificate = dir.join("with-certificate");
-    fs::write(
-        &with_certificate,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {}\n    \
-             certificate-authority: {}\nusers:\n- name: u\n  user:\n    client-certificate: {}\n    \
-             client-key: {}\ncontexts:\n- name: c\n  context: {{cluster: c, user: u}}\ncurrent-context: c\n",
-            setup.api.url,
-            setup.bundle.display(),
+    let with_certificate = setup.kubeconfig_as(
+        "with-certificate",
+        &setup.bundle,
+        None,
+        &format!(
+            "client-certificate: {}; client-key: {}",
             cert.display(),
             key.display()
         ),
-    )
-    .unwrap();
+    );
     let before = setup.api.requests().len();
     let out = setup.wrapped_kubectl(&with_certificate, &["get", "namespaces"]);
     assert!(!out.status.success());
@@ -331,7 +329,8 @@ fn held_and_denied(issuer: &OidcIssuer) -> String {
         "approvals:\n  oidc:\n    issuer: {}\n    audience: interlock\n    allowed_groups: [sre]\n\
          policy:\n  default: allow\n  rules:\n\
          \x20   - name: namespace-deletes-need-a-human\n      match: {{ kube: {{ verb: delete, resource: namespaces }} }}\n      action: hold\n      reason: a namespace takes everything in it along\n\
-         \x20   - name: no-break-glass-secrets\n      match: {{ kube: {{ verb: get, resource: secrets, name: \"break-glass-*\" }} }}\n      action: deny\n      reason: break-glass credentials are read in the vault only\n",
+         \x20   - name: no-break-glass-secrets\n      match: {{ kube: {{ verb: get, resource: secrets, name: \"break-glass-*\" }} }}\n      action: deny\n      reason: break-glass credentials are read in the vault only\n\
+         \x20   - name: no-unreadable-streams\n      match: {{ kube: {{ upgrade: \"SPDY/*\" }} }}\n      action: deny\n      reason: SPDY streams cannot be recorded by channel; use kubectl 1.30 or later\n",
         issuer.url()
     )
 }
@@ -496,21 +495,71 @@ fn api_requests_are_recorded_as_operations_secrets_masked_and_risky_verbs_held_o
         "the denied read reached the server"
     );
 
+    // An exec over SPDY (as kubectl before 1.30 made it) is denied by the rule on its upgrade.
+    let kubectl = kubectl_137();
+    let out = setup
+        .gateway
+        .wrap_cmd(
+            None,
+            &[
+                kubectl.to_str().unwrap(),
+                "--kubeconfig",
+                kubeconfig.to_str().unwrap(),
+                "exec",
+                "-n",
+                "team",
+                "web",
+                "--",
+                "true",
+            ],
+        )
+        .env("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", "false")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("use kubectl 1.30 or later"), "{stderr}");
+    assert!(
+        !setup
+            .received("GET")
+            .iter()
+            .chain(&setup.received("POST"))
+            .any(|p| p.ends_with("/exec")),
+        "the SPDY exec reached the server"
+    );
+
+    // Impersonation headers are recorded with the request (the API server decides whether
+    // the caller may; this one ignores them).
+    let out = setup.wrapped_kubectl(
+        &kubeconfig,
+        &[
+            "get",
+            "pods",
+            "-n",
+            "team",
+            "--as",
+            "jane",
+            "--as-group",
+            "sre",
+            "-o",
+            "name",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // A client that offers protobuf is answered in JSON, which the gateway can read and mask.
-    let header = setup.api.dir.path().join("authorization");
-    fs::write(&header, format!("Authorization: Bearer {}\n", setup.token)).unwrap();
-    let out = setup.gateway.wrap(&[
-        "curl",
-        "-sS",
-        "--fail",
-        "--cacert",
-        setup.bundle.to_str().unwrap(),
-        "-H",
-        &format!("@{}", header.display()),
-        "-H",
-        "Accept: application/vnd.kubernetes.protobuf, application/json",
-        &format!("{}/api/v1/namespaces/team/secrets", setup.api.url),
-    ]);
+    let out = setup.wrapped_curl(
+        &[
+            "--fail",
+            "-H",
+            "Accept: application/vnd.kubernetes.protobuf, application/json",
+        ],
+        "/api/v1/namespaces/team/secrets",
+    );
     let list = json_of(&out);
     assert_eq!(list["kind"], "SecretList");
     assert!(list["items"].as_array().unwrap().iter().all(|s| {
@@ -587,6 +636,21 @@ fn api_requests_are_recorded_as_operations_secrets_masked_and_risky_verbs_held_o
             .iter()
             .any(|r| r["kind"] == "hold_decided" && r["outcome"] == "approved")
     );
+    let spdy = requests
+        .iter()
+        .find(|r| r["upgrade"] == "SPDY/3.1")
+        .expect("the SPDY exec is a kube_request");
+    assert_eq!(spdy["policy"]["rule"], "no-unreadable-streams");
+    assert_eq!(spdy["subresource"], "exec");
+    let impersonating = requests
+        .iter()
+        .find(|r| r["impersonate"]["user"] == "jane")
+        .expect("the impersonating list is recorded with whom it impersonates");
+    assert_eq!(
+        impersonating["impersonate"]["groups"],
+        serde_json::json!(["sre"])
+    );
+    assert_eq!(impersonating["verb"], "list");
     assert!(
         records
             .iter()
@@ -832,19 +896,7 @@ fn bad_input_on_the_api_server_path_gets_a_clear_answer_and_the_next_request_is_
     assert!(stderr.contains("max_body_bytes"), "{stderr}");
 
     // A malformed Status from upstream reaches the client as it was, and is recorded.
-    let header = setup.api.dir.path().join("authorization");
-    fs::write(&header, format!("Authorization: Bearer {}\n", setup.token)).unwrap();
-    let out = setup.gateway.wrap(&[
-        "curl",
-        "-sS",
-        "-w",
-        "\n%{http_code}",
-        "--cacert",
-        setup.bundle.to_str().unwrap(),
-        "-H",
-        &format!("@{}", header.display()),
-        &format!("{}/testserver/malformed-status", setup.api.url),
-    ]);
+    let out = setup.wrapped_curl(&["-w", "\n%{http_code}"], "/testserver/malformed-status");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.ends_with("\n500"), "{text}");
     assert!(text.contains(r#""message":"cut o"#), "{text}");
@@ -877,4 +929,166 @@ fn bad_input_on_the_api_server_path_gets_a_clear_answer_and_the_next_request_is_
                 .contains("WebSocket with the client")),
         "{ended:?}"
     );
+}
+
+#[test]
+fn two_hundred_watches_through_one_gateway_each_see_an_event_as_it_happens() {
+    let setup = Setup::start();
+    let token_file = setup.api.dir.path().join("token");
+    fs::write(&token_file, &setup.token).unwrap();
+    let address = setup.api.url.trim_start_matches("https://").to_string();
+    let watchers = interlock_e2e::probe_bin().with_file_name("kube-watchers");
+    let mut child = setup
+        .gateway
+        .wrap_cmd(
+            None,
+            &[
+                watchers.to_str().unwrap(),
+                &address,
+                "--ca",
+                setup.bundle.to_str().unwrap(),
+                "--token-file",
+                token_file.to_str().unwrap(),
+                "--watches",
+                "200",
+                "--expect",
+                "seen-by-all",
+            ],
+        )
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+    assert_eq!(lines.next().unwrap().unwrap(), "ready");
+    let open = setup
+        .gateway
+        .metric("interlock_sessions_active")
+        .unwrap_or_default();
+    assert!(open >= 200.0, "{open} sessions open");
+    setup.api.post(
+        "/api/v1/namespaces/team/pods",
+        &serde_json::json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "seen-by-all", "namespace": "team"},
+            "spec": {"containers": [{"name": "c", "image": "busybox"}]}}),
+    );
+    let report: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(report["watches"], 200, "{report}");
+    assert_eq!(report["saw"], 200, "{report}");
+    let _ = child.kill();
+    let _ = child.wait();
+    // Every watch was its own recorded session, each ended once its client went.
+    let ended = setup.gateway.wait_sessions_ended(200);
+    assert!(ended.len() >= 200);
+}
+
+#[test]
+fn the_python_client_lists_watches_and_execs_through_the_gateway() {
+    let setup = Setup::start();
+    let kubeconfig = setup.kubeconfig("python", &setup.bundle, None);
+    let python = kube_python();
+    let run = |script: &str, args: &[&str]| -> Value {
+        let script = support_dir().join(script);
+        let mut command = vec![python.to_str().unwrap(), script.to_str().unwrap()];
+        command.extend(args);
+        json_of(&setup.gateway.wrap(&command))
+    };
+    let listed = run("kube_client.py", &[kubeconfig.to_str().unwrap()]);
+    assert_eq!(listed["web_pods"], serde_json::json!(["web"]));
+    assert_eq!(listed["missing"]["status"]["reason"], "NotFound");
+    let changes: Vec<Value> = listed["watch"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e[0] != "BOOKMARK")
+        .cloned()
+        .collect();
+    assert_eq!(
+        changes,
+        [
+            serde_json::json!(["ADDED", "py-pod"]),
+            serde_json::json!(["DELETED", "py-pod"])
+        ]
+    );
+    assert_eq!(
+        listed["expired"],
+        serde_json::json!({"code": 410, "reason": "Expired"})
+    );
+
+    let exec = run(
+        "kube_exec.py",
+        &[kubeconfig.to_str().unwrap(), "team", "web"],
+    );
+    assert_eq!(exec["stdout"], "out\n");
+    assert_eq!(exec["stderr"], "err\n");
+    assert_eq!(exec["returncode"], 3);
+    assert_eq!(exec["echoed"], "hello\n");
+
+    let records = setup.gateway.all_records();
+    let kube: Vec<(String, String)> = records
+        .iter()
+        .filter(|r| r["kind"] == "kube_request")
+        .map(|r| {
+            let resource = r["resource"].as_str().unwrap_or_default();
+            let sub = r["subresource"]
+                .as_str()
+                .map(|s| format!("/{s}"))
+                .unwrap_or_default();
+            (
+                r["verb"].as_str().unwrap().to_string(),
+                format!("{resource}{sub}"),
+            )
+        })
+        .collect();
+    for expected in [
+        ("list", "pods"),
+        ("watch", "pods"),
+        ("create", "pods"),
+        ("patch", "pods"),
+        ("delete", "pods"),
+        ("connect", "pods/exec"),
+    ] {
+        assert!(
+            kube.iter()
+                .any(|(v, r)| (v.as_str(), r.as_str()) == expected),
+            "{expected:?} not in {kube:?}"
+        );
+    }
+    let stdin: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["kind"] == "kube_channel" && r["channel"] == "stdin")
+        .collect();
+    // The Python client writes stdin as text messages, channel byte first.
+    assert!(!stdin.is_empty(), "the Python client's stdin is recorded");
+}
+
+#[test]
+fn kube_rs_lists_watches_and_execs_through_the_gateway() {
+    let setup = Setup::start();
+    let kubeconfig = setup.kubeconfig("kube-rs", &setup.bundle, None);
+    let client = interlock_e2e::probe_bin().with_file_name("kube-rs-client");
+    let out = setup
+        .gateway
+        .wrap(&[client.to_str().unwrap(), kubeconfig.to_str().unwrap()]);
+    let report = json_of(&out);
+    assert!(
+        report["listed"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p == "web"),
+        "{report}"
+    );
+    assert!(report["web_uid"].is_string());
+    assert_eq!(report["watch_saw_created"], true, "{report}");
+    assert_eq!(report["exec_stdout"], "from kube-rs\n");
+    assert_eq!(report["exec_status"], "Success");
+    let records = setup.gateway.all_records();
+    let verbs: Vec<&str> = records
+        .iter()
+        .filter(|r| r["kind"] == "kube_request")
+        .filter_map(|r| r["verb"].as_str())
+        .collect();
+    for verb in ["list", "get", "watch", "create", "delete", "connect"] {
+        assert!(verbs.contains(&verb), "{verb} not in {verbs:?}");
+    }
 }

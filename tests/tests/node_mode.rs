@@ -931,18 +931,13 @@ fn pod_kubectl(
         .dir
         .path()
         .join(format!("{}-kubeconfig", pod.name));
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {}\n    \
-             certificate-authority: {}\n    tls-server-name: kubernetes.default.svc\nusers:\n- name: u\n  \
-             user:\n    token: {token}\ncontexts:\n- name: c\n  context: {{cluster: c, user: u}}\n\
-             current-context: c\n",
-            cluster.api.url,
-            bundle.display()
-        ),
-    )
-    .unwrap();
+    let text = interlock_e2e::apiserver::kubeconfig_text(
+        &cluster.api.url,
+        bundle,
+        Some("kubernetes.default.svc"),
+        &format!("token: {token}"),
+    );
+    std::fs::write(&kubeconfig, text).unwrap();
     let kubectl = interlock_e2e::apiserver::kubectl_137();
     let mut command = vec![
         kubectl.to_str().unwrap(),

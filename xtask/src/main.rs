@@ -180,11 +180,21 @@ fn bench() -> Result<()> {
         .args(["build", "--release", "--locked", "-p", "interlock-e2e"])
         .args(["--bin", "kube-testserver"])
         .current_dir(root()))?;
+    let testserver = root().join("target/release/kube-testserver");
     step("running benchmarks: node mode, pod registration latency and memory with cached pods");
     run(Command::new(&bench)
         .arg("node")
         .arg("--interlock")
         .arg(&bin)
         .arg("--testserver")
-        .arg(root().join("target/release/kube-testserver")))
+        .arg(&testserver))?;
+    step(
+        "running benchmarks: the API-server path, direct vs nginx (TLS re-encrypting, HTTP/2) vs Interlock",
+    );
+    run(Command::new(&bench)
+        .arg("kube")
+        .arg("--interlock")
+        .arg(&bin)
+        .arg("--testserver")
+        .arg(&testserver))
 }

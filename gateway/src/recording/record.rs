@@ -177,6 +177,9 @@ pub struct KubeRequest {
     pub user: Option<Principal>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub impersonate: Option<Impersonation>,
+    /// The protocol asked for in `Upgrade` (exec, attach, port-forward).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgrade: Option<String>,
     pub policy: crate::policy::Decision,
 }
 
@@ -207,6 +210,12 @@ pub struct KubeResponse {
     pub reason: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// A 101's protocol: the WebSocket subprotocol, or the `Upgrade` (SPDY).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgraded_to: Option<String>,
+    /// The upgraded stream is relayed and recorded as bytes, not read (SPDY, port-forward).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unparsed: bool,
     /// From the request to the response head.
     pub latency_ms: f64,
 }
@@ -499,6 +508,7 @@ mod tests {
                     user: Some("jane".into()),
                     ..Impersonation::default()
                 }),
+                upgrade: None,
                 policy: crate::policy::Decision {
                     action: crate::policy::Action::Hold,
                     rule: Some("r".into()),
@@ -520,6 +530,8 @@ mod tests {
                 events: None,
                 reason: None,
                 message: None,
+                upgraded_to: None,
+                unparsed: false,
                 latency_ms: 1.5,
             }),
             RecordBody::KubeChannel(KubeChannelData {

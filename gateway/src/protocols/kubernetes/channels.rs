@@ -12,7 +12,7 @@ use futures_util::{SinkExt, StreamExt};
 use hyper::upgrade::OnUpgrade;
 use tokio_tungstenite::{
     WebSocketStream,
-    tungstenite::{Message, protocol::Role},
+    tungstenite::{Message, Utf8Bytes, protocol::Role},
 };
 
 use crate::{
@@ -110,18 +110,24 @@ struct Channels<'a> {
 }
 
 impl Channels<'_> {
-    /// Records one message by its channel and returns what to forward.
+    /// Records one message by its channel and returns what to forward. Binary and text
+    /// messages alike start with their channel (the Python client writes stdin as text).
     async fn pass(&self, direction: Direction, message: Message) -> Message {
-        let Message::Binary(payload) = message else {
-            // Text (the base64 protocols) and close frames carry no channel byte.
-            let data = message.clone().into_data();
-            if !data.is_empty() {
-                self.exchange.log.data(direction, data).await;
-            }
-            return message;
+        let (payload, text) = match message {
+            Message::Binary(payload) => (payload, false),
+            Message::Text(text) => (Bytes::from(text), true),
+            // Close frames carry no channel byte.
+            other => return other,
+        };
+        let rebuild = |payload: Bytes| match text {
+            // Masking replaces whole UTF-8 matches with ASCII, so text stays text.
+            true => Utf8Bytes::try_from(payload.clone())
+                .map(Message::Text)
+                .unwrap_or(Message::Binary(payload)),
+            false => Message::Binary(payload),
         };
         let Some((&first, data)) = payload.split_first() else {
-            return Message::Binary(payload);
+            return rebuild(payload);
         };
         let channel = KubeChannel::of(first);
         let mut report = MaskReport::default();
@@ -154,9 +160,9 @@ impl Channels<'_> {
                 let mut forwarded = Vec::with_capacity(masked.len() + 1);
                 forwarded.push(first);
                 forwarded.extend_from_slice(&masked);
-                Message::Binary(forwarded.into())
+                rebuild(forwarded.into())
             }
-            _ => Message::Binary(payload),
+            _ => rebuild(payload),
         }
     }
 }

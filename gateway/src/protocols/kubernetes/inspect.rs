@@ -30,7 +30,7 @@ use crate::{
     protocols::{
         http::{
             inspect::{Forward, Inspector, ResponseReader, Verdict},
-            reply::{ProxyBody, generated},
+            reply::{ProxyBody, generated, header_str},
             tunnel,
             upstream::Upstream,
         },
@@ -123,6 +123,7 @@ impl Inspector for KubeInspector {
         let (stream, started) = (self.streams.fetch_add(1, Ordering::Relaxed), Instant::now());
         let info = request_info::parse(&head.method, &head.uri);
         let impersonate = Impersonation::of(&head.headers);
+        let upgrade = header_str(&head.headers, "upgrade");
         let caller = head.extensions.get::<Principal>();
         let decision = self.decide(&Request {
             target: &exchange.target.name,
@@ -131,6 +132,7 @@ impl Inspector for KubeInspector {
             operation: Operation::Kube {
                 info: &info,
                 impersonate: impersonate.as_ref(),
+                upgrade,
             },
         });
         let target = exchange.target_masking();
@@ -152,6 +154,7 @@ impl Inspector for KubeInspector {
                 info: recorded.clone(),
                 user: caller.cloned(),
                 impersonate,
+                upgrade: upgrade.map(str::to_string),
                 policy: decision.clone(),
             }))
             .await;
@@ -237,13 +240,17 @@ impl Inspector for KubeInspector {
         client: OnUpgrade,
         upstream: OnUpgrade,
     ) -> Pump {
-        let protocol = head
-            .headers
-            .get(header::SEC_WEBSOCKET_PROTOCOL)
-            .and_then(|v| v.to_str().ok())
+        // A WebSocket names its subprotocol; SPDY names itself in Upgrade.
+        let protocol = header_str(&head.headers, "sec-websocket-protocol")
+            .or_else(|| header_str(&head.headers, "upgrade"))
             .unwrap_or("")
             .to_string();
-        let summary = answered(answering.stream, 101, answering.started.elapsed());
+        let unparsed = !CHANNEL_PROTOCOLS.contains(&protocol.as_str());
+        let summary = KubeResponse {
+            upgraded_to: Some(protocol.clone()),
+            unparsed,
+            ..answered(answering.stream, 101, answering.started.elapsed())
+        };
         Box::pin(async move {
             exchange.log.record(RecordBody::KubeResponse(summary)).await;
             if CHANNEL_PROTOCOLS.contains(&protocol.as_str()) {
@@ -431,6 +438,8 @@ fn answered(stream: u64, code: u16, latency: Duration) -> KubeResponse {
         events: None,
         reason: None,
         message: None,
+        upgraded_to: None,
+        unparsed: false,
         latency_ms: latency.as_secs_f64() * 1000.0,
     }
 }
