@@ -8,6 +8,9 @@
 //!
 //! Interlock intercepts every loopback address of its target's port, so the direct and nginx
 //! routes go to a second, identical server: same binary, same 500 pods.
+//!
+//! Then a soak: 200 watches held through Interlock for a minute while pods come and go, with
+//! the gateway's memory sampled, to show that watches do not grow it.
 use std::{fs, net::SocketAddr, path::Path, process::Command, sync::Arc, time::Instant};
 
 use anyhow::{Context, Result, bail};
@@ -17,7 +20,8 @@ use serde_json::json;
 use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
 
 use crate::{
-    BenchGateway, Killed, Metric, free_port, node::ApiServer, print_ratios, run_client, run_nginx,
+    BenchGateway, Killed, Metric, free_port, idle::rss_mib, node::ApiServer, print_ratios,
+    run_client, run_nginx,
 };
 
 const PODS: usize = 500;
@@ -29,6 +33,8 @@ const LIST_BLOCK: usize = 10;
 const BLOCK_WARMUP: usize = 5;
 const EXEC_BYTES: usize = 64 << 20;
 const EXEC_ROUNDS: usize = 3;
+const SOAK_WATCHES: usize = 200;
+const SOAK_SECONDS: u64 = 60;
 /// The name every route's TLS asks for, as in-cluster clients do.
 const SERVER_NAME: &str = "kubernetes.default.svc";
 
@@ -263,35 +269,80 @@ fn start_nginx(
     upstream: SocketAddr,
     upstream_ca: &Path,
 ) -> Result<Killed> {
+    // A CA of nginx's own and a leaf it signs: TLS clients take no self-signed leaf.
     let (cert, key) = (dir.join("nginx.crt"), dir.join("nginx.key"));
-    let made = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-        ])
-        .args([
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            &format!("/CN={SERVER_NAME}"),
-        ])
-        .args([
-            "-addext",
-            &format!("subjectAltName=DNS:{SERVER_NAME}"),
-            "-keyout",
-        ])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()?;
-    if !made.status.success() {
-        bail!("openssl: {}", String::from_utf8_lossy(&made.stderr));
-    }
+    let openssl = |args: &[&str]| -> Result<()> {
+        let made = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()?;
+        if !made.status.success() {
+            bail!(
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&made.stderr)
+            );
+        }
+        Ok(())
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    openssl(
+        &[
+            &["req", "-x509"],
+            &ec[..],
+            &[
+                "-days",
+                "1",
+                "-subj",
+                "/CN=nginx-bench-ca",
+                "-keyout",
+                "nginx-ca.key",
+            ],
+            &["-out", "nginx-ca.crt"],
+        ]
+        .concat(),
+    )?;
+    fs::write(
+        dir.join("nginx-leaf.ext"),
+        format!("subjectAltName=DNS:{SERVER_NAME}\n"),
+    )?;
+    openssl(
+        &[
+            &["req"],
+            &ec[..],
+            &[
+                "-subj",
+                &format!("/CN={SERVER_NAME}"),
+                "-keyout",
+                "nginx.key",
+                "-out",
+                "nginx.csr",
+            ],
+        ]
+        .concat(),
+    )?;
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "nginx.csr",
+        "-CA",
+        "nginx-ca.crt",
+        "-CAkey",
+        "nginx-ca.key",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        "nginx-leaf.ext",
+        "-out",
+        "nginx.crt",
+    ])?;
     let conf = dir.join("nginx-kube.conf");
     fs::write(
         &conf,
@@ -312,6 +363,83 @@ fn start_nginx(
         ),
     )?;
     run_nginx(&conf, listen)
+}
+
+/// What the soak saw: the gateway's RSS over time, and the events the watches got.
+struct Soak {
+    rss_mib: Vec<(u64, f64)>,
+    events: u64,
+    watches_saw: u64,
+    churned: usize,
+}
+
+/// 200 watches through the gateway, held for SOAK_SECONDS while pods are created and
+/// deleted; the gateway's RSS sampled every 5 s.
+fn soak(
+    gateway: &BenchGateway,
+    interlock: &Path,
+    watchers: &Path,
+    api: &ApiServer,
+    route: &RouteSpec,
+    token_file: &Path,
+) -> Result<Soak> {
+    use std::io::BufRead;
+    let mut command = gateway.wrap(
+        interlock,
+        watchers,
+        &[
+            &route.address.to_string(),
+            "--ca",
+            route.ca[0].to_str().context("a UTF-8 path")?,
+            "--token-file",
+            token_file.to_str().context("a UTF-8 path")?,
+            "--namespace",
+            "default",
+            "--watches",
+            &SOAK_WATCHES.to_string(),
+            "--expect",
+            "soak-0",
+            "--hold",
+            &SOAK_SECONDS.to_string(),
+        ],
+    );
+    let mut child = Killed(command.stdout(std::process::Stdio::piped()).spawn()?);
+    let mut lines = std::io::BufReader::new(child.0.stdout.take().context("stdout")?).lines();
+    anyhow::ensure!(
+        lines.next().transpose()?.as_deref() == Some("ready"),
+        "kube-watchers did not get its watches"
+    );
+    let pid = gateway.process.0.id();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let started = Instant::now();
+    let mut rss = vec![(0, rss_mib(pid))];
+    let mut churned = 0;
+    runtime.block_on(async {
+        while started.elapsed().as_secs() < SOAK_SECONDS {
+            let pod = json!({"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": format!("soak-{churned}"), "namespace": "default"},
+                "spec": {"containers": [{"name": "c", "image": "x"}]}});
+            api.create("/api/v1/namespaces/default/pods", &pod).await?;
+            churned += 1;
+            let second = started.elapsed().as_secs();
+            if second >= rss.last().map_or(0, |(s, _)| s + 5) {
+                rss.push((second, rss_mib(pid)));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        anyhow::Ok(())
+    })?;
+    rss.push((started.elapsed().as_secs(), rss_mib(pid)));
+    let report: serde_json::Value =
+        serde_json::from_str(&lines.next().transpose()?.context("kube-watchers' report")?)?;
+    Ok(Soak {
+        rss_mib: rss,
+        events: report["events"].as_u64().unwrap_or_default(),
+        watches_saw: report["saw"].as_u64().unwrap_or_default(),
+        churned,
+    })
 }
 
 pub fn orchestrate(interlock: &Path, testserver: &Path) -> Result<()> {
@@ -367,7 +495,7 @@ pub fn orchestrate(interlock: &Path, testserver: &Path) -> Result<()> {
     fs::write(&bundle, &out.stdout)?;
     let routes = json!([
         {"address": plain_at, "ca": [dir.path().join("api-b/ca.crt")]},
-        {"address": nginx_at, "ca": [dir.path().join("nginx.crt")]},
+        {"address": nginx_at, "ca": [dir.path().join("nginx-ca.crt")]},
         {"address": intercepted_at, "ca": [bundle]},
     ]);
     eprintln!(
@@ -380,8 +508,23 @@ pub fn orchestrate(interlock: &Path, testserver: &Path) -> Result<()> {
         &["kube-client", &routes.to_string(), "--token", token],
     );
     let run: KubeRun = run_client(wrapped).context("the API-server load generator")?;
-    drop(gateway);
     drop(nginx);
+    eprintln!(
+        "soak: {SOAK_WATCHES} watches through Interlock for {SOAK_SECONDS} s while pods are created"
+    );
+    let token_file = dir.path().join("token");
+    fs::write(&token_file, token)?;
+    let interlock_route: RouteSpec = serde_json::from_value(routes[2].clone())?;
+    let watchers = testserver.with_file_name("kube-watchers");
+    let soak = soak(
+        &gateway,
+        interlock,
+        &watchers,
+        &intercepted,
+        &interlock_route,
+        &token_file,
+    )?;
+    drop(gateway);
 
     println!(
         "\nAPI-server path: GET of one pod and LIST of {PODS} pods over HTTP/2 (p50/p99 of {GETS} and {LISTS} per route, interleaved in blocks), exec stdout (median of {EXEC_ROUNDS} x {} MiB)",
@@ -401,6 +544,18 @@ pub fn orchestrate(interlock: &Path, testserver: &Path) -> Result<()> {
     println!(
         "exec stdout (MiB/s): direct {direct_exec:.1}, Interlock {interlock_exec:.1} ({:.2}x)",
         interlock_exec / direct_exec
+    );
+    let samples: Vec<String> = soak
+        .rss_mib
+        .iter()
+        .map(|(second, mib)| format!("{second}s {mib:.1}"))
+        .collect();
+    println!(
+        "watch soak: {SOAK_WATCHES} watches for {SOAK_SECONDS} s, {} pods created, {} events delivered ({} of {SOAK_WATCHES} watches saw the first), gateway RSS MiB: {}",
+        soak.churned,
+        soak.events,
+        soak.watches_saw,
+        samples.join(", ")
     );
     Ok(())
 }

@@ -1092,3 +1092,76 @@ fn kube_rs_lists_watches_and_execs_through_the_gateway() {
         assert!(verbs.contains(&verb), "{verb} not in {verbs:?}");
     }
 }
+
+#[test]
+fn an_interactive_exec_through_a_real_terminal_is_recorded_and_plays_back() {
+    let setup = Setup::start();
+    let kubeconfig = setup.kubeconfig("tty", &setup.bundle, Some("kubernetes.default.svc"));
+    let kubectl = kubectl_137();
+    let interlock = interlock_bin();
+    let driver = support_dir().join("kube_tty.py");
+    let config = setup.gateway.config.to_str().unwrap().to_string();
+    let out = std::process::Command::new("python3")
+        .arg(&driver)
+        .args([
+            interlock.to_str().unwrap(),
+            "wrap",
+            "--config",
+            &config,
+            "--",
+        ])
+        .arg(&kubectl)
+        .args(["--kubeconfig", kubeconfig.to_str().unwrap()])
+        .args(["exec", "-it", "-n", "team", "web", "--", "sh"])
+        .output()
+        .unwrap();
+    let seen = json_of(&out);
+    assert_eq!(seen["prompt"], true, "{seen}");
+    // The terminal's size reached the pod's terminal through a resize message.
+    assert_eq!(seen["size"], true, "{seen}");
+    assert_eq!(seen["typed"], true, "{seen}");
+    assert_eq!(seen["exit"], 5, "{seen}");
+
+    let records = setup.gateway.all_records();
+    let exec = records
+        .iter()
+        .find(|r| r["kind"] == "kube_request" && r["subresource"] == "exec")
+        .unwrap();
+    assert_eq!(exec["tty"], true);
+    let session = exec["session_id"].as_str().unwrap();
+    let out = setup
+        .gateway
+        .cli(&["replay", "--asciicast", session])
+        .output()
+        .unwrap();
+    let cast = String::from_utf8(out.stdout).unwrap();
+    let header: Value = serde_json::from_str(cast.lines().next().unwrap()).unwrap();
+    assert_eq!(
+        (header["width"].as_u64(), header["height"].as_u64()),
+        (Some(100), Some(30))
+    );
+    let events: Vec<Value> = cast
+        .lines()
+        .skip(1)
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let typed: String = events
+        .iter()
+        .filter(|e| e[1] == "i")
+        .map(|e| e[2].as_str().unwrap())
+        .collect();
+    assert!(typed.contains("echo typed-$((6*7))"), "{typed:?}");
+    assert!(
+        events.iter().any(|e| e[1] == "r" && e[2] == "100x30"),
+        "{events:?}"
+    );
+    let file = setup.api.dir.path().join("tty.cast");
+    fs::write(&file, &cast).unwrap();
+    let played = std::process::Command::new(asciinema())
+        .arg("cat")
+        .arg(&file)
+        .output()
+        .unwrap();
+    let played = String::from_utf8_lossy(&played.stdout);
+    assert!(played.contains("typed-42"), "{played}");
+}

@@ -175,10 +175,10 @@ fn bench() -> Result<()> {
         .arg("idle")
         .arg("--interlock")
         .arg(&bin))?;
-    step("building the test API server (release)");
+    step("building the test API server and its watch client (release)");
     run(Command::new("cargo")
         .args(["build", "--release", "--locked", "-p", "interlock-e2e"])
-        .args(["--bin", "kube-testserver"])
+        .args(["--bin", "kube-testserver", "--bin", "kube-watchers"])
         .current_dir(root()))?;
     let testserver = root().join("target/release/kube-testserver");
     step("running benchmarks: node mode, pod registration latency and memory with cached pods");

@@ -1,7 +1,8 @@
 //! Many watches at once against an API server, each on its own HTTP/2 connection, as many
 //! controllers on a node would hold them. Prints `ready` once every watch has its answer's
-//! head, then waits until every watch has seen the pod named `--expect` added, and prints
-//! one JSON line: how many watches saw it and how many events arrived in all.
+//! head, then waits until every watch has seen the pod named `--expect` added, keeps them
+//! open `--hold` seconds more, and prints one JSON line: how many watches saw it, and how
+//! many events arrived in all.
 use std::{
     io::Write,
     net::SocketAddr,
@@ -38,6 +39,9 @@ struct Args {
     /// How long to wait for it, in seconds.
     #[arg(long, default_value_t = 60)]
     timeout: u64,
+    /// Seconds to keep the watches open once every one saw it.
+    #[arg(long, default_value_t = 0)]
+    hold: u64,
 }
 
 const SERVER_NAME: &str = "kubernetes.default.svc";
@@ -117,6 +121,7 @@ async fn run(args: Args) -> Result<(), Failed> {
     while saw.load(Ordering::Relaxed) < args.watches && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    tokio::time::sleep(Duration::from_secs(args.hold)).await;
     println!(
         "{}",
         serde_json::json!({

@@ -1,8 +1,9 @@
 //! `pods/NAME/exec` over WebSocket, as the kubelet streams it through kube-apiserver: the
 //! `v5.channel.k8s.io` or `v4.channel.k8s.io` subprotocol, binary messages whose first byte
 //! is the channel (0 stdin, 1 stdout, 2 stderr, 3 the closing Status, 4 resize), and in v5 the
-//! close signal `[255, channel]`. The command runs as a real process on this host. No TTY:
-//! `tty=true` is refused, so a test never mistakes pipes for a terminal.
+//! close signal `[255, channel]`. The command runs as a real process on this host: on pipes,
+//! or with `tty=true` (`kubectl exec -it`) on a real pseudo-terminal, whose size follows the
+//! client's resize messages (channel 4).
 use std::process::Stdio;
 
 use bytes::Bytes;
@@ -32,6 +33,7 @@ const STDIN: u8 = 0;
 const STDOUT: u8 = 1;
 const STDERR: u8 = 2;
 const ERROR: u8 = 3;
+const RESIZE: u8 = 4;
 const CLOSE: u8 = 255;
 
 /// What the exec request asks for, from its query (`command` repeats, one per argument).
@@ -98,11 +100,6 @@ pub fn upgrade(
             "you must specify at least 1 command".into(),
         ));
     }
-    if request.tty {
-        return Err(ApiError::BadRequest(
-            "this test server allocates no TTY; run without -t".into(),
-        ));
-    }
     let key = value(header::SEC_WEBSOCKET_KEY);
     if key.is_empty() {
         return Err(ApiError::BadRequest("Sec-WebSocket-Key is missing".into()));
@@ -163,49 +160,159 @@ fn pump(
     });
 }
 
+/// A started command: where its input goes, and its terminal, if it has one.
+struct Started {
+    child: tokio::process::Child,
+    stdin: Option<Box<dyn tokio::io::AsyncWrite + Unpin + Send>>,
+    /// The pseudo-terminal's master side, for resizes.
+    terminal: Option<std::fs::File>,
+}
+
+/// Starts the command on pipes, one pump a stream; returns how many pumps feed `frames`.
+fn start_on_pipes(
+    request: &ExecRequest,
+    frames: &mpsc::Sender<Option<Vec<u8>>>,
+) -> std::io::Result<(Started, usize)> {
+    let piped = |wanted: bool| {
+        if wanted {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        }
+    };
+    let mut child = tokio::process::Command::new(&request.command[0])
+        .args(&request.command[1..])
+        .stdin(piped(request.stdin))
+        .stdout(piped(request.stdout))
+        .stderr(piped(request.stderr))
+        .kill_on_drop(true)
+        .spawn()?;
+    let mut pumps = 0;
+    if let Some(stdout) = child.stdout.take() {
+        pump(stdout, STDOUT, frames.clone());
+        pumps += 1;
+    }
+    if let Some(stderr) = child.stderr.take() {
+        pump(stderr, STDERR, frames.clone());
+        pumps += 1;
+    }
+    let stdin = child
+        .stdin
+        .take()
+        .map(|pipe| Box::new(pipe) as Box<dyn tokio::io::AsyncWrite + Unpin + Send>);
+    Ok((
+        Started {
+            child,
+            stdin,
+            terminal: None,
+        },
+        pumps,
+    ))
+}
+
+/// Starts the command on a new pseudo-terminal, as its session leader: stdout and stderr
+/// are both the terminal, read from its master side as stdout.
+fn start_on_terminal(
+    request: &ExecRequest,
+    frames: &mpsc::Sender<Option<Vec<u8>>>,
+) -> std::io::Result<(Started, usize)> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let (mut master, mut slave) = (0, 0);
+    // SAFETY: openpty writes two descriptors it opened; null name, termios and size.
+    let opened = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    if opened != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors are open and owned by nobody else.
+    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+    let mut command = tokio::process::Command::new(&request.command[0]);
+    command
+        .args(&request.command[1..])
+        .env("TERM", "xterm")
+        .stdin(Stdio::from(slave.try_clone()?))
+        .stdout(Stdio::from(slave.try_clone()?))
+        .stderr(Stdio::from(slave))
+        .kill_on_drop(true);
+    // SAFETY: setsid and ioctl are async-signal-safe; the terminal becomes the child's
+    // controlling terminal, as a container runtime makes it.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = command.spawn()?;
+    let reader = tokio::fs::File::from_std(std::fs::File::from(master.try_clone()?));
+    let writer = tokio::fs::File::from_std(std::fs::File::from(master.try_clone()?));
+    // The master reads EIO once the terminal's last holder exits: the end of its output.
+    pump(reader, STDOUT, frames.clone());
+    let terminal = std::fs::File::from(master);
+    Ok((
+        Started {
+            child,
+            stdin: Some(Box::new(writer)),
+            terminal: Some(terminal),
+        },
+        1,
+    ))
+}
+
+/// Sets the terminal's size from a resize message, `{"Width":…,"Height":…}`.
+fn resize(terminal: &std::fs::File, message: &[u8]) {
+    use std::os::fd::AsRawFd;
+    let Ok(size) = serde_json::from_slice::<Value>(message) else {
+        return;
+    };
+    let dimension = |key: &str| size[key].as_u64().and_then(|v| u16::try_from(v).ok());
+    let (Some(cols), Some(rows)) = (dimension("Width"), dimension("Height")) else {
+        return;
+    };
+    let size = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: a valid descriptor and a winsize that outlives the call.
+    unsafe {
+        libc::ioctl(terminal.as_raw_fd(), libc::TIOCSWINSZ, &size);
+    }
+}
+
 async fn run<S>(mut socket: WebSocketStream<S>, request: ExecRequest, v5: bool)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    let mut command = tokio::process::Command::new(&request.command[0]);
-    command
-        .args(&request.command[1..])
-        .stdin(if request.stdin {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(if request.stdout {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stderr(if request.stderr {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .kill_on_drop(true);
-    let mut child = match command.spawn() {
-        Ok(child) => child,
+    let (frames, mut output) = mpsc::channel(16);
+    let started = if request.tty {
+        start_on_terminal(&request, &frames)
+    } else {
+        start_on_pipes(&request, &frames)
+    };
+    drop(frames);
+    let (started, mut open_pipes) = match started {
+        Ok(started) => started,
         Err(e) => {
             let status = failure(&format!("starting the command: {e}"), None);
             let _ = send_status(&mut socket, &status).await;
             return;
         }
     };
-    let (frames, mut output) = mpsc::channel(16);
-    let mut open_pipes = 0;
-    if let Some(stdout) = child.stdout.take() {
-        pump(stdout, STDOUT, frames.clone());
-        open_pipes += 1;
-    }
-    if let Some(stderr) = child.stderr.take() {
-        pump(stderr, STDERR, frames.clone());
-        open_pipes += 1;
-    }
-    drop(frames);
-    let mut stdin = child.stdin.take();
+    let Started {
+        mut child,
+        mut stdin,
+        terminal,
+    } = started;
     let mut client_open = true;
     while open_pipes > 0 {
         tokio::select! {
@@ -223,10 +330,17 @@ where
                     let data = message.into_data();
                     match data.first() {
                     Some(&STDIN) => {
+                        // A terminal's master is a file, whose writes land on flush.
                         if let Some(pipe) = stdin.as_mut()
-                            && pipe.write_all(&data[1..]).await.is_err()
+                            && (pipe.write_all(&data[1..]).await.is_err()
+                                || pipe.flush().await.is_err())
                         {
                             stdin = None;
+                        }
+                    }
+                    Some(&RESIZE) => {
+                        if let Some(terminal) = &terminal {
+                            resize(terminal, &data[1..]);
                         }
                     }
                     // v5: the client closed its stdin.
