@@ -231,11 +231,26 @@ impl Config {
         let mut config = Self::parse(&text).map_err(|e| e.in_file(path))?;
         let base = path.parent().unwrap_or(Path::new("."));
         let recording = &mut config.recording;
-        for dir in [&mut recording.dir, &mut config.control_socket]
-            .into_iter()
-            .chain(recording.signing_key.as_mut())
-            .chain(config.masking.hmac_key_file.as_mut())
-        {
+        for dir in [
+            &mut recording.dir,
+            &mut config.control_socket,
+            &mut config.interception_ca.key,
+        ]
+        .into_iter()
+        .chain(recording.signing_key.as_mut())
+        .chain(config.masking.hmac_key_file.as_mut())
+        .chain(
+            config
+                .kubernetes
+                .as_mut()
+                .and_then(|k| k.kubeconfig.as_mut()),
+        )
+        .chain(
+            config
+                .targets
+                .iter_mut()
+                .filter_map(|t| t.upstream_ca.as_mut()),
+        ) {
             if dir.is_relative() {
                 *dir = base.join(&*dir);
             }
@@ -628,6 +643,27 @@ mod tests {
         assert_eq!(c.admin, "127.0.0.1:15000".parse().unwrap());
         assert_eq!(c.fail_mode, FailMode::Open);
         assert_eq!(c.recording.dir, PathBuf::from("./interlock-records"));
+    }
+
+    #[test]
+    fn relative_paths_are_relative_to_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("interlock.yaml");
+        std::fs::write(
+            &path,
+            "interception_ca: { key: ./ca.key }\nkubernetes: { kubeconfig: kube/config, selections: [] }\n\
+             targets:\n  - name: kube\n    address: 127.0.0.1:6443\n    protocol: kubernetes\n    upstream_ca: cluster.crt\n",
+        )
+        .unwrap();
+        let c = Config::load(&path).unwrap();
+        let kubeconfig = c.kubernetes.as_ref().and_then(|k| k.kubeconfig.clone());
+        assert_eq!(c.interception_ca.key, dir.path().join("./ca.key"));
+        assert_eq!(kubeconfig, Some(dir.path().join("kube/config")));
+        assert_eq!(
+            c.targets[0].upstream_ca,
+            Some(dir.path().join("cluster.crt"))
+        );
+        assert_eq!(c.recording.dir, dir.path().join("./interlock-records"));
     }
 
     #[test]

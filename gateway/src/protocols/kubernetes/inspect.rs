@@ -17,6 +17,7 @@ use hyper::{
     http::{request, response},
     upgrade::OnUpgrade,
 };
+use serde::{Deserialize, de::IgnoredAny};
 use serde_json::{Value, json};
 
 use super::channels::{self, CHANNEL_PROTOCOLS};
@@ -494,27 +495,42 @@ impl KubeReader {
         if self.truncated {
             return response;
         }
-        let Ok(object) = serde_json::from_slice::<Value>(&self.gathered) else {
+        // Only the fields a summary needs are kept: a list's items are counted, not built.
+        let Ok(object) = serde_json::from_slice::<Answered>(&self.gathered) else {
             return response;
         };
-        let text = |value: &Value| value.as_str().map(str::to_string);
-        let metadata = &object["metadata"];
-        response.object_kind = text(&object["kind"]);
-        response.namespace = text(&metadata["namespace"]);
-        response.name = text(&metadata["name"]);
-        response.resource_version = text(&metadata["resourceVersion"]);
+        let metadata = object.metadata.unwrap_or_default();
+        response.namespace = metadata.namespace;
+        response.name = metadata.name;
+        response.resource_version = metadata.resource_version;
         // A list's items, or a server-side Table's rows.
-        response.items = object
-            .get("items")
-            .or_else(|| object.get("rows"))
-            .and_then(Value::as_array)
-            .map(|items| items.len() as u64);
-        if response.object_kind.as_deref() == Some("Status") {
-            response.reason = text(&object["reason"]);
-            response.message = text(&object["message"]);
+        response.items = object.items.or(object.rows).map(|items| items.len() as u64);
+        if object.kind.as_deref() == Some("Status") {
+            response.reason = object.reason;
+            response.message = object.message;
         }
+        response.object_kind = object.kind;
         response
     }
+}
+
+/// What a summary reads of an answer.
+#[derive(Deserialize)]
+struct Answered {
+    kind: Option<String>,
+    metadata: Option<AnsweredMetadata>,
+    items: Option<Vec<IgnoredAny>>,
+    rows: Option<Vec<IgnoredAny>>,
+    reason: Option<String>,
+    message: Option<String>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AnsweredMetadata {
+    name: Option<String>,
+    namespace: Option<String>,
+    resource_version: Option<String>,
 }
 
 #[cfg(test)]
