@@ -395,6 +395,64 @@ fn api_requests_are_recorded_as_operations_secrets_masked_and_risky_verbs_held_o
     let shown = secret["data"]["password"].as_str().unwrap();
     assert!(shown.starts_with("[MASKED:"), "{shown}");
 
+    // kubectl apply keeps the object it applied, values included, in an annotation: that
+    // copy is masked too, for the client and in the records.
+    let manifest = setup.api.dir.path().join("applied.yaml");
+    fs::write(
+        &manifest,
+        format!(
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: applied\n  namespace: team\n\
+             stringData:\n  password: {PASSWORD}\n"
+        ),
+    )
+    .unwrap();
+    let out = setup.wrapped_kubectl(
+        &kubeconfig,
+        &[
+            "apply",
+            "--validate=false",
+            "-f",
+            manifest.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = setup.wrapped_kubectl(
+        &kubeconfig,
+        &["get", "secret", "applied", "-n", "team", "-o", "json"],
+    );
+    let applied = json_of(&out);
+    let annotation =
+        &applied["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"];
+    let copy: Value = serde_json::from_str(annotation.as_str().unwrap()).unwrap();
+    let kept = copy["stringData"]["password"].as_str().unwrap();
+    assert!(kept.starts_with("[MASKED:"), "{applied}");
+    // Still JSON, so applying again through the gateway works.
+    fs::write(
+        &manifest,
+        fs::read_to_string(&manifest)
+            .unwrap()
+            .replace("namespace: team", "namespace: team\n  labels: {tier: db}"),
+    )
+    .unwrap();
+    let out = setup.wrapped_kubectl(
+        &kubeconfig,
+        &[
+            "apply",
+            "--validate=false",
+            "-f",
+            manifest.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // A denied read: kubectl prints the Forbidden Status; the server never saw the request.
     let out = setup.wrapped_kubectl(
         &kubeconfig,
@@ -562,9 +620,11 @@ fn api_requests_are_recorded_as_operations_secrets_masked_and_risky_verbs_held_o
     );
     let list = json_of(&out);
     assert_eq!(list["kind"], "SecretList");
+    // (This server keeps an applied Secret's stringData as it came.)
     assert!(list["items"].as_array().unwrap().iter().all(|s| {
         s["data"]["password"]
             .as_str()
+            .or(s["stringData"]["password"].as_str())
             .unwrap()
             .starts_with("[MASKED:")
     }));
@@ -630,7 +690,12 @@ fn api_requests_are_recorded_as_operations_secrets_masked_and_risky_verbs_held_o
         answer_to(find("delete", "namespaces", Some("spared")))["code"],
         403
     );
-    assert_eq!(answer_to(find("list", "secrets", None))["items"], 2);
+    assert_eq!(answer_to(find("list", "secrets", None))["items"], 3);
+    // The second apply patched the Secret: a body that names no kind, masked as a Secret's.
+    assert_eq!(
+        answer_to(find("patch", "secrets", Some("applied")))["code"],
+        200
+    );
     assert!(
         records
             .iter()

@@ -99,7 +99,8 @@ fn key_pattern(source: &str) -> Result<KeyPattern, String> {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JsonPathRule {
-    /// Dotted keys from the object the rule applies to; `*` is any key or list index.
+    /// Dotted keys from the object the rule applies to; `*` is any key or list index; a key
+    /// with dots in it goes in brackets (`metadata.annotations[example.com/key]`).
     pub path: String,
     /// Only in objects whose `kind` is this (e.g. `Secret`); otherwise from the document root.
     #[serde(default)]
@@ -108,7 +109,21 @@ pub struct JsonPathRule {
 
 impl JsonPathRule {
     pub fn segments(&self) -> Vec<&str> {
-        self.path.split('.').collect()
+        let mut segments = Vec::new();
+        let mut rest = self.path.as_str();
+        while !rest.is_empty() {
+            if let Some(bracketed) = rest.strip_prefix('[') {
+                let end = bracketed.find(']').unwrap_or(bracketed.len());
+                segments.push(&bracketed[..end]);
+                rest = bracketed.get(end + 1..).unwrap_or("");
+            } else {
+                let end = rest.find(['.', '[']).unwrap_or(rest.len());
+                segments.push(&rest[..end]);
+                rest = &rest[end..];
+            }
+            rest = rest.strip_prefix('.').unwrap_or(rest);
+        }
+        segments
     }
 }
 
@@ -121,13 +136,18 @@ fn default_json_keys() -> Vec<KeyPattern> {
 }
 
 fn default_json_paths() -> Vec<JsonPathRule> {
-    ["data", "stringData"]
-        .into_iter()
-        .map(|path| JsonPathRule {
-            path: path.to_string(),
-            kind: Some("Secret".into()),
-        })
-        .collect()
+    // `kubectl apply` keeps the whole object it applied, values included, in this annotation.
+    [
+        "data",
+        "stringData",
+        "metadata.annotations[kubectl.kubernetes.io/last-applied-configuration]",
+    ]
+    .into_iter()
+    .map(|path| JsonPathRule {
+        path: path.to_string(),
+        kind: Some("Secret".into()),
+    })
+    .collect()
 }
 
 fn default_max_buffer() -> u64 {

@@ -95,6 +95,7 @@ pub fn mask(
     masker: &Masker,
     body: &[u8],
     hits: &RawHits,
+    root_kind: Option<&str>,
     report: &mut MaskReport,
 ) -> Result<Option<Vec<u8>>, NotJson> {
     let mut next_hit = 0;
@@ -118,7 +119,8 @@ pub fn mask(
         match b {
             b' ' | b'\t' | b'\r' | b'\n' => i += 1,
             b'{' | b'[' => {
-                if stack.is_empty() {
+                let root = stack.is_empty();
+                if root {
                     values_at_top += 1;
                 }
                 stack.push(Frame {
@@ -126,7 +128,8 @@ pub fn mask(
                     key: None,
                     key_is_secret: false,
                     expect_key: b == b'{',
-                    kind: None,
+                    // A body known to be an object of a kind that does not say so (a patch).
+                    kind: root.then(|| root_kind.map(str::to_string)).flatten(),
                     pending: Vec::new(),
                 });
                 i += 1;
@@ -138,8 +141,7 @@ pub fn mask(
                 }
                 for (start, end, rule) in frame.pending {
                     if rules.paths[rule].kind == frame.kind
-                        && let Some(token) =
-                            whole_mask(masker, &body[start..end], "json_path", report)?
+                        && let Some(token) = path_mask(masker, &body[start..end], report)?
                     {
                         edits.insert(start, (end, token));
                     }
@@ -267,7 +269,7 @@ fn string_value(
                     match rule.kind {
                         Some(_) => stack[depth].pending.push((start, end, index)),
                         None => {
-                            if let Some(masked) = whole_mask(masker, token, "json_path", report)? {
+                            if let Some(masked) = path_mask(masker, token, report)? {
                                 edits.insert(start, (end, masked));
                             }
                             return Ok(());
@@ -300,6 +302,27 @@ fn string_value(
 }
 
 /// The whole value replaced by a tag; None for empty and already-masked values.
+/// A value a path rule names: a string holding a JSON object (`kubectl apply`'s copy of a
+/// Secret) is masked inside, so it stays JSON its readers can parse; any other is masked whole.
+fn path_mask(
+    masker: &Masker,
+    token: &[u8],
+    report: &mut MaskReport,
+) -> Result<Option<Vec<u8>>, NotJson> {
+    let value = decode(token)?;
+    if value.trim_start().starts_with('{') {
+        match masker.mask_json(value.as_bytes(), report) {
+            Ok(Some(masked)) => {
+                let text = String::from_utf8_lossy(&masked);
+                return Ok(serde_json::to_vec(&text).ok());
+            }
+            Ok(None) => return Ok(None),
+            Err(NotJson) => {}
+        }
+    }
+    whole_mask(masker, token, "json_path", report)
+}
+
 fn whole_mask(
     masker: &Masker,
     token: &[u8],

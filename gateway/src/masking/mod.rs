@@ -313,9 +313,30 @@ impl Masker {
         body: &[u8],
         report: &mut MaskReport,
     ) -> Result<Option<Vec<u8>>, NotJson> {
+        self.mask_json_as(body, None, report)
+    }
+
+    /// Masks a JSON body whose top object is of `kind` even where it does not say so: a
+    /// patch of a Secret names no kind, and its `data` is still the Secret's.
+    pub fn mask_json_as(
+        &self,
+        body: &[u8],
+        kind: Option<&str>,
+        report: &mut MaskReport,
+    ) -> Result<Option<Vec<u8>>, NotJson> {
         // One pass over the raw body with every detector and rule trigger: without a hit
         // and without escapes, no string can hold anything to mask.
-        let hits = if self.json_trigger.is_match(body) {
+        let hits = if kind.is_some() {
+            // The kind's rules apply without a `kind` in the body to trigger them.
+            json::RawHits {
+                spans: self
+                    .detectors_regex
+                    .find_iter(body)
+                    .map(|m| (m.start(), m.end()))
+                    .collect(),
+                rules: true,
+            }
+        } else if self.json_trigger.is_match(body) {
             // A string without escapes is only scanned if a raw candidate overlaps it.
             json::RawHits {
                 spans: self
@@ -330,12 +351,22 @@ impl Masker {
         } else {
             return Ok(None);
         };
-        json::mask(self, body, &hits, report)
+        json::mask(self, body, &hits, kind, report)
     }
 
     /// A complete body of the given content type; None when nothing changed.
     pub fn mask_body(&self, body: &[u8], report: &mut MaskReport) -> Option<Vec<u8>> {
-        match self.mask_json(body, report) {
+        self.mask_body_as(body, None, report)
+    }
+
+    /// Like `mask_body`, a JSON body's top object taken to be of `kind`.
+    pub fn mask_body_as(
+        &self,
+        body: &[u8],
+        kind: Option<&str>,
+        report: &mut MaskReport,
+    ) -> Option<Vec<u8>> {
+        match self.mask_json_as(body, kind, report) {
             Ok(masked) => masked,
             Err(NotJson) => self.mask_text(body, report),
         }

@@ -422,6 +422,65 @@ fn json_key_and_kind_rules() {
 }
 
 #[test]
+fn the_applied_copy_of_a_secret_is_masked_too() {
+    const APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+    let applied = json!({"kind": "Secret", "stringData": {"token": "plain-value-1"}}).to_string();
+    let annotations = json!({APPLIED: applied, "kubernetes.io/service-account.name": "agent"});
+    let secret = json!({"kind": "Secret", "metadata": {"name": "s", "annotations": annotations}});
+    let mut report = MaskReport::default();
+    let out = masker()
+        .mask_json(secret.to_string().as_bytes(), &mut report)
+        .unwrap()
+        .unwrap();
+    let out: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    let kept = &out["metadata"]["annotations"];
+    // Still JSON, so the next `kubectl apply` can read it, with the values masked inside.
+    let copy: serde_json::Value = serde_json::from_str(kept[APPLIED].as_str().unwrap()).unwrap();
+    assert_eq!(copy["stringData"]["token"], "[MASKED:json_path]");
+    assert_eq!(copy["kind"], "Secret");
+    assert_eq!(kept["kubernetes.io/service-account.name"], "agent");
+    // Another kind's applied copy holds no Secret's values, and stays readable.
+    let config_map = json!({"kind": "ConfigMap", "metadata": {"annotations": {APPLIED: "{}"}}});
+    assert_eq!(
+        masker().mask_json(config_map.to_string().as_bytes(), &mut report),
+        Ok(None)
+    );
+}
+
+#[test]
+fn a_patch_of_a_secret_is_masked_as_a_secret() {
+    // A merge patch names no kind; the request's resource says it is a Secret's.
+    let patch = json!({"data": {"pin": "MTIzNA=="}, "metadata": {"labels": {"tier": "db"}}});
+    let mut report = MaskReport::default();
+    let body = patch.to_string();
+    assert_eq!(masker().mask_json(body.as_bytes(), &mut report), Ok(None));
+    let out = masker()
+        .mask_json_as(body.as_bytes(), Some("Secret"), &mut report)
+        .unwrap()
+        .unwrap();
+    let out: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(out["data"]["pin"], "[MASKED:json_path]");
+    assert_eq!(out["metadata"]["labels"]["tier"], "db");
+}
+
+#[test]
+fn json_path_keys_with_dots_go_in_brackets() {
+    let rule = crate::masking::config::JsonPathRule {
+        path: "metadata.annotations[example.com/key].deeper".into(),
+        kind: None,
+    };
+    assert_eq!(
+        rule.segments(),
+        ["metadata", "annotations", "example.com/key", "deeper"]
+    );
+    let plain = crate::masking::config::JsonPathRule {
+        path: "data".into(),
+        kind: None,
+    };
+    assert_eq!(plain.segments(), ["data"]);
+}
+
+#[test]
 fn not_json_is_masked_as_text() {
     let m = masker();
     let mut report = MaskReport::default();

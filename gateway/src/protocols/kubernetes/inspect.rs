@@ -159,7 +159,10 @@ impl Inspector for KubeInspector {
                 policy: decision.clone(),
             }))
             .await;
-        let body = exchange.log.request_body(body, masking).await;
+        // A Secret's body is masked as one even when it names no kind (a patch).
+        let secret = (info.resource.as_deref() == Some("secrets") && info.subresource.is_none())
+            .then_some("Secret");
+        let body = exchange.log.request_body_as(body, masking, secret).await;
         match decision.action {
             Action::Allow => Verdict::Forward(Forward {
                 body,

@@ -109,6 +109,17 @@ impl ExchangeLog {
 
     /// Records the request body (masked unless `record_raw`) and returns what to forward.
     pub async fn request_body(&self, body: Bytes, masking: Masking) -> Bytes {
+        self.request_body_as(body, masking, None).await
+    }
+
+    /// Like `request_body`, a JSON body's top object taken to be of `kind` (a patch of a
+    /// Secret names no kind).
+    pub async fn request_body_as(
+        &self,
+        body: Bytes,
+        masking: Masking,
+        kind: Option<&'static str>,
+    ) -> Bytes {
         if body.is_empty() {
             return body;
         }
@@ -121,7 +132,9 @@ impl ExchangeLog {
                 let recorded = if masking.record_raw {
                     raw
                 } else {
-                    masker.mask_body(&raw, &mut report).map_or(raw, Bytes::from)
+                    masker
+                        .mask_body_as(&raw, kind, &mut report)
+                        .map_or(raw, Bytes::from)
                 };
                 let chunk = RecordBody::Data(DataChunk::new(Direction::Up, recorded));
                 std::iter::once(chunk)
@@ -133,7 +146,10 @@ impl ExchangeLog {
         }
         // The upstream gets the masked body, so it is masked here, on the data path.
         let mut report = MaskReport::default();
-        let masked = self.masker.mask_body(&body, &mut report).map(Bytes::from);
+        let masked = self
+            .masker
+            .mask_body_as(&body, kind, &mut report)
+            .map(Bytes::from);
         let recorded = match (&masked, masking.record_raw) {
             (Some(masked), false) => masked.clone(),
             _ => body.clone(),
