@@ -1064,9 +1064,15 @@ fn a_selected_pods_kubectl_reaches_the_api_server_as_that_pod_and_a_replayed_tok
             .iter()
             .any(|c| c["outcome"] == "identity_mismatch" && c["allowed"] == false)
     );
-    assert!(
-        records.iter().any(|r| r["kind"] == "kube_response"
-            && r["code"] == 403
-            && r["reason"] == "Forbidden")
-    );
+    // The refused request is a pair like any other, by the built-in rule `token-binding`.
+    let refused = records
+        .iter()
+        .find(|r| r["kind"] == "kube_request" && r["policy"]["rule"] == "token-binding")
+        .expect("the refused request is a kube_request");
+    assert_eq!(refused["resource"], "secrets");
+    assert!(records.iter().any(|r| r["kind"] == "kube_response"
+        && r["session_id"] == refused["session_id"]
+        && r["stream"] == refused["stream"]
+        && r["code"] == 403
+        && r["reason"] == "Forbidden"));
 }

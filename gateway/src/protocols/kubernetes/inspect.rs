@@ -96,6 +96,8 @@ impl KubeInspector {
 
 /// The built-in rule that refuses requests of a client that sent a certificate.
 const CLIENT_CERTIFICATE_RULE: &str = "client-certificate";
+/// The built-in rule that refuses a request whose bearer token is not the pod's own.
+const TOKEN_BINDING_RULE: &str = "token-binding";
 
 /// What the gateway keeps of a forwarded request, to sum up its answer.
 pub struct KubeAnswering {
@@ -148,17 +150,15 @@ impl Inspector for KubeInspector {
             masking,
         };
         let recorded = recordable(exchange, &info, masking);
-        exchange
-            .log
-            .record(RecordBody::KubeRequest(KubeRequest {
-                stream: answering.stream,
-                info: recorded.clone(),
-                user: caller.cloned(),
-                impersonate,
-                upgrade: upgrade.map(str::to_string),
-                policy: decision.clone(),
-            }))
-            .await;
+        let request = KubeRequest {
+            stream: answering.stream,
+            info: recorded.clone(),
+            user: caller.cloned(),
+            impersonate,
+            upgrade: upgrade.map(str::to_string),
+            policy: decision.clone(),
+        };
+        exchange.log.record(RecordBody::KubeRequest(request)).await;
         // A Secret's body is masked as one even when it names no kind (a patch).
         let secret = (info.resource.as_deref() == Some("secrets") && info.subresource.is_none())
             .then_some("Secret");
@@ -208,7 +208,8 @@ impl Inspector for KubeInspector {
     }
 
     /// A bearer token that is not the pod's: a Forbidden `Status`, as the API server would
-    /// refuse it; nothing goes upstream.
+    /// refuse it; nothing goes upstream. Recorded as a pair like any request, refused by the
+    /// built-in rule `token-binding` (the `token_check` record says why).
     async fn refused(
         &self,
         exchange: &Exchange,
@@ -223,6 +224,22 @@ impl Inspector for KubeInspector {
             masking: exchange.target_masking(),
         };
         let info = request_info::parse(&head.method, &head.uri);
+        let request = KubeRequest {
+            stream: answering.stream,
+            info: recordable(exchange, &info, answering.masking),
+            user: None,
+            impersonate: Impersonation::of(&head.headers),
+            upgrade: header_str(&head.headers, "upgrade").map(str::to_string),
+            policy: Decision {
+                action: Action::Deny,
+                rule: Some(TOKEN_BINDING_RULE.into()),
+                reason: Some(reason.clone()),
+                timeout: None,
+                mask: None,
+                record_raw: None,
+            },
+        };
+        exchange.log.record(RecordBody::KubeRequest(request)).await;
         forbidden(exchange, &answering, &info, reason).await
     }
 
