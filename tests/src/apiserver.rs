@@ -184,6 +184,28 @@ pub fn kubeconfig_text(server: &str, ca: &Path, server_name: Option<&str>, user:
     )
 }
 
+/// A TLS client trusting the PEM certificates in `ca` and offering `alpn`, as the test
+/// clients in `src/bin` reach an API server.
+pub fn tls_client(
+    ca: &Path,
+    alpn: &[u8],
+) -> Result<tokio_rustls::TlsConnector, Box<dyn std::error::Error + Send + Sync>> {
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca)? {
+        roots.add(cert?)?;
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    Ok(tokio_rustls::TlsConnector::from(std::sync::Arc::new(
+        config,
+    )))
+}
+
 /// The stdout of a command that must have succeeded, as JSON.
 pub fn json_of(out: &Output) -> Value {
     assert!(

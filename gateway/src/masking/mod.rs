@@ -326,17 +326,8 @@ impl Masker {
     ) -> Result<Option<Vec<u8>>, NotJson> {
         // One pass over the raw body with every detector and rule trigger: without a hit
         // and without escapes, no string can hold anything to mask.
-        let hits = if kind.is_some() {
-            // The kind's rules apply without a `kind` in the body to trigger them.
-            json::RawHits {
-                spans: self
-                    .detectors_regex
-                    .find_iter(body)
-                    .map(|m| (m.start(), m.end()))
-                    .collect(),
-                rules: true,
-            }
-        } else if self.json_trigger.is_match(body) {
+        // A kind given applies its rules without a `kind` in the body to trigger them.
+        let hits = if kind.is_some() || self.json_trigger.is_match(body) {
             // A string without escapes is only scanned if a raw candidate overlaps it.
             json::RawHits {
                 spans: self
@@ -344,7 +335,7 @@ impl Masker {
                     .find_iter(body)
                     .map(|m| (m.start(), m.end()))
                     .collect(),
-                rules: self.rules_trigger.is_match(body),
+                rules: kind.is_some() || self.rules_trigger.is_match(body),
             }
         } else if memchr::memchr(b'\\', body).is_some() {
             json::RawHits::default()

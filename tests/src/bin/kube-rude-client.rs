@@ -5,20 +5,18 @@
 //! - `h2-reset`: an HTTP/2 request body cut by RST_STREAM, then a good request on the same
 //!   connection;
 //! - `ws-bad-length`: an exec WebSocket whose first frame claims 2^63 - 1 bytes.
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, time::Duration};
 
 use bytes::Bytes;
 use clap::{Parser, ValueEnum};
-use rustls::{
-    ClientConfig, RootCertStore,
-    pki_types::{CertificateDer, ServerName, pem::PemObject},
-};
+use interlock_e2e::apiserver::tls_client;
+use rustls::pki_types::ServerName;
 use serde_json::json;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
 };
-use tokio_rustls::{TlsConnector, client::TlsStream};
+use tokio_rustls::client::TlsStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -62,24 +60,12 @@ async fn main() {
     }
 }
 
-type Failed = Box<dyn std::error::Error>;
+type Failed = Box<dyn std::error::Error + Send + Sync>;
 
 async fn tls(args: &Args, alpn: &[u8]) -> Result<TlsStream<TcpStream>, Failed> {
-    let mut roots = RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(&args.ca)? {
-        roots.add(cert?)?;
-    }
-    let mut config =
-        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-    config.alpn_protocols = vec![alpn.to_vec()];
     let tcp = TcpStream::connect(args.address).await?;
     let name = ServerName::try_from(SERVER_NAME)?;
-    Ok(TlsConnector::from(Arc::new(config))
-        .connect(name, tcp)
-        .await?)
+    Ok(tls_client(&args.ca, alpn)?.connect(name, tcp).await?)
 }
 
 fn token(args: &Args) -> Result<String, Failed> {

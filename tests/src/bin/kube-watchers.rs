@@ -15,12 +15,9 @@ use std::{
 };
 
 use clap::Parser;
-use rustls::{
-    ClientConfig, RootCertStore,
-    pki_types::{CertificateDer, ServerName, pem::PemObject},
-};
+use interlock_e2e::apiserver::tls_client;
+use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
 
 #[derive(Parser)]
 struct Args {
@@ -57,17 +54,7 @@ async fn main() {
 }
 
 async fn run(args: Args) -> Result<(), Failed> {
-    let mut roots = RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(&args.ca)? {
-        roots.add(cert?)?;
-    }
-    let mut config =
-        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let connector = TlsConnector::from(Arc::new(config));
+    let connector = tls_client(&args.ca, b"h2")?;
     let authorization = format!(
         "Bearer {}",
         std::fs::read_to_string(&args.token_file)?.trim()
