@@ -406,20 +406,23 @@ fn api_requests_are_recorded_as_operations_secrets_masked_and_risky_verbs_held_o
         ),
     )
     .unwrap();
-    let out = setup.wrapped_kubectl(
-        &kubeconfig,
-        &[
-            "apply",
-            "--validate=false",
-            "-f",
-            manifest.to_str().unwrap(),
-        ],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let apply = || {
+        let out = setup.wrapped_kubectl(
+            &kubeconfig,
+            &[
+                "apply",
+                "--validate=false",
+                "-f",
+                manifest.to_str().unwrap(),
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    apply();
     let out = setup.wrapped_kubectl(
         &kubeconfig,
         &["get", "secret", "applied", "-n", "team", "-o", "json"],
@@ -438,20 +441,7 @@ fn api_requests_are_recorded_as_operations_secrets_masked_and_risky_verbs_held_o
             .replace("namespace: team", "namespace: team\n  labels: {tier: db}"),
     )
     .unwrap();
-    let out = setup.wrapped_kubectl(
-        &kubeconfig,
-        &[
-            "apply",
-            "--validate=false",
-            "-f",
-            manifest.to_str().unwrap(),
-        ],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    apply();
 
     // A denied read: kubectl prints the Forbidden Status; the server never saw the request.
     let out = setup.wrapped_kubectl(
