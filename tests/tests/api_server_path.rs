@@ -1220,3 +1220,245 @@ fn an_interactive_exec_through_a_real_terminal_is_recorded_and_plays_back() {
     let played = String::from_utf8_lossy(&played.stdout);
     assert!(played.contains("typed-42"), "{played}");
 }
+
+/// A "pod" port for port-forward: the test API server forwards a pod's port to this host's
+/// loopback port of the same number. Each connection gets one line back, with an AWS key.
+fn pong_server(key: &'static str) -> u16 {
+    use std::io::{BufRead, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for connection in listener.incoming() {
+            let Ok(mut connection) = connection else {
+                return;
+            };
+            std::thread::spawn(move || {
+                let mut line = String::new();
+                let mut reader = std::io::BufReader::new(connection.try_clone().unwrap());
+                if reader.read_line(&mut line).is_ok() {
+                    let _ = writeln!(connection, "pong {} {key}", line.trim());
+                }
+            });
+        }
+    });
+    port
+}
+
+/// Starts `kubectl port-forward` under wrap and returns it with the local port it listens on.
+fn port_forward(
+    setup: &Setup,
+    kubectl: &Path,
+    kubeconfig: &Path,
+    port: u16,
+) -> (std::process::Child, u16) {
+    use std::io::BufRead;
+    let mut child = setup
+        .gateway
+        .wrap_cmd(
+            None,
+            &[
+                kubectl.to_str().unwrap(),
+                "--kubeconfig",
+                kubeconfig.to_str().unwrap(),
+                "port-forward",
+                "-n",
+                "team",
+                "pod/web",
+                &format!(":{port}"),
+            ],
+        )
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let local = lines
+        .find_map(|line| {
+            line.ok()?
+                .strip_prefix("Forwarding from 127.0.0.1:")?
+                .split(' ')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .expect("kubectl port-forward says where it listens");
+    // kubectl logs each connection; read on so it never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    (child, local)
+}
+
+/// One line through a forwarded local port, and the answer.
+fn ask(local: u16, line: &str) -> String {
+    use std::io::{Read, Write};
+    let mut connection = std::net::TcpStream::connect(("127.0.0.1", local)).unwrap();
+    connection
+        .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    writeln!(connection, "{line}").unwrap();
+    let mut answer = String::new();
+    let _ = connection.read_to_string(&mut answer);
+    answer
+}
+
+#[test]
+fn port_forward_is_recorded_as_its_connections_whichever_way_the_client_speaks() {
+    const AWS_KEY: &str = "AKIAIOSFODNN7EXAMPLE";
+    let setup = Setup::start();
+    let kubeconfig = setup.kubeconfig("pod", &setup.bundle, Some("kubernetes.default.svc"));
+    let port = pong_server(AWS_KEY);
+    // kubectl 1.30 speaks SPDY over a plain upgrade; 1.37 tunnels SPDY in WebSocket messages.
+    for (kubectl, name) in [
+        (kubectl_130(), "kubectl-130"),
+        (kubectl_137(), "kubectl-137"),
+    ] {
+        let (mut child, local) = port_forward(&setup, &kubectl, &kubeconfig, port);
+        for connection in 0..2 {
+            let answer = ask(local, &format!("hello-{name}-{connection}"));
+            // A forwarded connection may carry any protocol: its bytes cross unchanged.
+            assert_eq!(
+                answer,
+                format!("pong hello-{name}-{connection} {AWS_KEY}\n")
+            );
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    // The Python client speaks v4.channel.k8s.io.
+    let script = support_dir().join("kube_portforward.py");
+    let python = kube_python();
+    let out = json_of(&setup.gateway.wrap(&[
+        python.to_str().unwrap(),
+        script.to_str().unwrap(),
+        kubeconfig.to_str().unwrap(),
+        "team",
+        "web",
+        &port.to_string(),
+        "hello-python",
+    ]));
+    assert_eq!(out["answer"], format!("pong hello-python {AWS_KEY}\n"));
+    // A port nothing listens on: the kubelet's error comes back on the error stream.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed_port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let (mut child, local) = port_forward(&setup, &kubectl_137(), &kubeconfig, closed_port);
+    assert_eq!(ask(local, "anyone"), "");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let records = loop {
+        let records = setup.gateway.all_records();
+        let refused = records.iter().any(|r| {
+            r["kind"] == "kube_port_forward" && r["port"] == closed_port && r["channel"] == "error"
+        });
+        if refused || std::time::Instant::now() > deadline {
+            break records;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+
+    let decoded = |r: &Value| -> String {
+        let data = r["data"].as_str().unwrap_or_default();
+        String::from_utf8(
+            base64::engine::general_purpose::STANDARD
+                .decode(data)
+                .unwrap(),
+        )
+        .unwrap()
+    };
+    let requests: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["kind"] == "kube_request" && r["subresource"] == "portforward")
+        .collect();
+    assert_eq!(requests.len(), 4, "{requests:?}");
+    let mut protocols = Vec::new();
+    for request in &requests {
+        assert_eq!(request["verb"], "connect");
+        let of_this = |r: &&Value| {
+            r["session_id"] == request["session_id"] && r["stream"] == request["stream"]
+        };
+        let response = records
+            .iter()
+            .filter(of_this)
+            .find(|r| r["kind"] == "kube_response")
+            .unwrap();
+        assert_eq!(response["code"], 101);
+        assert!(response.get("unparsed").is_none(), "{response}");
+        protocols.push(response["upgraded_to"].as_str().unwrap().to_string());
+        let forwarded: Vec<&Value> = records
+            .iter()
+            .filter(of_this)
+            .filter(|r| r["kind"] == "kube_port_forward")
+            .collect();
+        let sent: String = forwarded
+            .iter()
+            .filter(|r| r["direction"] == "up" && r["channel"] == "data")
+            .map(|r| decoded(r))
+            .collect();
+        let answered: String = forwarded
+            .iter()
+            .filter(|r| r["direction"] == "down" && r["channel"] == "data")
+            .map(|r| decoded(r))
+            .collect();
+        let forwarded_port = forwarded.first().map(|r| r["port"].as_u64().unwrap());
+        if forwarded_port == Some(u64::from(closed_port)) {
+            let error: String = forwarded
+                .iter()
+                .filter(|r| r["channel"] == "error")
+                .map(|r| decoded(r))
+                .collect();
+            assert!(error.contains("connect"), "{error}");
+            continue;
+        }
+        assert_eq!(forwarded_port, Some(u64::from(port)));
+        // The pod's answer is masked in the record.
+        assert!(
+            answered.contains("pong hello-") && answered.contains("[MASKED:aws_access_key_id]"),
+            "{answered}"
+        );
+        if sent.contains("python") {
+            // Only the WebSocket client names its ports in the request; kubectl names each
+            // stream's port as it opens it.
+            assert_eq!(request["ports"], serde_json::json!([port]));
+            continue;
+        }
+        // Over SPDY, each local connection is its own pair of streams, opened and closed.
+        for connection in 0..2 {
+            assert!(sent.contains(&format!("-{connection}\n")), "{sent}");
+        }
+        let connections: std::collections::BTreeSet<u64> = forwarded
+            .iter()
+            .map(|r| r["connection"].as_u64().unwrap())
+            .collect();
+        assert_eq!(connections.len(), 2, "{forwarded:?}");
+        for event in ["opened", "closed"] {
+            assert!(forwarded.iter().any(|r| r["event"] == event), "no {event}");
+        }
+    }
+    protocols.sort();
+    assert_eq!(
+        protocols,
+        [
+            "SPDY/3.1",
+            "SPDY/3.1+portforward.k8s.io",
+            "SPDY/3.1+portforward.k8s.io",
+            "v4.channel.k8s.io"
+        ]
+    );
+
+    // replay reads them as port-forward lines.
+    let session = requests[0]["session_id"].as_str().unwrap();
+    let replay = setup.gateway.cli(&["replay", session]).output().unwrap();
+    let replay = String::from_utf8_lossy(&replay.stdout);
+    assert!(
+        replay.contains(&format!("port-forward {port} connection")),
+        "{replay}"
+    );
+
+    // Nothing the gateway wrote holds the key.
+    let mut files = Vec::new();
+    all_bytes(setup.gateway.dir.path(), &mut files);
+    for form in stored_forms(AWS_KEY) {
+        for (path, bytes) in &files {
+            assert!(!contains(bytes, &form), "{path} holds the key ({form})");
+        }
+    }
+}

@@ -373,6 +373,24 @@ pub fn render(records: &[&Record]) -> String {
                 );
                 out.push_str(&show_bytes(&message.data));
             }
+            RecordBody::KubePortForward(forward) => {
+                let arrow = match forward.direction {
+                    Direction::Up => "->",
+                    Direction::Down => "<-",
+                };
+                let _ = writeln!(
+                    out,
+                    "\n#{} {ts}  kube [{}] port-forward {} connection {} {arrow} {:?} {:?}, {} bytes",
+                    record.seq,
+                    forward.stream,
+                    forward.port,
+                    forward.connection,
+                    forward.channel,
+                    forward.event,
+                    forward.data.len()
+                );
+                out.push_str(&show_bytes(&forward.data));
+            }
             RecordBody::KubeResponse(response) => {
                 let what = match (&response.object_kind, &response.name) {
                     (Some(kind), Some(name)) => format!(" {kind} {name}"),

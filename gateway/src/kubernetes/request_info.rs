@@ -52,6 +52,9 @@ pub struct RequestInfo {
     /// exec and attach: a terminal was asked for (`kubectl exec -it`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub tty: bool,
+    /// port-forward: the pod's ports, as `ports` lists them (repeated or comma-separated).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<u16>,
 }
 
 impl RequestInfo {
@@ -149,6 +152,12 @@ pub fn parse(method: &Method, uri: &Uri) -> RequestInfo {
             .map(|(_, v)| v.clone())
             .collect();
         info.tty = param("tty").is_some_and(|v| v == "true" || v == "1");
+        info.ports = query
+            .iter()
+            .filter(|(k, _)| k == "ports")
+            .flat_map(|(_, v)| v.split(','))
+            .filter_map(|port| port.trim().parse().ok())
+            .collect();
     }
     info
 }
@@ -213,6 +222,11 @@ mod tests {
         assert_eq!(exec.command, ["sh", "-c", "echo hi"]);
         assert_eq!(exec.container.as_deref(), Some("app"));
         assert!(exec.tty);
+        let forward = info(
+            Method::POST,
+            "/api/v1/namespaces/team/pods/web/portforward?ports=8080,9090&ports=5432",
+        );
+        assert_eq!(forward.ports, [8080, 9090, 5432]);
         let get = info(
             Method::GET,
             "/api/v1/namespaces/team/pods/web?container=app",

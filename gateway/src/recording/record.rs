@@ -13,8 +13,9 @@ use crate::{
 };
 
 /// 2 added the `kubernetes` pod identity to the workload (node mode); 3 added `kube_request`
-/// and `kube_response` (the API-server path) and a hold's `kube`. Readers take 1 to 3.
-pub const SCHEMA_VERSION: u32 = 3;
+/// and `kube_response` (the API-server path) and a hold's `kube`; 4 added `kube_port_forward`
+/// and a `kube_request`'s `ports`. Readers take 1 to 4.
+pub const SCHEMA_VERSION: u32 = 4;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Record {
@@ -122,6 +123,9 @@ pub enum RecordBody {
     KubeResponse(KubeResponse),
     /// One message of an exec or attach stream, by channel, masked like any body.
     KubeChannel(KubeChannelData),
+    /// One event of a port-forward stream: a connection to a pod's port opened, bytes either
+    /// way (masked in the record), its end.
+    KubePortForward(KubePortForward),
 }
 
 /// The channels of the Kubernetes streaming protocols (`v4.channel.k8s.io`,
@@ -163,6 +167,48 @@ pub struct KubeChannelData {
     pub channel: KubeChannel,
     /// The message without its channel byte, base64-encoded; masked unless `record_raw`.
     #[serde(serialize_with = "to_base64", deserialize_with = "from_base64")]
+    pub data: Bytes,
+}
+
+/// The two streams of one forwarded connection: its bytes, and the errors the kubelet reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PortForwardChannel {
+    Data,
+    Error,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PortForwardEvent {
+    /// The client opened the stream (SPDY); `data` is empty.
+    Opened,
+    Data,
+    /// The sender in `direction` sent its last byte.
+    Closed,
+    /// The stream was reset (SPDY RST_STREAM); `data` is empty.
+    Reset,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KubePortForward {
+    /// The `kube_request` that opened the port-forward.
+    pub stream: u64,
+    /// The pod's port.
+    pub port: u16,
+    /// Which forwarded connection: kubectl's `requestID`, or over WebSocket the port's index.
+    pub connection: u64,
+    pub channel: PortForwardChannel,
+    /// Up: toward the pod.
+    pub direction: Direction,
+    pub event: PortForwardEvent,
+    /// The bytes, base64-encoded; masked unless `record_raw`. The wire carries them unchanged.
+    #[serde(
+        default,
+        serialize_with = "to_base64",
+        deserialize_with = "from_base64",
+        skip_serializing_if = "Bytes::is_empty"
+    )]
     pub data: Bytes,
 }
 
@@ -544,6 +590,24 @@ mod tests {
                 channel: KubeChannel::of(9),
                 data: Bytes::new(),
             }),
+            RecordBody::KubePortForward(KubePortForward {
+                stream: 5,
+                port: 8080,
+                connection: 2,
+                channel: PortForwardChannel::Data,
+                direction: Direction::Up,
+                event: PortForwardEvent::Data,
+                data: Bytes::from_static(b"GET / HTTP/1.1\r\n"),
+            }),
+            RecordBody::KubePortForward(KubePortForward {
+                stream: 5,
+                port: 8080,
+                connection: 2,
+                channel: PortForwardChannel::Error,
+                direction: Direction::Down,
+                event: PortForwardEvent::Reset,
+                data: Bytes::new(),
+            }),
             RecordBody::HoldDecided(HoldDecision {
                 hold_id: "h".into(),
                 outcome: HoldOutcome::Approved,
@@ -599,7 +663,7 @@ mod tests {
         assert_eq!(json["kind"], "data");
         assert_eq!(json["record_id"], "s1:1");
         assert_eq!(json["data"], "AGhp");
-        assert_eq!(json["schema_version"], 3);
+        assert_eq!(json["schema_version"], 4);
         let back: Record = serde_json::from_value(json).unwrap();
         assert_eq!(back, chunk);
     }

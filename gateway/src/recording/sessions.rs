@@ -108,6 +108,7 @@ impl Store {
                 | RecordBody::KubeRequest(_)
                 | RecordBody::KubeResponse(_)
                 | RecordBody::KubeChannel(_)
+                | RecordBody::KubePortForward(_)
                 | RecordBody::McpMessage(_)
                 | RecordBody::Masked(_)
                 | RecordBody::HoldCreated(_)

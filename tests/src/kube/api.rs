@@ -10,7 +10,7 @@ use hyper::{HeaderMap, Method, Request, Response, StatusCode, body::Incoming, he
 use serde_json::{Value, json};
 
 use super::{
-    State, exec,
+    State, exec, portforward,
     resources::{RESOURCES, Resource, VERBS, group_version},
     selectors::{FieldSelector, LabelSelector},
     status::ApiError,
@@ -119,18 +119,42 @@ async fn route(
         namespace,
         "pods",
         name,
-        "exec",
+        subresource,
     ] = path.split('/').collect::<Vec<_>>().as_slice()
+        && ["exec", "attach", "portforward"].contains(subresource)
     {
         if !matches!(user, User::Admin) {
             return Err(ApiError::Forbidden(format!(
-                "pods \"{name}\" is forbidden: User \"{}\" cannot create resource \"pods/exec\" in API group \"\" in the namespace \"{namespace}\"",
+                "pods \"{name}\" is forbidden: User \"{}\" cannot create resource \"pods/{subresource}\" in API group \"\" in the namespace \"{namespace}\"",
                 user.name()
             )));
         }
-        state.store.get(resource_of("v1", "Pod"), namespace, name)?;
-        let request = exec::ExecRequest::from_query(parts.uri.query().unwrap_or(""));
-        return exec::upgrade(&parts.headers, on_upgrade, request);
+        let pod = state.store.get(resource_of("v1", "Pod"), namespace, name)?;
+        let query = parts.uri.query().unwrap_or("");
+        return match *subresource {
+            "portforward" => {
+                let ports = form_urlencoded::parse(query.as_bytes())
+                    .filter(|(k, _)| k == "ports")
+                    .flat_map(|(_, v)| {
+                        v.split(',')
+                            .filter_map(|p| p.trim().parse().ok())
+                            .collect::<Vec<u16>>()
+                    })
+                    .collect();
+                portforward::upgrade(&parts.headers, on_upgrade, ports)
+            }
+            "attach" => {
+                // Attach joins the container's own process: here, its command started afresh.
+                let mut request = exec::ExecRequest::from_query(query);
+                request.command = container_command(&pod);
+                exec::upgrade(&parts.headers, on_upgrade, request)
+            }
+            _ => exec::upgrade(
+                &parts.headers,
+                on_upgrade,
+                exec::ExecRequest::from_query(query),
+            ),
+        };
     }
     let needs_body = [Method::POST, Method::PUT, Method::PATCH].contains(&parts.method);
     let body = if needs_body {
@@ -861,6 +885,22 @@ fn testserver(state: &State, control: &str, call: &Call) -> Result<Response<Body
             Ok(respond(200, &json!({"token": token, "claims": claims})))
         }
         _ => Err(not_served()),
+    }
+}
+
+/// The first container's `command`, or a shell, as a container's entrypoint would run.
+fn container_command(pod: &Value) -> Vec<String> {
+    let command: Vec<String> = pod["spec"]["containers"][0]["command"]
+        .as_array()
+        .map(|c| {
+            c.iter()
+                .filter_map(|a| a.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    match command.is_empty() {
+        true => vec!["sh".into()],
+        false => command,
     }
 }
 

@@ -8,11 +8,12 @@
 //! few test-only controls live under `/testserver/` (admin token only): rotate the signing
 //! key, mint a token with any claims, compact the history, read the request log.
 //!
-//! Layers, so exec, attach and port-forward can join later: `tls` and the connection loop
-//! here, `api` for routing and handlers, and `store`, `watch`, `tokens`, `selectors`,
-//! `table` and `status` below it.
+//! Layers: `tls` and the connection loop here, `api` for routing and handlers, `exec` (exec
+//! and attach) and `portforward` for the upgraded streams, and `store`, `watch`, `tokens`,
+//! `selectors`, `table` and `status` below them.
 mod api;
 mod exec;
+mod portforward;
 mod resources;
 mod selectors;
 mod status;

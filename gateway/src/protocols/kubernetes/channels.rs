@@ -1,11 +1,17 @@
-//! exec and attach streams (`v4.channel.k8s.io`, `v5.channel.k8s.io`), relayed message by
-//! message: each binary message's first byte names its channel, and each is recorded as a
-//! `kube_channel` record, masked like any body, then forwarded. Output (stdout, stderr, the
-//! closing Status) is masked for the client as responses are, input as requests are.
+//! Upgraded WebSocket streams of the API server, relayed message by message:
+//! - exec and attach (`v4.channel.k8s.io`, `v5.channel.k8s.io`): each binary message's first
+//!   byte names its channel, and each is recorded as a `kube_channel` record, masked like any
+//!   body, then forwarded. Output (stdout, stderr, the closing Status) is masked for the
+//!   client as responses are, input as requests are.
+//! - port-forward over `v4.channel.k8s.io` (the Python client): channel 2i carries port i's
+//!   bytes and 2i+1 its errors, recorded as `kube_port_forward` records.
+//! - port-forward as SPDY in binary messages (`SPDY/3.1+portforward.k8s.io`, kubectl 1.31+),
+//!   read by the SPDY tap.
 //!
+//! Port-forward bytes cross unchanged (they may be any protocol); their record is masked.
 //! Each message is masked on its own: a secret split across two messages is not caught. A
 //! terminal's output is never held back waiting for the next message.
-use std::sync::Arc;
+use std::{collections::HashSet, sync::Arc};
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
@@ -15,6 +21,7 @@ use tokio_tungstenite::{
     tungstenite::{Message, Utf8Bytes, protocol::Role},
 };
 
+use super::spdy::relay::{Side, SpdyTap};
 use crate::{
     masking::MaskReport,
     protocols::{
@@ -22,12 +29,15 @@ use crate::{
         http::tunnel::both_upgraded,
         l7::{Exchange, Masking},
     },
-    recording::record::{KubeChannel, KubeChannelData, RecordBody},
+    recording::record::{
+        KubeChannel, KubeChannelData, KubePortForward, PortForwardChannel, PortForwardEvent,
+        RecordBody,
+    },
     vocabulary::Direction,
 };
 
 /// The subprotocols whose binary messages start with a channel byte. The `base64.` variants
-/// (text messages) and port-forward are relayed as bytes instead.
+/// (text messages) are relayed as bytes instead.
 pub const CHANNEL_PROTOCOLS: [&str; 5] = [
     "v5.channel.k8s.io",
     "v4.channel.k8s.io",
@@ -36,11 +46,25 @@ pub const CHANNEL_PROTOCOLS: [&str; 5] = [
     "channel.k8s.io",
 ];
 
-/// Relays one exec or attach stream until either side closes it.
+/// The WebSocket subprotocol kubectl 1.31+ tunnels a SPDY port-forward in.
+pub const SPDY_TUNNEL: &str = "SPDY/3.1+portforward.k8s.io";
+
+/// How a stream's messages are read.
+pub enum Reading {
+    /// exec and attach: the channel byte names stdin, stdout, ….
+    Exec,
+    /// port-forward over a channel protocol, for the ports the request named.
+    PortForward(Vec<u16>),
+    /// SPDY bytes, tunnelled in binary messages.
+    Spdy(Arc<SpdyTap>),
+}
+
+/// Relays one upgraded stream until either side closes it.
 pub async fn relay(
     exchange: Arc<Exchange>,
     stream: u64,
     masking: Masking,
+    reading: Reading,
     client: OnUpgrade,
     upstream: OnUpgrade,
 ) {
@@ -52,10 +76,13 @@ pub async fn relay(
     let upstream = WebSocketStream::from_raw_socket(upstream, Role::Client, None).await;
     let (mut to_client, mut from_client) = client.split();
     let (mut to_upstream, mut from_upstream) = upstream.split();
-    let channels = Channels {
+    let mut channels = Channels {
         exchange: &exchange,
         stream,
         masking,
+        reading,
+        sides: [Side::new(Direction::Up), Side::new(Direction::Down)],
+        ports_seen: HashSet::new(),
     };
     let error = loop {
         let (message, direction) = tokio::select! {
@@ -107,12 +134,77 @@ struct Channels<'a> {
     exchange: &'a Exchange,
     stream: u64,
     masking: Masking,
+    reading: Reading,
+    /// For SPDY: each direction's reader.
+    sides: [Side; 2],
+    /// For port-forward: the channels whose first message (which starts with the port) the
+    /// API server has sent.
+    ports_seen: HashSet<u8>,
 }
 
 impl Channels<'_> {
+    /// Records one message and returns what to forward.
+    async fn pass(&mut self, direction: Direction, message: Message) -> Message {
+        match &self.reading {
+            Reading::Exec => self.pass_exec(direction, message).await,
+            Reading::PortForward(ports) => {
+                let ports = ports.clone();
+                self.pass_port(&ports, direction, &message).await;
+                message
+            }
+            Reading::Spdy(tap) => {
+                if let Message::Binary(bytes) = &message {
+                    let side = &mut self.sides[usize::from(direction == Direction::Down)];
+                    tap.observe(side, bytes).await;
+                }
+                message
+            }
+        }
+    }
+
+    /// Records a port-forward message as its port's data or error; forwards it unchanged.
+    async fn pass_port(&mut self, ports: &[u16], direction: Direction, message: &Message) {
+        let payload = match message {
+            Message::Binary(payload) => payload.clone(),
+            Message::Text(text) => Bytes::from(text.clone()),
+            _ => return,
+        };
+        let Some((&channel, mut data)) = payload.split_first() else {
+            return;
+        };
+        // The API server starts each channel with the port, two bytes little-endian.
+        if direction == Direction::Down && self.ports_seen.insert(channel) {
+            data = data.get(2..).unwrap_or_default();
+        }
+        let index = usize::from(channel / 2);
+        let mut report = MaskReport::default();
+        let masked = self.exchange.masker().mask_text(data, &mut report);
+        let data = match masked {
+            Some(masked) if !self.masking.record_raw => Bytes::from(masked),
+            _ => payload.slice_ref(data),
+        };
+        let record = KubePortForward {
+            stream: self.stream,
+            port: ports.get(index).copied().unwrap_or_default(),
+            connection: index as u64,
+            channel: match channel % 2 {
+                0 => PortForwardChannel::Data,
+                _ => PortForwardChannel::Error,
+            },
+            direction,
+            event: PortForwardEvent::Data,
+            data,
+        };
+        self.exchange
+            .log
+            .record(RecordBody::KubePortForward(record))
+            .await;
+        self.exchange.log.masked(direction, report, false).await;
+    }
+
     /// Records one message by its channel and returns what to forward. Binary and text
     /// messages alike start with their channel (the Python client writes stdin as text).
-    async fn pass(&self, direction: Direction, message: Message) -> Message {
+    async fn pass_exec(&self, direction: Direction, message: Message) -> Message {
         let (payload, text) = match message {
             Message::Binary(payload) => (payload, false),
             Message::Text(text) => (Bytes::from(text), true),

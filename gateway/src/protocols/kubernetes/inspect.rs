@@ -20,7 +20,10 @@ use hyper::{
 use serde::{Deserialize, de::IgnoredAny};
 use serde_json::{Value, json};
 
-use super::channels::{self, CHANNEL_PROTOCOLS};
+use super::{
+    channels::{self, CHANNEL_PROTOCOLS, Reading, SPDY_TUNNEL},
+    spdy::{self, relay::SpdyTap},
+};
 
 use crate::{
     approvals::Approvals,
@@ -104,6 +107,8 @@ pub struct KubeAnswering {
     stream: u64,
     started: Instant,
     watch: bool,
+    /// port-forward: its ports, by which its channels are read.
+    ports: Option<Vec<u16>>,
     /// For an exec or attach stream, which is masked message by message.
     masking: Masking,
 }
@@ -147,6 +152,7 @@ impl Inspector for KubeInspector {
             stream,
             started,
             watch: info.verb == "watch",
+            ports: (info.subresource.as_deref() == Some("portforward")).then(|| info.ports.clone()),
             masking,
         };
         let recorded = recordable(exchange, &info, masking);
@@ -221,6 +227,7 @@ impl Inspector for KubeInspector {
             stream: self.streams.fetch_add(1, Ordering::Relaxed),
             started: Instant::now(),
             watch: false,
+            ports: None,
             masking: exchange.target_masking(),
         };
         let info = request_info::parse(&head.method, &head.uri);
@@ -251,8 +258,9 @@ impl Inspector for KubeInspector {
         }
     }
 
-    /// exec and attach are read by channel; anything else (port-forward, SPDY, the base64
-    /// protocols) is relayed and recorded as bytes, with a warning that it went unread.
+    /// exec, attach and port-forward are read by channel or by SPDY stream; anything else
+    /// (the base64 protocols) is relayed and recorded as bytes, with a warning that it went
+    /// unread.
     fn upgraded(
         &self,
         exchange: Arc<Exchange>,
@@ -262,30 +270,45 @@ impl Inspector for KubeInspector {
         upstream: OnUpgrade,
     ) -> Pump {
         // A WebSocket names its subprotocol; SPDY names itself in Upgrade.
-        let protocol = header_str(&head.headers, "sec-websocket-protocol")
+        let websocket = header_str(&head.headers, "sec-websocket-protocol");
+        let protocol = websocket
             .or_else(|| header_str(&head.headers, "upgrade"))
             .unwrap_or("")
             .to_string();
-        let unparsed = !CHANNEL_PROTOCOLS.contains(&protocol.as_str());
+        let stream = answering.stream;
+        let reading = match (websocket, answering.ports) {
+            (Some(channel), ports) if CHANNEL_PROTOCOLS.contains(&channel) => match ports {
+                Some(ports) => Some(Reading::PortForward(ports)),
+                None => Some(Reading::Exec),
+            },
+            (Some(SPDY_TUNNEL), _) => Some(Reading::Spdy(SpdyTap::new(
+                exchange.clone(),
+                stream,
+                answering.masking,
+            ))),
+            _ => None,
+        };
+        let spdy = websocket.is_none() && protocol.to_ascii_lowercase().starts_with("spdy/3");
         let summary = KubeResponse {
             upgraded_to: Some(protocol.clone()),
-            unparsed,
-            ..answered(answering.stream, 101, answering.started.elapsed())
+            unparsed: reading.is_none() && !spdy,
+            ..answered(stream, 101, answering.started.elapsed())
         };
         Box::pin(async move {
             exchange.log.record(RecordBody::KubeResponse(summary)).await;
-            if CHANNEL_PROTOCOLS.contains(&protocol.as_str()) {
-                channels::relay(
-                    exchange,
-                    answering.stream,
-                    answering.masking,
-                    client,
-                    upstream,
-                )
-                .await;
-            } else {
-                tracing::warn!(target_name = %exchange.target.name, protocol, "an upgraded stream in a protocol Interlock does not read: relayed and recorded as bytes");
-                tunnel::relay_bytes(exchange, client, upstream).await;
+            match reading {
+                Some(reading) => {
+                    let masking = answering.masking;
+                    channels::relay(exchange, stream, masking, reading, client, upstream).await
+                }
+                None if spdy => {
+                    let tap = SpdyTap::new(exchange, stream, answering.masking);
+                    spdy::relay::relay(tap, client, upstream).await
+                }
+                None => {
+                    tracing::warn!(target_name = %exchange.target.name, protocol, "an upgraded stream in a protocol Interlock does not read: relayed and recorded as bytes");
+                    tunnel::relay_bytes(exchange, client, upstream).await;
+                }
             }
         })
     }
@@ -591,6 +614,7 @@ mod tests {
                 stream: 4,
                 started: Instant::now(),
                 watch,
+                ports: None,
                 masking: Masking {
                     apply: Default::default(),
                     record_raw: false,

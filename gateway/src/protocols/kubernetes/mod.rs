@@ -2,9 +2,11 @@
 //! again to the API server, then every request read as the API server itself reads it.
 //! - `tls`: both sides' TLS;
 //! - `inspect`: each request decided and recorded, each answer summed up;
-//! - `channels`: exec and attach streams, recorded by channel.
+//! - `channels`: exec, attach and port-forward over WebSocket, recorded by channel;
+//! - `spdy`: SPDY streams (port-forward, and an old kubectl's exec), recorded by stream.
 pub mod channels;
 pub mod inspect;
+pub mod spdy;
 pub mod tls;
 
 use std::{net::SocketAddr, sync::Arc};
