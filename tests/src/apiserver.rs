@@ -28,6 +28,11 @@ pub fn kubectl_130() -> PathBuf {
     PathBuf::from("/usr/lib/google-cloud-sdk/bin/kubectl.1.30")
 }
 
+/// kubectl 1.29, the last that speaks SPDY for exec and attach, from the machine image.
+pub fn kubectl_129() -> PathBuf {
+    PathBuf::from("/usr/lib/google-cloud-sdk/bin/kubectl.1.29")
+}
+
 /// asciinema 2 (PyPI), which plays exec recordings back.
 pub fn asciinema() -> PathBuf {
     kube_peers().join("asciinema")

@@ -330,7 +330,7 @@ fn held_and_denied(issuer: &OidcIssuer) -> String {
          policy:\n  default: allow\n  rules:\n\
          \x20   - name: namespace-deletes-need-a-human\n      match: {{ kube: {{ verb: delete, resource: namespaces }} }}\n      action: hold\n      reason: a namespace takes everything in it along\n\
          \x20   - name: no-break-glass-secrets\n      match: {{ kube: {{ verb: get, resource: secrets, name: \"break-glass-*\" }} }}\n      action: deny\n      reason: break-glass credentials are read in the vault only\n\
-         \x20   - name: no-unreadable-streams\n      match: {{ kube: {{ upgrade: \"SPDY/*\" }} }}\n      action: deny\n      reason: SPDY streams cannot be recorded by channel; use kubectl 1.30 or later\n",
+         \x20   - name: no-unmasked-streams\n      match: {{ kube: {{ upgrade: \"SPDY/*\" }} }}\n      action: deny\n      reason: SPDY exec output reaches the client unmasked; use kubectl 1.30 or later\n",
         issuer.url()
     )
 }
@@ -695,7 +695,7 @@ fn api_requests_are_recorded_as_operations_secrets_masked_and_risky_verbs_held_o
         .iter()
         .find(|r| r["upgrade"] == "SPDY/3.1")
         .expect("the SPDY exec is a kube_request");
-    assert_eq!(spdy["policy"]["rule"], "no-unreadable-streams");
+    assert_eq!(spdy["policy"]["rule"], "no-unmasked-streams");
     assert_eq!(spdy["subresource"], "exec");
     let impersonating = requests
         .iter()
@@ -1459,6 +1459,148 @@ fn port_forward_is_recorded_as_its_connections_whichever_way_the_client_speaks()
     for form in stored_forms(AWS_KEY) {
         for (path, bytes) in &files {
             assert!(!contains(bytes, &form), "{path} holds the key ({form})");
+        }
+    }
+}
+
+/// kubectl with `args` under wrap, `input` on its stdin.
+fn kubectl_with_input(
+    setup: &Setup,
+    kubectl: &Path,
+    kubeconfig: &Path,
+    args: &[&str],
+    input: &str,
+) -> Output {
+    use std::io::Write;
+    let mut command = vec![
+        kubectl.to_str().unwrap(),
+        "--kubeconfig",
+        kubeconfig.to_str().unwrap(),
+    ];
+    command.extend(args);
+    let mut child = setup
+        .gateway
+        .wrap_cmd(None, &command)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn attach_and_an_old_kubectls_spdy_exec_are_recorded_by_channel() {
+    let setup = Setup::start();
+    let kubeconfig = setup.kubeconfig("pod", &setup.bundle, Some("kubernetes.default.svc"));
+    // kubectl 1.29 speaks SPDY for exec: one stream a channel.
+    let out = kubectl_with_input(
+        &setup,
+        &kubectl_129(),
+        &kubeconfig,
+        &[
+            "exec",
+            "-i",
+            "-n",
+            "team",
+            "web",
+            "--",
+            "sh",
+            "-c",
+            "read l; echo \"got $l\"; echo err >&2; exit 3",
+        ],
+        "typed-over-spdy\n",
+    );
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(3), "{stdout}\n{stderr}");
+    assert_eq!(stdout, "got typed-over-spdy\n");
+    assert!(stderr.contains("err"), "{stderr}");
+    // attach joins the container's process (the test server starts its command, a shell).
+    let out = kubectl_with_input(
+        &setup,
+        &kubectl_137(),
+        &kubeconfig,
+        &["attach", "-i", "-n", "team", "web"],
+        "echo attached-over-websocket; exit\n",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "attached-over-websocket\n"
+    );
+
+    let records = setup.gateway.all_records();
+    let decoded = |r: &Value| -> String {
+        let data = r["data"].as_str().unwrap_or_default();
+        String::from_utf8(
+            base64::engine::general_purpose::STANDARD
+                .decode(data)
+                .unwrap(),
+        )
+        .unwrap()
+    };
+    for (subresource, protocol, typed, printed) in [
+        ("exec", "SPDY/3.1", "typed-over-spdy", "got typed-over-spdy"),
+        (
+            "attach",
+            "v5.channel.k8s.io",
+            "echo attached-over-websocket",
+            "attached-over-websocket",
+        ),
+    ] {
+        let request = records
+            .iter()
+            .find(|r| r["kind"] == "kube_request" && r["subresource"] == subresource)
+            .unwrap_or_else(|| panic!("no {subresource} request"));
+        assert_eq!(request["verb"], "connect");
+        let of_this = |r: &&Value| {
+            r["session_id"] == request["session_id"] && r["stream"] == request["stream"]
+        };
+        let response = records
+            .iter()
+            .filter(of_this)
+            .find(|r| r["kind"] == "kube_response")
+            .unwrap();
+        assert_eq!(response["upgraded_to"], protocol);
+        assert!(response.get("unparsed").is_none(), "{response}");
+        let channel = |name: &str| -> String {
+            records
+                .iter()
+                .filter(of_this)
+                .filter(|r| r["kind"] == "kube_channel" && r["channel"] == name)
+                .map(decoded)
+                .collect()
+        };
+        assert!(
+            channel("stdin").contains(typed),
+            "{subresource}: {}",
+            channel("stdin")
+        );
+        assert!(
+            channel("stdout").contains(printed),
+            "{subresource}: {}",
+            channel("stdout")
+        );
+        let status: Value = serde_json::from_str(&channel("error")).unwrap();
+        match subresource {
+            "exec" => {
+                assert_eq!(status["reason"], "NonZeroExitCode");
+                assert!(channel("stderr").contains("err"));
+            }
+            _ => assert_eq!(status["status"], "Success"),
         }
     }
 }

@@ -259,7 +259,7 @@ pub struct KubeResponse {
     /// A 101's protocol: the WebSocket subprotocol, or the `Upgrade` (SPDY).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upgraded_to: Option<String>,
-    /// The upgraded stream is relayed and recorded as bytes, not read (SPDY, port-forward).
+    /// The upgraded stream is relayed and recorded as bytes, not read (the `base64.` protocols).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub unparsed: bool,
     /// From the request to the response head.

@@ -1,10 +1,11 @@
 //! `pods/NAME/exec` over WebSocket, as the kubelet streams it through kube-apiserver: the
 //! `v5.channel.k8s.io` or `v4.channel.k8s.io` subprotocol, binary messages whose first byte
 //! is the channel (0 stdin, 1 stdout, 2 stderr, 3 the closing Status, 4 resize), and in v5 the
-//! close signal `[255, channel]`. The command runs as a real process on this host: on pipes,
-//! or with `tty=true` (`kubectl exec -it`) on a real pseudo-terminal, whose size follows the
-//! client's resize messages (channel 4).
-use std::process::Stdio;
+//! close signal `[255, channel]`; or over SPDY (kubectl 1.29 and older), one stream a channel.
+//! attach is served the same way, running the container's command. The command runs as a real
+//! process on this host: on pipes, or with `tty=true` (`kubectl exec -it`) on a real
+//! pseudo-terminal, whose size follows the client's resize messages (channel 4).
+use std::{collections::HashMap, process::Stdio};
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
@@ -13,7 +14,7 @@ use hyper::{HeaderMap, Response, StatusCode, header, upgrade::OnUpgrade};
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use tokio::{
-    io::{AsyncRead, AsyncReadExt, AsyncWriteExt},
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     sync::mpsc,
 };
 use tokio_tungstenite::{
@@ -25,10 +26,16 @@ use tokio_tungstenite::{
     },
 };
 
-use super::{api::Body, status::ApiError};
+use super::{
+    api::Body,
+    spdy::{self, Frame},
+    status::ApiError,
+};
 
 /// Offered by clients, best first.
 const PROTOCOLS: [&str; 2] = ["v5.channel.k8s.io", "v4.channel.k8s.io"];
+/// The stream protocol served over SPDY.
+const SPDY_PROTOCOL: &str = "v4.channel.k8s.io";
 const STDIN: u8 = 0;
 const STDOUT: u8 = 1;
 const STDERR: u8 = 2;
@@ -81,9 +88,18 @@ pub fn upgrade(
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
     };
+    if request.command.is_empty() {
+        return Err(ApiError::BadRequest(
+            "you must specify at least 1 command".into(),
+        ));
+    }
+    if value(header::UPGRADE).eq_ignore_ascii_case("SPDY/3.1") {
+        return upgrade_spdy(headers, on_upgrade, request);
+    }
     if !value(header::UPGRADE).eq_ignore_ascii_case("websocket") {
         return Err(ApiError::BadRequest(
-            "exec takes a WebSocket upgrade (v5.channel.k8s.io or v4.channel.k8s.io); SPDY is not served here".into(),
+            "exec takes a WebSocket (v5.channel.k8s.io or v4.channel.k8s.io) or SPDY/3.1 upgrade"
+                .into(),
         ));
     }
     let offered: Vec<&str> = value(header::SEC_WEBSOCKET_PROTOCOL)
@@ -95,11 +111,6 @@ pub fn upgrade(
             "no supported exec subprotocol offered (got {offered:?}; this server speaks {PROTOCOLS:?})"
         )));
     };
-    if request.command.is_empty() {
-        return Err(ApiError::BadRequest(
-            "you must specify at least 1 command".into(),
-        ));
-    }
     let key = value(header::SEC_WEBSOCKET_KEY);
     if key.is_empty() {
         return Err(ApiError::BadRequest("Sec-WebSocket-Key is missing".into()));
@@ -131,6 +142,46 @@ pub fn upgrade(
     headers.insert(
         header::SEC_WEBSOCKET_PROTOCOL,
         header::HeaderValue::from_static(protocol),
+    );
+    Ok(response)
+}
+
+/// kubectl 1.29 and older: SPDY, offering its stream protocols in `X-Stream-Protocol-Version`
+/// (one header each); v4 is served, whose error stream carries a JSON `Status`.
+fn upgrade_spdy(
+    headers: &HeaderMap,
+    on_upgrade: OnUpgrade,
+    request: ExecRequest,
+) -> Result<Response<Body>, ApiError> {
+    let offered: Vec<&str> = headers
+        .get_all("x-stream-protocol-version")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    if !offered.contains(&SPDY_PROTOCOL) {
+        return Err(ApiError::BadRequest(format!(
+            "no supported exec stream protocol offered (got {offered:?}; this server speaks {SPDY_PROTOCOL} over SPDY)"
+        )));
+    }
+    tokio::spawn(async move {
+        if let Ok(upgraded) = on_upgrade.await {
+            run_spdy(TokioIo::new(upgraded), request).await;
+        }
+    });
+    let mut response = Response::new(Empty::<Bytes>::new().map_err(|e| match e {}).boxed());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let answer = response.headers_mut();
+    answer.insert(
+        header::UPGRADE,
+        header::HeaderValue::from_static("SPDY/3.1"),
+    );
+    answer.insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("Upgrade"),
+    );
+    answer.insert(
+        "x-stream-protocol-version",
+        header::HeaderValue::from_static(SPDY_PROTOCOL),
     );
     Ok(response)
 }
@@ -399,4 +450,148 @@ where
     let mut frame = vec![ERROR];
     frame.extend_from_slice(status.to_string().as_bytes());
     socket.send(Message::binary(frame)).await
+}
+
+/// exec over SPDY: the client opens one stream per channel, each named by `streamtype`; the
+/// command starts once all it asked for are open, and the `Status` goes on the error stream.
+async fn run_spdy(io: impl AsyncRead + AsyncWrite + Send + 'static, request: ExecRequest) {
+    let (mut from_client, mut to_client) = tokio::io::split(io);
+    let (frames, mut outgoing) = mpsc::channel::<Vec<u8>>(64);
+    tokio::spawn(async move {
+        while let Some(frame) = outgoing.recv().await {
+            if to_client.write_all(&frame).await.is_err() || to_client.flush().await.is_err() {
+                return;
+            }
+        }
+        let _ = to_client.shutdown().await;
+    });
+    // Frames are read on their own task: a read cut short by select! would lose its place.
+    let (incoming_tx, mut incoming) = mpsc::channel(16);
+    tokio::spawn(async move {
+        while let Ok(frame) = spdy::read_frame(&mut from_client).await {
+            if incoming_tx.send(frame).await.is_err() {
+                return;
+            }
+        }
+    });
+    let expected = 1
+        + usize::from(request.stdin)
+        + usize::from(request.stdout)
+        + usize::from(request.stderr && !request.tty)
+        + usize::from(request.tty);
+    let mut headers = spdy::Headers::new();
+    let mut streams: HashMap<String, u32> = HashMap::new();
+    while streams.len() < expected {
+        let Some(frame) = incoming.recv().await else {
+            return;
+        };
+        if let Frame::Control { kind, payload, .. } = frame
+            && kind == spdy::SYN_STREAM
+            && payload.len() >= 10
+        {
+            let stream = u32::from_be_bytes(payload[..4].try_into().expect("4 bytes"));
+            let Some(opened) = headers.read(&payload[10..]) else {
+                return;
+            };
+            let mut reply = stream.to_be_bytes().to_vec();
+            reply.extend(headers.empty());
+            let _ = frames.send(spdy::control(spdy::SYN_REPLY, 0, &reply)).await;
+            if let Some(kind) = opened.get("streamtype") {
+                streams.insert(kind.clone(), stream);
+            }
+        }
+    }
+    let stream_of = |channel: u8| {
+        let kind = match channel {
+            STDOUT => "stdout",
+            STDERR => "stderr",
+            _ => "error",
+        };
+        streams.get(kind).copied()
+    };
+    let (output_tx, mut output) = mpsc::channel(16);
+    let started = match request.tty {
+        true => start_on_terminal(&request, &output_tx),
+        false => start_on_pipes(&request, &output_tx),
+    };
+    drop(output_tx);
+    let error_stream = stream_of(ERROR).unwrap_or_default();
+    let (started, mut open_pipes) = match started {
+        Ok(started) => started,
+        Err(e) => {
+            let status = failure(&format!("starting the command: {e}"), None);
+            let _ = frames
+                .send(spdy::data(
+                    error_stream,
+                    spdy::FIN,
+                    status.to_string().as_bytes(),
+                ))
+                .await;
+            return;
+        }
+    };
+    let Started {
+        mut child,
+        mut stdin,
+        terminal,
+    } = started;
+    let (stdin_stream, resize_stream) = (streams.get("stdin"), streams.get("resize"));
+    while open_pipes > 0 {
+        tokio::select! {
+            frame = output.recv() => match frame {
+                Some(Some(frame)) => {
+                    if let Some(stream) = stream_of(frame[0]) {
+                        let _ = frames.send(spdy::data(stream, 0, &frame[1..])).await;
+                    }
+                }
+                Some(None) | None => open_pipes -= 1,
+            },
+            frame = incoming.recv() => match frame {
+                Some(Frame::Data { stream, flags, payload }) if Some(&stream) == stdin_stream => {
+                    if let Some(pipe) = stdin.as_mut()
+                        && (pipe.write_all(&payload).await.is_err() || pipe.flush().await.is_err())
+                    {
+                        stdin = None;
+                    }
+                    if flags & spdy::FIN != 0 {
+                        stdin = None;
+                    }
+                }
+                Some(Frame::Data { stream, payload, .. }) if Some(&stream) == resize_stream => {
+                    if let Some(terminal) = &terminal {
+                        // Sizes follow one another as JSON objects.
+                        for size in serde_json::Deserializer::from_slice(&payload).into_iter::<Value>().flatten() {
+                            resize(terminal, size.to_string().as_bytes());
+                        }
+                    }
+                }
+                Some(Frame::Control { kind: spdy::PING, flags, payload }) => {
+                    let _ = frames.send(spdy::control(spdy::PING, flags, &payload)).await;
+                }
+                Some(_) => {}
+                None => stdin = None,
+            },
+        }
+    }
+    drop(stdin);
+    let status = match child.wait().await {
+        Ok(exit) if exit.success() => json!({"metadata": {}, "status": "Success"}),
+        Ok(exit) => {
+            let code = exit.code().unwrap_or(128 + 9);
+            let message = format!(
+                "command terminated with non-zero exit code: error executing command {:?}, exit code {code}",
+                request.command
+            );
+            failure(&message, Some(code))
+        }
+        Err(e) => failure(&e.to_string(), None),
+    };
+    let _ = frames
+        .send(spdy::data(error_stream, 0, status.to_string().as_bytes()))
+        .await;
+    for kind in ["stdout", "stderr", "error"] {
+        if let Some(&stream) = streams.get(kind) {
+            let _ = frames.send(spdy::data(stream, spdy::FIN, &[])).await;
+        }
+    }
 }

@@ -9,13 +9,15 @@
 //! key, mint a token with any claims, compact the history, read the request log.
 //!
 //! Layers: `tls` and the connection loop here, `api` for routing and handlers, `exec` (exec
-//! and attach) and `portforward` for the upgraded streams, and `store`, `watch`, `tokens`,
+//! and attach) and `portforward` for the upgraded streams, over `spdy` where the client
+//! speaks it, and `store`, `watch`, `tokens`,
 //! `selectors`, `table` and `status` below them.
 mod api;
 mod exec;
 mod portforward;
 mod resources;
 mod selectors;
+mod spdy;
 mod status;
 mod store;
 mod table;

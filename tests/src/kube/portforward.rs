@@ -12,13 +12,9 @@
 //! `requestid` header; the server answers each with SYN_REPLY, copies the data stream to and
 //! from the pod's port, and closes both when the pod's side ends. kubectl waits for the error
 //! stream to close before it counts a connection done.
-#[path = "../../../gateway/src/protocols/kubernetes/spdy/dictionary.rs"]
-mod dictionary;
-
 use std::collections::HashMap;
 
 use bytes::Bytes;
-use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress};
 use futures_util::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, Empty};
 use hyper::{HeaderMap, Response, StatusCode, header, upgrade::OnUpgrade};
@@ -33,16 +29,17 @@ use tokio_tungstenite::{
     tungstenite::{Message, handshake::derive_accept_key, protocol::Role},
 };
 
-use super::{api::Body, status::ApiError};
+use super::{
+    api::Body,
+    spdy::{
+        FIN, Frame, GOAWAY, Headers, PING, RST_STREAM, SYN_REPLY, SYN_STREAM, control, data,
+        read_frame,
+    },
+    status::ApiError,
+};
 
 const SPDY_TUNNEL: &str = "SPDY/3.1+portforward.k8s.io";
 const CHANNELS: &str = "v4.channel.k8s.io";
-const SYN_STREAM: u16 = 1;
-const SYN_REPLY: u16 = 2;
-const RST_STREAM: u16 = 3;
-const PING: u16 = 6;
-const GOAWAY: u16 = 7;
-const FIN: u8 = 1;
 
 /// Answers the upgrade and serves the port-forward on the upgraded connection.
 pub fn upgrade(
@@ -161,120 +158,6 @@ where
         let _ = sink.close().await;
     });
     near
-}
-
-/// One SPDY frame as read: a control frame's type, or a data frame's stream.
-enum Frame {
-    Control {
-        kind: u16,
-        flags: u8,
-        payload: Vec<u8>,
-    },
-    Data {
-        stream: u32,
-        flags: u8,
-        payload: Vec<u8>,
-    },
-}
-
-async fn read_frame(from: &mut (impl AsyncRead + Unpin)) -> std::io::Result<Frame> {
-    let mut head = [0u8; 8];
-    from.read_exact(&mut head).await?;
-    let word = u32::from_be_bytes(head[..4].try_into().expect("4 bytes"));
-    let flags = head[4];
-    let length = u32::from_be_bytes([0, head[5], head[6], head[7]]) as usize;
-    let mut payload = vec![0u8; length];
-    from.read_exact(&mut payload).await?;
-    Ok(match word & 0x8000_0000 {
-        0 => Frame::Data {
-            stream: word,
-            flags,
-            payload,
-        },
-        _ => Frame::Control {
-            kind: word as u16,
-            flags,
-            payload,
-        },
-    })
-}
-
-fn control(kind: u16, flags: u8, payload: &[u8]) -> Vec<u8> {
-    let mut frame = vec![0x80, 3];
-    frame.extend_from_slice(&kind.to_be_bytes());
-    frame.push(flags);
-    frame.extend_from_slice(&(payload.len() as u32).to_be_bytes()[1..]);
-    frame.extend_from_slice(payload);
-    frame
-}
-
-fn data(stream: u32, flags: u8, payload: &[u8]) -> Vec<u8> {
-    let mut frame = stream.to_be_bytes().to_vec();
-    frame.push(flags);
-    frame.extend_from_slice(&(payload.len() as u32).to_be_bytes()[1..]);
-    frame.extend_from_slice(payload);
-    frame
-}
-
-/// Both directions' header compression: one zlib stream each way, with SPDY's dictionary.
-struct Headers {
-    inflate: Decompress,
-    deflate: Compress,
-}
-
-impl Headers {
-    fn new() -> Headers {
-        let mut deflate = Compress::new(Compression::default(), true);
-        deflate
-            .set_dictionary(&dictionary::dictionary())
-            .expect("a fresh stream takes a dictionary");
-        Headers {
-            inflate: Decompress::new(true),
-            deflate,
-        }
-    }
-
-    fn read(&mut self, mut block: &[u8]) -> Option<HashMap<String, String>> {
-        let mut plain = Vec::with_capacity(4096);
-        while !block.is_empty() {
-            let before = self.inflate.total_in();
-            let result = self
-                .inflate
-                .decompress_vec(block, &mut plain, FlushDecompress::Sync);
-            block = &block[(self.inflate.total_in() - before) as usize..];
-            match result {
-                Err(e) if e.needs_dictionary().is_some() => {
-                    self.inflate
-                        .set_dictionary(&dictionary::dictionary())
-                        .ok()?;
-                }
-                Err(_) => return None,
-                Ok(_) if plain.len() == plain.capacity() => plain.reserve(plain.len()),
-                Ok(_) => {}
-            }
-        }
-        let word =
-            |at: usize| Some(u32::from_be_bytes(plain.get(at..at + 4)?.try_into().ok()?) as usize);
-        let mut headers = HashMap::new();
-        let mut at = 4;
-        for _ in 0..word(0)? {
-            let name = String::from_utf8_lossy(plain.get(at + 4..at + 4 + word(at)?)?).to_string();
-            at += 4 + word(at)?;
-            let value = String::from_utf8_lossy(plain.get(at + 4..at + 4 + word(at)?)?).to_string();
-            at += 4 + word(at)?;
-            headers.insert(name, value);
-        }
-        Some(headers)
-    }
-
-    /// An empty header block, as a SYN_REPLY carries.
-    fn empty(&mut self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(64);
-        self.deflate
-            .compress_vec(&[0, 0, 0, 0], &mut out, FlushCompress::Sync)
-            .expect("compressing into room enough");
-        out
-    }
 }
 
 /// One forwarded connection: kubectl's two streams, and the pod's socket once open.
