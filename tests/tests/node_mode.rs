@@ -1054,6 +1054,14 @@ fn a_selected_pods_kubectl_reaches_the_api_server_as_that_pod_and_a_replayed_tok
     assert_eq!(start["kubernetes"]["pod"], "agent-11");
     assert_eq!(start["kubernetes"]["service_account"], "agent");
     assert_eq!(start["protocol"], "kubernetes");
+    // replay names the pod the session came from.
+    let session = listed["session_id"].as_str().unwrap();
+    let replay = gw.cli(&["replay", session]).output().unwrap();
+    let replay = String::from_utf8_lossy(&replay.stdout);
+    assert!(
+        replay.contains("  pod:    team/agent-11 container app, service account agent"),
+        "{replay}"
+    );
     let checks: Vec<&Value> = records
         .iter()
         .filter(|r| r["kind"] == "token_check")

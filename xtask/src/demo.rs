@@ -1,9 +1,10 @@
 //! `cargo xtask demo`: what the product is for, in numbered steps on one box. An unmodified
 //! MCP client is redirected by eBPF through the gateway to the reference MCP server, sees the
-//! server's secret masked and a risky tool denied; kubectl reaches a Kubernetes API server
-//! (the in-repo test server) through the gateway's API-server path, reads a Secret masked and
-//! runs an exec that is recorded; then the records are read back and verified. Each step is a
-//! function in `STEPS`.
+//! server's secret masked and a risky tool denied. Then the gateway runs in node mode beside a
+//! simulated pod (`sim-pod`: kubelet's cgroups, a network namespace of its own): the pod's
+//! kubectl reaches a Kubernetes API server (the in-repo test server) through the gateway's
+//! API-server path with its own bound token, reads a Secret masked and runs an exec that is
+//! recorded; then the records are read back and verified. Each step is a function in `STEPS`.
 use std::{
     net::TcpListener,
     path::{Path, PathBuf},
@@ -31,9 +32,12 @@ struct Demo {
     bin: PathBuf,
     config: PathBuf,
     server_url: String,
-    /// kubectl, and a kubeconfig that trusts the interception CA, as a pod's would.
+    /// kubectl, and a kubeconfig like the pod's in-cluster config: the bundle with the
+    /// interception CA, and the pod's own bound token.
     kubectl: PathBuf,
     kubeconfig: PathBuf,
+    /// Runs a command in the pod's container.
+    enter: Vec<String>,
     work: PathBuf,
     /// What the wrapped client reported (filled by the first step).
     seen: Value,
@@ -57,11 +61,11 @@ const STEPS: &[Step] = &[
         tool_denied,
     ),
     (
-        "kubectl reads a Secret through the API-server path: its TLS is terminated with the name-constrained interception CA, and the Secret's data is masked",
+        "A selected pod's kubectl reads a Secret through the API-server path: its TLS is terminated with the name-constrained interception CA, its token is checked against the pod the kernel attests, and the Secret's data is masked",
         kube_secret_masked,
     ),
     (
-        "kubectl exec through the gateway: stdout, stderr and the exit code recorded per channel",
+        "The pod's kubectl exec: stdout, stderr and the exit code recorded per channel",
         kube_exec,
     ),
     (
@@ -71,27 +75,40 @@ const STEPS: &[Step] = &[
 ];
 
 /// The Kubernetes side of the demo: kube-testserver, which speaks the API server's wire
-/// protocol, and what a pod would be given to reach it through the gateway.
+/// protocol, on a host address the pod reaches through the host's routes.
 struct ApiServer {
     _server: Killed,
-    /// `127.0.0.1:PORT`
+    _address: HostAddress,
+    /// `ADDRESS:PORT`
     address: String,
     ca: PathBuf,
     admin_kubeconfig: PathBuf,
-    token: String,
 }
+
+/// The service account the pod runs as; the API server lets it exec, as a RoleBinding would.
+const POD_SERVICE_ACCOUNT: &str = "agent";
 
 fn start_api_server(work: &Path) -> Result<ApiServer> {
     let state = work.join("kube");
     std::fs::create_dir_all(&state)?;
     let admin_kubeconfig = state.join("kubeconfig");
-    step("starting kube-testserver (TLS, HTTP/2, the Kubernetes API, exec over WebSocket)");
+    // A pod cannot reach the host's 127.0.0.1: the API server listens on an address of its own.
+    let host_address = HostAddress::add(&format!("10.229.{}.1", std::process::id() % 250))?;
+    step(&format!(
+        "starting kube-testserver on {} (TLS, HTTP/2, the Kubernetes API, exec over WebSocket)",
+        host_address.0
+    ));
     let server = Killed(
         Command::new(root().join("target/debug/kube-testserver"))
             .arg("--state-dir")
             .arg(&state)
             .arg("--fixture")
             .arg(root().join("tests/support/kube/cluster.yaml"))
+            .args(["--listen", &format!("{}:0", host_address.0)])
+            .args([
+                "--allow-connect",
+                &format!("system:serviceaccount:team:{POD_SERVICE_ACCOUNT}"),
+            ])
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(state.join("server.log"))?)
             .spawn()
@@ -106,12 +123,54 @@ fn start_api_server(work: &Path) -> Result<ApiServer> {
         .to_string();
     Ok(ApiServer {
         _server: server,
+        _address: host_address,
         address,
         ca: state.join("ca.crt"),
-        token: std::fs::read_to_string(state.join("admin.token"))?
-            .trim()
-            .to_string(),
         admin_kubeconfig,
+    })
+}
+
+/// The simulated pod (`sim-pod`), held until the demo ends.
+struct Pod {
+    child: Child,
+    node_ip: String,
+    token: String,
+    enter: Vec<String>,
+}
+
+fn start_pod(api: &ApiServer, kubectl: &Path) -> Result<Pod> {
+    step(&format!(
+        "simulating a node and pod team/agent-1 (label app=agent, service account {POD_SERVICE_ACCOUNT}): kubelet's cgroup layout, its own network namespace, the Pod object in the API server"
+    ));
+    let mut child = Command::new(root().join("target/debug/sim-pod"))
+        .arg("--kubeconfig")
+        .arg(&api.admin_kubeconfig)
+        .arg("--kubectl")
+        .arg(kubectl)
+        .args(["--label", "app=agent"])
+        .args(["--service-account", POD_SERVICE_ACCOUNT])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting sim-pod (built by `cargo xtask demo`)")?;
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().context("piped")?),
+        &mut line,
+    )?;
+    let described: Value = serde_json::from_str(&line)
+        .with_context(|| format!("sim-pod did not describe its pod: {line:?}"))?;
+    let text = |key: &str| described[key].as_str().unwrap_or_default().to_string();
+    Ok(Pod {
+        node_ip: text("node_ip"),
+        token: text("token"),
+        enter: described["enter"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|a| a.as_str().map(String::from))
+            .collect(),
+        child,
     })
 }
 
@@ -120,18 +179,24 @@ pub fn demo(bin: &Path) -> Result<()> {
     std::fs::create_dir_all(&work)?;
     let server_port = free_port()?;
     let (listen_port, admin_port) = (free_port()?, free_port()?);
+    let kubectl = root().join("target/kube-peers/bin/kubectl");
     let api = start_api_server(&work)?;
+    let pod = start_pod(&api, &kubectl)?;
     let config = work.join("interlock.yaml");
     std::fs::write(
         &config,
         format!(
             "listen: 127.0.0.1:{listen_port}\nlisten_v6: null\nadmin: 127.0.0.1:{admin_port}\n\
-             control_socket: ./control.sock\nfail_mode: open\ntargets:\n  - name: everything\n    \
+             control_socket: ./control.sock\nfail_mode: open\n\
+             kubernetes:\n  kubeconfig: {}\n  node_name: node-demo\n  pod_proxy_address: {}\n  \
+             selections:\n    - name: agents\n      pods: {{matchLabels: {{app: agent}}}}\n      targets: [kubernetes]\n\
+             targets:\n  - name: everything\n    \
              address: 127.0.0.1:{server_port}\n    protocol: mcp\n  - name: kubernetes\n    \
-             address: {}\n    protocol: kubernetes\n    upstream_ca: {}\n\
-             interception_ca:\n  key: ./interception-ca.key\n  addresses: [127.0.0.1]\n\
+             service: default/kubernetes\n    port: 443\n    protocol: kubernetes\n    upstream_ca: {}\n\
+             interception_ca:\n  key: ./interception-ca.key\n\
              recording:\n  dir: ./records\n{POLICY}",
-            api.address,
+            api.admin_kubeconfig.display(),
+            pod.node_ip,
             api.ca.display()
         ),
     )?;
@@ -161,7 +226,7 @@ pub fn demo(bin: &Path) -> Result<()> {
         || std::net::TcpStream::connect(("127.0.0.1", server_port)).is_ok(),
     )?;
     step(&format!(
-        "starting the gateway (interlock run --config {}): target `everything` speaks mcp, policy rule `no-url-fetches`",
+        "starting the gateway (interlock run --config {}): target `everything` speaks mcp, policy rule `no-url-fetches`; in node mode it watches node-demo's pods and intercepts those labelled app=agent on their way to default/kubernetes",
         config.display()
     ));
     let gateway = Killed(
@@ -177,13 +242,14 @@ pub fn demo(bin: &Path) -> Result<()> {
         )
     })?;
 
-    let kubeconfig = pod_kubeconfig(bin, &config, &work, &api)?;
+    let kubeconfig = pod_kubeconfig(bin, &config, &work, &api, &pod.token)?;
     let mut demo = Demo {
         bin: bin.into(),
         config,
         server_url: format!("http://127.0.0.1:{server_port}/mcp"),
-        kubectl: root().join("target/kube-peers/bin/kubectl"),
+        kubectl,
         kubeconfig,
+        enter: pod.enter.clone(),
         work: work.clone(),
         seen: Value::Null,
         gateway: Some(gateway),
@@ -202,6 +268,7 @@ pub fn demo(bin: &Path) -> Result<()> {
         step(&format!("{}/{}  {title}", number + 1, STEPS.len()));
         run_step(&mut demo)?;
     }
+    drop(pod);
     eprintln!("\nrecords and config are in {}", work.display());
     Ok(())
 }
@@ -211,8 +278,14 @@ const SECRET: &str = r#"{"apiVersion":"v1","kind":"Secret","metadata":{"name":"d
 const SECRET_BASE64: &str = "aHVudGVyMi1pcy1ub3QtYS1wYXNzd29yZA==";
 
 /// A kubeconfig like a selected pod's in-cluster config: the API server's address, the
-/// bundle `interlock ca-bundle` prints as the CA, and a token.
-fn pod_kubeconfig(bin: &Path, config: &Path, work: &Path, api: &ApiServer) -> Result<PathBuf> {
+/// bundle `interlock ca-bundle` prints as the CA, and the pod's own token.
+fn pod_kubeconfig(
+    bin: &Path,
+    config: &Path,
+    work: &Path,
+    api: &ApiServer,
+    token: &str,
+) -> Result<PathBuf> {
     let bundle = output(
         Command::new(bin)
             .args(["ca-bundle", "--cluster-ca"])
@@ -228,11 +301,10 @@ fn pod_kubeconfig(bin: &Path, config: &Path, work: &Path, api: &ApiServer) -> Re
         format!(
             "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://{}\n    \
              certificate-authority: {}\n    tls-server-name: kubernetes.default.svc\nusers:\n- name: u\n  \
-             user:\n    token: {}\ncontexts:\n- name: c\n  context: {{cluster: c, user: u}}\n\
+             user:\n    token: {token}\ncontexts:\n- name: c\n  context: {{cluster: c, user: u}}\n\
              current-context: c\n",
             api.address,
             bundle_path.display(),
-            api.token
         ),
     )?;
     Ok(kubeconfig)
@@ -294,23 +366,21 @@ fn tool_denied(demo: &mut Demo) -> Result<()> {
     Ok(())
 }
 
-/// `interlock wrap -- kubectl ARGS` with the pod's kubeconfig.
-fn wrapped_kubectl(demo: &Demo, args: &[&str]) -> Command {
-    println!("$ interlock wrap -- kubectl {}", args.join(" "));
-    let mut wrapped = Command::new(&demo.bin);
-    wrapped
-        .args(["wrap", "--config"])
-        .arg(&demo.config)
-        .arg("--")
+/// `kubectl ARGS` in the pod's container, with the pod's kubeconfig.
+fn pod_kubectl(demo: &Demo, args: &[&str]) -> Command {
+    println!("$ (in pod team/agent-1) kubectl {}", args.join(" "));
+    let mut command = Command::new(&demo.enter[0]);
+    command
+        .args(&demo.enter[1..])
         .arg(&demo.kubectl)
         .arg("--kubeconfig")
         .arg(&demo.kubeconfig)
         .args(args);
-    wrapped
+    command
 }
 
 fn kube_secret_masked(demo: &mut Demo) -> Result<()> {
-    let data = output(&mut wrapped_kubectl(
+    let data = output(&mut pod_kubectl(
         demo,
         &[
             "get",
@@ -330,7 +400,7 @@ fn kube_secret_masked(demo: &mut Demo) -> Result<()> {
 }
 
 fn kube_exec(demo: &mut Demo) -> Result<()> {
-    let out = wrapped_kubectl(
+    let out = pod_kubectl(
         demo,
         &[
             "exec",
@@ -368,13 +438,16 @@ fn read_back(demo: &mut Demo) -> Result<()> {
         r["kind"] == "kube_request" && r["resource"] == "secrets"
     })?;
     let session = secret_read["session_id"].as_str().unwrap_or_default();
-    println!("\n$ interlock replay {session} | grep 'kube \\['");
+    println!("\n$ interlock replay {session} | grep -e '  pod:' -e 'kube \\['");
     let replayed = output(
         Command::new(&demo.bin)
             .args(["replay", session, "--config"])
             .arg(&demo.config),
     )?;
-    for line in replayed.lines().filter(|l| l.contains("kube [")) {
+    for line in replayed
+        .lines()
+        .filter(|l| l.contains("kube [") || l.starts_with("  pod:"))
+    {
         println!("{line}");
     }
 
@@ -467,5 +540,43 @@ impl Drop for Killed {
         }
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// An address on `lo`, removed on drop.
+struct HostAddress(String);
+
+impl HostAddress {
+    fn add(address: &str) -> Result<HostAddress> {
+        let cidr = format!("{address}/32");
+        let _ = Command::new("ip")
+            .args(["addr", "del", &cidr, "dev", "lo"])
+            .output();
+        run(Command::new("ip").args(["addr", "add", &cidr, "dev", "lo"]))?;
+        Ok(HostAddress(address.into()))
+    }
+}
+
+impl Drop for HostAddress {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["addr", "del", &format!("{}/32", self.0), "dev", "lo"])
+            .output();
+    }
+}
+
+/// sim-pod removes its pod and node once its stdin closes.
+impl Drop for Pod {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

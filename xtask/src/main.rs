@@ -48,16 +48,10 @@ fn main() -> ExitCode {
         Task::BuildEbpf => toolchain::ensure(setup::install_debian).and_then(|()| build_ebpf()),
         Task::Build { release } => build(release).map(drop),
         Task::Demo => build(false).and_then(|bin| {
-            step("building kube-testserver (the demo's Kubernetes API server)");
+            step("building kube-testserver (the demo's Kubernetes API server) and sim-pod");
             run(Command::new("cargo")
-                .args([
-                    "build",
-                    "--locked",
-                    "-p",
-                    "interlock-e2e",
-                    "--bin",
-                    "kube-testserver",
-                ])
+                .args(["build", "--locked", "-p", "interlock-e2e"])
+                .args(["--bin", "kube-testserver", "--bin", "sim-pod"])
                 .current_dir(root()))?;
             demo::demo(&bin)
         }),

@@ -290,6 +290,17 @@ pub fn render(records: &[&Record]) -> String {
                     s.workload.cgroup.as_deref().unwrap_or("?"),
                     s.workload.cgroup_id
                 );
+                if let Some(pod) = &s.workload.kubernetes {
+                    let _ = writeln!(
+                        out,
+                        "  pod:    {}/{} container {}, service account {} (uid {})",
+                        pod.namespace,
+                        pod.pod,
+                        pod.container.as_deref().unwrap_or("?"),
+                        pod.service_account,
+                        pod.uid
+                    );
+                }
                 let _ = writeln!(out, "  cmd:    {}", s.workload.cmdline.join(" "));
                 let _ = writeln!(
                     out,

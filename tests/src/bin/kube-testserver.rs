@@ -33,6 +33,10 @@ struct Args {
     /// How often a watch that allows bookmarks gets one.
     #[arg(long, default_value = "5s", value_parser = parse_seconds)]
     bookmark_interval: Duration,
+    /// A user (`system:serviceaccount:NS:NAME`) allowed exec, attach and port-forward, as a
+    /// RoleBinding would allow them; the admin always is.
+    #[arg(long = "allow-connect")]
+    allow_connect: Vec<String>,
 }
 
 fn parse_seconds(text: &str) -> Result<Duration, String> {
@@ -61,6 +65,7 @@ async fn main() {
         key_algorithm: args.key_algorithm,
         service_ip: args.service_ip,
         bookmark_interval: args.bookmark_interval,
+        allow_connect: args.allow_connect,
     };
     if let Err(e) = run(options).await {
         eprintln!("kube-testserver: {e}");

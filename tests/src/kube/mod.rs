@@ -52,6 +52,8 @@ pub struct Options {
     /// The ClusterIP of `default/kubernetes`.
     pub service_ip: String,
     pub bookmark_interval: Duration,
+    /// Users other than the admin allowed exec, attach and port-forward.
+    pub allow_connect: Vec<String>,
 }
 
 pub struct State {
@@ -61,6 +63,7 @@ pub struct State {
     base_url: String,
     ca_pem: String,
     bookmark_interval: Duration,
+    allow_connect: Vec<String>,
     requests: Mutex<Vec<Value>>,
 }
 
@@ -94,6 +97,7 @@ pub async fn run(options: Options) -> Result<(), String> {
         base_url: format!("https://{local}"),
         ca_pem: tls.ca_pem.clone(),
         bookmark_interval: options.bookmark_interval,
+        allow_connect: options.allow_connect,
         requests: Mutex::default(),
     });
     seed(&state, local, &options.service_ip)?;
