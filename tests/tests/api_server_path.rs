@@ -26,6 +26,11 @@ impl Setup {
 
     /// With more config (policy, approvals) before the target, and more keys for the target.
     fn start_with(extra_config: &str, target_keys: &str) -> Setup {
+        Setup::start_trusting(extra_config, target_keys, None)
+    }
+
+    /// The gateway trusting `upstream_ca` for the API server instead of the cluster's CA.
+    fn start_trusting(extra_config: &str, target_keys: &str, upstream_ca: Option<&Path>) -> Setup {
         require_root();
         let api = ApiServer::start(&[]);
         let address = api.url.trim_start_matches("https://").to_string();
@@ -34,7 +39,7 @@ impl Setup {
             "{extra_config}interception_ca:\n  key: {}\n  addresses: [127.0.0.1]\ntargets:\n  - name: kube\n    \
              address: \"{address}\"\n    protocol: kubernetes\n    upstream_ca: {}\n{target_keys}",
             key.display(),
-            api.ca.display()
+            upstream_ca.unwrap_or(&api.ca).display()
         ));
         gateway.launch();
         let out = gateway
@@ -442,6 +447,32 @@ fn api_requests_are_recorded_as_operations_secrets_masked_and_risky_verbs_held_o
     )
     .unwrap();
     apply();
+    // A JSON Patch (an array of operations) of a Secret: each value masked where it lands.
+    // (From a file: a value on kubectl's command line would be in the session's cmdline.)
+    let operations = setup.api.dir.path().join("patch.json");
+    fs::write(
+        &operations,
+        format!(r#"[{{"op":"replace","path":"/stringData/password","value":"{PASSWORD}"}}]"#),
+    )
+    .unwrap();
+    let out = setup.wrapped_kubectl(
+        &kubeconfig,
+        &[
+            "patch",
+            "secret",
+            "applied",
+            "-n",
+            "team",
+            "--type=json",
+            "--patch-file",
+            operations.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // A denied read: kubectl prints the Forbidden Status; the server never saw the request.
     let out = setup.wrapped_kubectl(
@@ -720,6 +751,32 @@ fn api_requests_are_recorded_as_operations_secrets_masked_and_risky_verbs_held_o
     assert!(text.contains(&line), "{text}");
     assert!(text.contains("-> 200 Secret db-creds in "), "{text}");
 
+    // The JSON Patch went into the record masked, still a patch.
+    let patch_sessions: Vec<&Value> = requests
+        .iter()
+        .filter(|r| r["verb"] == "patch" && r["name"] == "applied")
+        .map(|r| &r["session_id"])
+        .collect();
+    let operations = records
+        .iter()
+        .filter(|r| r["kind"] == "data" && r["direction"] == "up")
+        .filter(|r| patch_sessions.contains(&&r["session_id"]))
+        .filter_map(|r| {
+            let data = base64::engine::general_purpose::STANDARD
+                .decode(r["data"].as_str()?)
+                .ok()?;
+            serde_json::from_slice::<Value>(&data).ok()
+        })
+        .find(Value::is_array)
+        .expect("the JSON Patch's body is recorded");
+    assert_eq!(operations[0]["path"], "/stringData/password");
+    assert!(
+        operations[0]["value"]
+            .as_str()
+            .unwrap()
+            .starts_with("[MASKED:"),
+        "{operations}"
+    );
     // Nothing the gateway wrote holds the password, in any form it could be stored in.
     let mut files = Vec::new();
     all_bytes(setup.gateway.dir.path(), &mut files);
@@ -1603,4 +1660,76 @@ fn attach_and_an_old_kubectls_spdy_exec_are_recorded_by_channel() {
             _ => assert_eq!(status["status"], "Success"),
         }
     }
+}
+
+#[test]
+fn an_api_server_the_gateway_cannot_verify_is_answered_with_a_status_saying_what_to_fix() {
+    // A CA that did not sign the API server's certificate.
+    let stranger = tempfile::tempdir().unwrap();
+    let params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let ca = stranger.path().join("wrong-ca.crt");
+    fs::write(&ca, params.self_signed(&key).unwrap().pem()).unwrap();
+    let setup = Setup::start_trusting("", "", Some(&ca));
+    let kubeconfig = setup.kubeconfig("pod", &setup.bundle, Some("kubernetes.default.svc"));
+    let out = setup.wrapped_kubectl(
+        &kubeconfig,
+        &["get", "--raw", "/api/v1/namespaces/team/pods"],
+    );
+    assert!(!out.status.success());
+    // kubectl prints the Status (for discovery it would print only "unknown").
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("Error from server (ServiceUnavailable)"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("upstream_ca"), "{stderr}");
+    assert!(
+        setup
+            .api
+            .requests()
+            .iter()
+            .all(|r| r["path"] != "/api/v1/namespaces/team/pods")
+    );
+    let records = setup.gateway.all_records();
+    let refused = records
+        .iter()
+        .find(|r| r["kind"] == "kube_response" && r["code"] == 502)
+        .expect("a 502 kube_response");
+    assert_eq!(refused["generated_by_gateway"], true);
+    assert!(
+        refused["message"].as_str().unwrap().contains("upstream_ca"),
+        "{refused}"
+    );
+    assert!(
+        records
+            .iter()
+            .any(|r| r["kind"] == "kube_request" && r["stream"] == refused["stream"])
+    );
+}
+
+#[test]
+fn an_exec_in_which_nothing_moves_for_idle_timeout_is_closed_and_says_why() {
+    let setup = Setup::start_with("", "    idle_timeout: 1s\n");
+    let kubeconfig = setup.kubeconfig("pod", &setup.bundle, Some("kubernetes.default.svc"));
+    let out = setup.wrapped_kubectl(
+        &kubeconfig,
+        &["exec", "-n", "team", "web", "--", "sleep", "60"],
+    );
+    // Cut long before the command would have ended.
+    assert!(!out.status.success());
+    let records = setup.gateway.all_records();
+    let exec = records
+        .iter()
+        .find(|r| r["kind"] == "kube_request" && r["subresource"] == "exec")
+        .unwrap();
+    let end = records
+        .iter()
+        .find(|r| r["kind"] == "session_end" && r["session_id"] == exec["session_id"])
+        .expect("the exec's session ended");
+    assert_eq!(end["outcome"], "timeout", "{end}");
+    assert!(
+        end["error"].as_str().unwrap().contains("idle_timeout"),
+        "{end}"
+    );
 }

@@ -324,6 +324,11 @@ impl Masker {
         kind: Option<&str>,
         report: &mut MaskReport,
     ) -> Result<Option<Vec<u8>>, NotJson> {
+        if let Some(kind) = kind
+            && body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[')
+        {
+            return self.mask_json_patch(body, kind, report);
+        }
         // One pass over the raw body with every detector and rule trigger: without a hit
         // and without escapes, no string can hold anything to mask.
         // A kind given applies its rules without a `kind` in the body to trigger them.
@@ -343,6 +348,55 @@ impl Masker {
             return Ok(None);
         };
         json::mask(self, body, &hits, kind, report)
+    }
+
+    /// A JSON Patch (RFC 6902) of an object of `kind`: each operation's `value` is masked as
+    /// it would sit in the object at its `path`, so `replace /data/password` of a Secret is
+    /// masked by the Secret's rules. The patch is written out again when anything changed.
+    fn mask_json_patch(
+        &self,
+        body: &[u8],
+        kind: &str,
+        report: &mut MaskReport,
+    ) -> Result<Option<Vec<u8>>, NotJson> {
+        let mut operations: Vec<Value> = serde_json::from_slice(body).map_err(|_| NotJson)?;
+        let mut changed = false;
+        for operation in &mut operations {
+            let Some(path) = operation.get("path").and_then(Value::as_str) else {
+                continue;
+            };
+            // RFC 6901 pointer segments, unescaped.
+            let segments: Vec<String> = path
+                .split('/')
+                .skip(1)
+                .map(|s| s.replace("~1", "/").replace("~0", "~"))
+                .collect();
+            let Some(value) = operation.get_mut("value") else {
+                continue;
+            };
+            let mut placed = value.take();
+            for segment in segments.iter().rev() {
+                placed = Value::Object([(segment.clone(), placed)].into_iter().collect());
+            }
+            let placed = serde_json::to_vec(&placed).map_err(|_| NotJson)?;
+            let masked = match self.mask_json_as(&placed, Some(kind), report)? {
+                Some(masked) => {
+                    changed = true;
+                    serde_json::from_slice::<Value>(&masked).map_err(|_| NotJson)?
+                }
+                None => serde_json::from_slice(&placed).map_err(|_| NotJson)?,
+            };
+            *value = segments
+                .iter()
+                .try_fold(masked, |mut object, segment| {
+                    object.get_mut(segment).map(Value::take)
+                })
+                .unwrap_or(Value::Null);
+        }
+        match changed {
+            true => Ok(Some(serde_json::to_vec(&operations).map_err(|_| NotJson)?)),
+            false => Ok(None),
+        }
     }
 
     /// A complete body of the given content type; None when nothing changed.

@@ -464,6 +464,34 @@ fn a_patch_of_a_secret_is_masked_as_a_secret() {
 }
 
 #[test]
+fn a_json_patch_of_a_secret_masks_each_value_where_it_lands() {
+    // kubectl patch --type=json: operations, each with a pointer and a value.
+    let patch = json!([
+        {"op": "replace", "path": "/data/pin", "value": "MTIzNA=="},
+        {"op": "add", "path": "/stringData", "value": {"token": "open-sesame"}},
+        {"op": "add", "path": "/metadata/labels/tier", "value": "db"},
+        {"op": "remove", "path": "/data/old"},
+    ]);
+    let mut report = MaskReport::default();
+    let out = masker()
+        .mask_json_as(patch.to_string().as_bytes(), Some("Secret"), &mut report)
+        .unwrap()
+        .unwrap();
+    let out: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(out[0]["value"], "[MASKED:json_path]");
+    assert_eq!(out[0]["path"], "/data/pin");
+    assert_eq!(out[1]["value"]["token"], "[MASKED:json_path]");
+    assert_eq!(out[2]["value"], "db");
+    assert_eq!(out[3], json!({"op": "remove", "path": "/data/old"}));
+    // Nothing of a Secret's in it: left as sent.
+    let labels = json!([{"op": "add", "path": "/metadata/labels/tier", "value": "db"}]);
+    assert_eq!(
+        masker().mask_json_as(labels.to_string().as_bytes(), Some("Secret"), &mut report),
+        Ok(None)
+    );
+}
+
+#[test]
 fn json_path_keys_with_dots_go_in_brackets() {
     let rule = crate::masking::config::JsonPathRule {
         path: "metadata.annotations[example.com/key].deeper".into(),

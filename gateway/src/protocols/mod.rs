@@ -108,7 +108,7 @@ pub async fn serve(
                 policy,
                 desk: services.desk.clone(),
             };
-            let upstream = Connection::http1(upstream);
+            let upstream = Some(Connection::http1(upstream));
             Box::pin(http::serve(
                 client,
                 upstream,
@@ -120,7 +120,7 @@ pub async fn serve(
             .await
         }
         Protocol::Http | Protocol::Tcp => {
-            let upstream = Connection::http1(upstream);
+            let upstream = Some(Connection::http1(upstream));
             Box::pin(http::serve(
                 client,
                 upstream,

@@ -62,7 +62,8 @@ pub struct Target {
     /// default the in-cluster `ca.crt` of the gateway's own pod.
     #[serde(default)]
     pub upstream_ca: Option<PathBuf>,
-    /// A session in which no byte moves either way for this long is closed.
+    /// A session in which no byte moves either way for this long is closed; so is an exec,
+    /// attach or port-forward stream in which no message does (pings aside).
     #[serde(
         default = "defaults::idle_timeout",
         deserialize_with = "crate::config::values::duration"

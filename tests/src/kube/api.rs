@@ -454,13 +454,22 @@ fn resource(
                 "application/merge-patch+json",
                 "application/strategic-merge-patch+json",
             ];
-            if !merge.iter().any(|m| call.content_type.starts_with(m)) {
+            let mut object = state.store.get(resource, namespace, name)?;
+            if call.content_type.starts_with("application/json-patch+json") {
+                let operations: json_patch::Patch =
+                    serde_json::from_slice(&call.body).map_err(|e| {
+                        ApiError::BadRequest(format!("a JSON Patch that does not parse: {e}"))
+                    })?;
+                json_patch::patch(&mut object, &operations).map_err(|e| {
+                    ApiError::Invalid(format!("the JSON Patch does not apply: {e}"))
+                })?;
+            } else if merge.iter().any(|m| call.content_type.starts_with(m)) {
+                merge_patch(&mut object, &call.object()?);
+            } else {
                 return Err(ApiError::UnsupportedMediaType(
-                    "this server takes merge patches (application/merge-patch+json or application/strategic-merge-patch+json) only".into(),
+                    "this server takes merge patches (application/merge-patch+json or application/strategic-merge-patch+json) and JSON Patches (application/json-patch+json)".into(),
                 ));
             }
-            let mut object = state.store.get(resource, namespace, name)?;
-            merge_patch(&mut object, &call.object()?);
             Ok(respond(
                 200,
                 &state.store.replace(resource, namespace, name, object)?,

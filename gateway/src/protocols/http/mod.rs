@@ -131,7 +131,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
 /// Serves one client connection over any stream (TLS-terminated later) until it closes.
 pub async fn serve<S, I>(
     client: S,
-    upstream: Connection,
+    upstream: Option<Connection>,
     redial: Redial,
     exchange: Arc<Exchange>,
     pump_queue: mpsc::UnboundedReceiver<Pump>,

@@ -69,9 +69,9 @@ pub type Redial =
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
-    #[error("reconnecting: {0}")]
+    #[error("connecting: {0}")]
     Redial(io::Error),
-    #[error("reconnecting: {0}")]
+    #[error("connecting: {0}")]
     Handshake(hyper::Error),
     #[error("{0}")]
     Send(hyper::Error),
@@ -86,7 +86,9 @@ enum Sender {
 }
 
 pub struct Upstream {
-    sender: tokio::sync::Mutex<Sender>,
+    /// None until a connection is made: when the first could not be, each request tries a
+    /// new one, and a failure is answered to the client rather than closing its connection.
+    sender: tokio::sync::Mutex<Option<Sender>>,
     redial: Redial,
     /// Set when a request timed out on the current HTTP/1.1 connection, which still owes its
     /// answer.
@@ -97,16 +99,22 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    /// The upstream over its first connection, and the queue of the connections to drive:
-    /// the first is already in it.
+    /// The upstream over its first connection (none: it could not be made), and the queue
+    /// of the connections to drive: the first is already in it.
     pub async fn start(
-        connection: Connection,
+        connection: Option<Connection>,
         redial: Redial,
         target_name: &str,
     ) -> Result<(Upstream, mpsc::UnboundedReceiver<Pump>), hyper::Error> {
-        let (sender, connection) = handshake(connection).await?;
         let (connections, queue) = mpsc::unbounded_channel();
-        let _ = connections.send(connection);
+        let sender = match connection {
+            Some(connection) => {
+                let (sender, connection) = handshake(connection).await?;
+                let _ = connections.send(connection);
+                Some(sender)
+            }
+            None => None,
+        };
         let upstream = Upstream {
             sender: tokio::sync::Mutex::new(sender),
             redial,
@@ -132,7 +140,7 @@ impl Upstream {
     ) -> Result<Response<Incoming>, UpstreamError> {
         let mut sender = self.sender.lock().await;
         let stale = self.stale.swap(false, Ordering::Relaxed);
-        if let Sender::Http2(http2) = &*sender
+        if let Some(Sender::Http2(http2)) = &*sender
             && !http2.is_closed()
         {
             let mut http2 = http2.clone();
@@ -151,7 +159,7 @@ impl Upstream {
                 .send_on_new(&mut *self.sender.lock().await, unsent)
                 .await;
         }
-        if let Sender::Http1(http1) = &mut *sender
+        if let Some(Sender::Http1(http1)) = &mut *sender
             && !stale
         {
             let unsent = match http1.ready().await {
@@ -173,7 +181,7 @@ impl Upstream {
     /// Sends on a new connection, which becomes the current one.
     async fn send_on_new(
         &self,
-        current: &mut Sender,
+        current: &mut Option<Sender>,
         request: Request<Full<Bytes>>,
     ) -> Result<Response<Incoming>, UpstreamError> {
         let connection = (self.redial)().await.map_err(UpstreamError::Redial)?;
@@ -182,8 +190,7 @@ impl Upstream {
             .map_err(UpstreamError::Handshake)?;
         let _ = self.connections.send(connection);
         tracing::debug!(target_name = %self.target_name, "the upstream had closed the idle connection; reconnected");
-        *current = sender;
-        match current {
+        match current.insert(sender) {
             Sender::Http1(http1) => {
                 http1.ready().await.map_err(UpstreamError::Send)?;
                 http1.send_request(http1_form(request)).await

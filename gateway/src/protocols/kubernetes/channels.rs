@@ -84,10 +84,24 @@ pub async fn relay(
         sides: [Side::new(Direction::Up), Side::new(Direction::Down)],
         ports_seen: HashSet::new(),
     };
+    // As the copy loop does: checked once per idle_timeout, so a stream is cut after between
+    // one and two timeouts in which no message (pings aside) crossed either way.
+    let idle_timeout = exchange.target.idle_timeout;
+    let idle = tokio::time::sleep(idle_timeout);
+    tokio::pin!(idle);
+    let mut moved = false;
     let error = loop {
         let (message, direction) = tokio::select! {
             message = from_client.next() => (message, Direction::Up),
             message = from_upstream.next() => (message, Direction::Down),
+            () = &mut idle => {
+                if !moved {
+                    break Some(SessionError::Idle(idle_timeout));
+                }
+                moved = false;
+                idle.as_mut().reset(tokio::time::Instant::now() + idle_timeout);
+                continue;
+            }
             _ = exchange.hard_stop.cancelled() => break Some(SessionError::Shutdown),
         };
         let message = match message {
@@ -100,6 +114,7 @@ pub async fn relay(
         if message.is_ping() || message.is_pong() {
             continue;
         }
+        moved = true;
         let message = channels.pass(direction, message).await;
         let sent = match direction {
             Direction::Up => to_upstream.send(message).await,

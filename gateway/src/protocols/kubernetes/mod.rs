@@ -16,7 +16,7 @@ use tokio::{net::TcpStream, sync::mpsc};
 use self::{inspect::KubeInspector, tls::ApiServerTls};
 use crate::{
     protocols::{
-        error::{SessionError, SessionResult, TlsError},
+        error::{SessionError, SessionResult},
         http::{self, upstream::Dial},
         l7::{Exchange, Pump},
     },
@@ -70,9 +70,14 @@ pub async fn serve(
         Ok(upstream_tls) => Arc::new(upstream_tls),
         Err(error) => return failed(error.into()),
     };
+    // An API server that cannot be reached over TLS is answered, request by request, with a
+    // Status saying why (each tries again), rather than a connection closed on the client.
     let connection = match upstream_tls.connect(upstream).await {
-        Ok(connection) => connection,
-        Err(e) => return failed(SessionError::Tls(TlsError::Upstream(e))),
+        Ok(connection) => Some(connection),
+        Err(error) => {
+            tracing::warn!(target_name = %exchange.target.name, %error, "TLS to the API server failed: each request is answered with a ServiceUnavailable Status until a connection succeeds");
+            None
+        }
     };
     let redial = upstream_tls.redial(dial);
     let inspector = inspector.refusing_client_certificates(terminated.client_certificate);

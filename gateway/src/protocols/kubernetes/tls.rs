@@ -199,11 +199,13 @@ pub struct UpstreamTls {
 }
 
 impl UpstreamTls {
+    /// TLS over `tcp`; a failure says to check `upstream_ca`, as the client is told.
     pub async fn connect(&self, tcp: TcpStream) -> io::Result<Connection> {
         let tls = self
             .connector
             .connect(self.server_name.clone(), tcp)
-            .await?;
+            .await
+            .map_err(|e| io::Error::other(TlsError::Upstream(e)))?;
         let http2 = tls.get_ref().1.alpn_protocol() == Some(ALPN_H2);
         Ok(Connection {
             io: Box::new(tls),
