@@ -985,6 +985,30 @@ fn bad_input_on_the_api_server_path_gets_a_clear_answer_and_the_next_request_is_
     assert_eq!(websocket["upgraded"], 101, "{websocket}");
     assert_eq!(websocket["closed"], true, "{websocket}");
 
+    // SPDY that cannot be read: relayed and recorded as bytes from there on, until it ends.
+    let spdy = rude("spdy-garbage");
+    assert_eq!(spdy["upgraded"], true, "{spdy}");
+    assert_eq!(spdy["closed"], true, "{spdy}");
+    let records = setup.gateway.all_records();
+    let forward = records
+        .iter()
+        .find(|r| r["kind"] == "kube_request" && r["subresource"] == "portforward")
+        .expect("the port-forward is a kube_request");
+    let unread: Vec<u8> = records
+        .iter()
+        .filter(|r| r["kind"] == "data" && r["session_id"] == forward["session_id"])
+        .filter_map(|r| {
+            base64::engine::general_purpose::STANDARD
+                .decode(r["data"].as_str()?)
+                .ok()
+        })
+        .flatten()
+        .collect();
+    assert!(
+        contains(&unread, "this is not SPDY"),
+        "the unread bytes are recorded"
+    );
+
     // A body over max_body_bytes: a Status kubectl prints, and nothing reaches the server.
     let big = setup.api.dir.path().join("big.json");
     let data = base64::engine::general_purpose::STANDARD.encode("x".repeat(100 << 10));

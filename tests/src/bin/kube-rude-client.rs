@@ -4,7 +4,9 @@
 //! - `garbage`: bytes that are no HTTP, after a good TLS handshake;
 //! - `h2-reset`: an HTTP/2 request body cut by RST_STREAM, then a good request on the same
 //!   connection;
-//! - `ws-bad-length`: an exec WebSocket whose first frame claims 2^63 - 1 bytes.
+//! - `ws-bad-length`: an exec WebSocket whose first frame claims 2^63 - 1 bytes;
+//! - `spdy-garbage`: a port-forward upgraded to SPDY, then a stream whose header block is no
+//!   zlib, and bytes that are no SPDY at all.
 use std::{net::SocketAddr, time::Duration};
 
 use bytes::Bytes;
@@ -24,6 +26,7 @@ enum Scenario {
     Garbage,
     H2Reset,
     WsBadLength,
+    SpdyGarbage,
 }
 
 #[derive(Parser)]
@@ -50,6 +53,7 @@ async fn main() {
         Scenario::Garbage => garbage(&args).await,
         Scenario::H2Reset => h2_reset(&args).await,
         Scenario::WsBadLength => ws_bad_length(&args).await,
+        Scenario::SpdyGarbage => spdy_garbage(&args).await,
     };
     match outcome {
         Ok(report) => println!("{report}"),
@@ -162,4 +166,31 @@ async fn ws_bad_length(args: &Args) -> Result<serde_json::Value, Failed> {
     stream.write_all(&frame).await?;
     let (_, closed) = read_all(&mut stream).await;
     Ok(json!({"scenario": "ws-bad-length", "upgraded": upgraded, "closed": closed}))
+}
+
+async fn spdy_garbage(args: &Args) -> Result<serde_json::Value, Failed> {
+    let mut stream = tls(args, b"http/1.1").await?;
+    let head = format!(
+        "POST /api/v1/namespaces/team/pods/web/portforward HTTP/1.1\r\nHost: {SERVER_NAME}\r\n\
+         Authorization: Bearer {}\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n\
+         X-Stream-Protocol-Version: portforward.k8s.io\r\nContent-Length: 0\r\n\r\n",
+        token(args)?
+    );
+    stream.write_all(head.as_bytes()).await?;
+    let mut answer = Vec::new();
+    while !answer.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        if stream.read(&mut byte).await? == 0 {
+            break;
+        }
+        answer.push(byte[0]);
+    }
+    let upgraded = String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 101");
+    // SYN_STREAM for stream 1 whose header block is not zlib, then no SPDY at all.
+    let mut frame = vec![0x80, 3, 0, 1, 0, 0, 0, 13, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+    frame.extend_from_slice(b"notzl");
+    frame.extend_from_slice(b"this is not SPDY");
+    stream.write_all(&frame).await?;
+    let (_, closed) = read_all(&mut stream).await;
+    Ok(json!({"scenario": "spdy-garbage", "upgraded": upgraded, "closed": closed}))
 }
