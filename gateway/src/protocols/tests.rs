@@ -528,7 +528,7 @@ async fn a_dead_upstream_is_answered_with_502() {
     assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
     let body = response.into_body().collect().await.unwrap().to_bytes();
     assert!(
-        String::from_utf8_lossy(&body).contains("reconnecting"),
+        String::from_utf8_lossy(&body).contains("connecting: Connection refused"),
         "{body:?}"
     );
     drop(client);
