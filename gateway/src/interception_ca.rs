@@ -246,6 +246,11 @@ fn name_constraints(names: &[String], addresses: &[IpAddr]) -> NameConstraints {
     }
 }
 
+/// A new interception CA key (ECDSA P-256, PKCS#8 PEM when serialized).
+pub fn new_key() -> Result<KeyPair, CaError> {
+    KeyPair::generate().map_err(|e| CaError::Mint(e.to_string()))
+}
+
 fn load_or_generate_key(path: &Path) -> Result<KeyPair, CaError> {
     let file_error = |source| CaError::KeyFile {
         path: path.to_path_buf(),
@@ -263,7 +268,7 @@ fn load_or_generate_key(path: &Path) -> Result<KeyPair, CaError> {
             })
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let key = KeyPair::generate().map_err(|e| CaError::Mint(e.to_string()))?;
+            let key = new_key()?;
             if let Some(dir) = path.parent() {
                 fs::create_dir_all(dir).map_err(file_error)?;
             }

@@ -59,6 +59,16 @@ enum Cmd {
         #[arg(long, default_value = interlock::interception_ca::IN_CLUSTER_CA)]
         cluster_ca: PathBuf,
     },
+    /// Make the record-signing key and the interception CA key for a cluster install, as
+    /// files and as the Secret manifests the DaemonSet mounts.
+    Init {
+        /// A new directory for the keys and secrets.yaml.
+        #[arg(long, default_value = "interlock-keys")]
+        out: PathBuf,
+        /// The namespace the Secrets go in (the DaemonSet's).
+        #[arg(long, default_value = "interlock")]
+        namespace: String,
+    },
     /// List the built-in secret detectors (names for `masking.disable`).
     Detectors,
     /// Recorded sessions.
@@ -212,6 +222,12 @@ fn dispatch(command: Cmd) -> anyhow::Result<i32> {
                 "{}",
                 commands::ca_bundle::ca_bundle(&Config::load(&config)?, &cluster_ca)?
             );
+        }
+        Cmd::Init { out, namespace } => {
+            for path in commands::init::init(&out, &namespace)? {
+                println!("{}", path.display());
+            }
+            eprintln!("{}", commands::init::CUSTODY);
         }
         Cmd::CheckConfig { file } => {
             let config = Config::load(&file)?;

@@ -15,6 +15,7 @@ use base64::Engine as _;
 use serde_json::Value;
 
 pub mod apiserver;
+pub mod deploy;
 pub mod kinesis;
 pub mod kube;
 pub mod node;

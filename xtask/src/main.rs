@@ -3,6 +3,7 @@
 //! failing command and what to do.
 mod cmd;
 mod demo;
+mod image;
 mod layers;
 mod setup;
 mod toolchain;
@@ -40,6 +41,12 @@ enum Task {
     Bench,
     /// Check the gateway's imports against the layer order in xtask/src/layers.rs.
     Layers,
+    /// Build the gateway image (static binary FROM scratch) with buildah.
+    Image {
+        /// A debug build, tagged `debug` (what the tests check), instead of release.
+        #[arg(long)]
+        debug: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -58,6 +65,10 @@ fn main() -> ExitCode {
         Task::Test => test(),
         Task::Bench => bench(),
         Task::Layers => layers::check(&root().join("gateway/src")),
+        Task::Image { debug } => setup::setup()
+            .and_then(|()| build_ebpf())
+            .and_then(|()| image::image(!debug))
+            .map(drop),
     };
     match done {
         Ok(()) => ExitCode::SUCCESS,
@@ -135,6 +146,8 @@ fn test() -> Result<()> {
             "interlock-e2e",
         ])
         .current_dir(&root))?;
+    // The image test runs the image's own binary: a static debug build, built here.
+    let image = image::image(false)?;
     step("end-to-end tests (real eBPF, cgroups, network namespaces; one at a time)");
     run(Command::new("cargo")
         .args([
@@ -146,6 +159,7 @@ fn test() -> Result<()> {
             "--test-threads=1",
         ])
         .env("INTERLOCK_BIN", &bin)
+        .env("INTERLOCK_IMAGE", &image)
         .current_dir(&root))
 }
 

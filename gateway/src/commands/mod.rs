@@ -3,6 +3,7 @@ pub mod approvals;
 pub mod asciicast;
 pub mod await_interception;
 pub mod ca_bundle;
+pub mod init;
 pub mod run;
 pub mod sessions;
 pub mod wrap;

@@ -279,6 +279,17 @@ impl Config {
         config.check_targets()?;
         config.check_kubernetes()?;
         config.check_identity()?;
+        // The webhook's certificate comes from the interception CA, whose name constraints
+        // must then permit its Service's name.
+        if let Some(name) = config
+            .kubernetes
+            .as_ref()
+            .and_then(|k| k.webhook.as_ref())
+            .and_then(|w| w.server_name())
+            && !config.interception_ca.names.contains(&name)
+        {
+            config.interception_ca.names.push(name);
+        }
         if let Some(kubernetes) = &config.kubernetes {
             // Answers `interlock await` from every selected pod (kubernetes::config).
             let yaml = format!(

@@ -8,6 +8,7 @@ use std::{
 use serde::Deserialize;
 
 use super::selector::LabelSelector;
+use crate::protocols::target::ServiceRef;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -31,6 +32,47 @@ pub struct KubernetesConfig {
         deserialize_with = "crate::config::values::socket_addr"
     )]
     pub await_address: SocketAddr,
+    /// The admission webhook that prepares selected pods as they are created.
+    #[serde(default)]
+    pub webhook: Option<WebhookConfig>,
+}
+
+/// The mutating admission webhook: a selected pod gets the `interlock await` init container
+/// and trusts the interception CA (its projected `ca.crt` becomes the bundle).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// Where it is served, over TLS.
+    #[serde(deserialize_with = "crate::config::values::socket_addr")]
+    pub listen: SocketAddr,
+    /// The Service in front of it, `NAMESPACE/NAME`: its certificate, issued by the
+    /// interception CA, names `NAME.NAMESPACE.svc`.
+    #[serde(deserialize_with = "crate::protocols::target::service_ref")]
+    pub service: Option<ServiceRef>,
+    /// The MutatingWebhookConfiguration whose `caBundle` is set to the interception CA at
+    /// start; none leaves it to whoever applies it.
+    #[serde(default)]
+    pub configuration: Option<String>,
+    /// The image of the `interlock await` init container; by default the gateway's own, read
+    /// from its pod ($POD_NAME in $POD_NAMESPACE, from the downward API).
+    #[serde(default)]
+    pub await_image: Option<String>,
+    /// The ConfigMap holding the bundle (the cluster CA, then the interception CA) under
+    /// `ca.crt`, kept current in each namespace where a selected pod is admitted.
+    #[serde(default = "default_bundle_configmap")]
+    pub bundle_configmap: String,
+}
+
+fn default_bundle_configmap() -> String {
+    "interlock-ca-bundle".into()
+}
+
+impl WebhookConfig {
+    /// The name the API server dials: `NAME.NAMESPACE.svc`.
+    pub fn server_name(&self) -> Option<String> {
+        let service = self.service.as_ref()?;
+        Some(format!("{}.{}.svc", service.name, service.namespace))
+    }
 }
 
 /// The internal target that answers `interlock await`, in every selection.
@@ -55,6 +97,22 @@ pub struct Selection {
     pub namespaces: Option<LabelSelector>,
     /// Names from `targets`; the selected pods' connections to other targets go direct.
     pub targets: Vec<String>,
+}
+
+impl Selection {
+    /// Whether this selection chooses a pod with `pod_labels` in a namespace with
+    /// `namespace_labels`.
+    pub fn chooses(
+        &self,
+        pod_labels: &std::collections::BTreeMap<String, String>,
+        namespace_labels: &std::collections::BTreeMap<String, String>,
+    ) -> bool {
+        self.pods.matches(pod_labels)
+            && self
+                .namespaces
+                .as_ref()
+                .is_none_or(|n| n.matches(namespace_labels))
+    }
 }
 
 impl KubernetesConfig {

@@ -5,13 +5,15 @@
 //!
 //! - `config`: the `kubernetes:` section;
 //! - `selector`: label selectors, strict;
-//! - `request_info`: what an API-server request is, as the API server reads it.
+//! - `request_info`: what an API-server request is, as the API server reads it;
+//! - `webhook`: the admission webhook that prepares selected pods.
 pub mod config;
 mod keys;
 mod registrar;
 pub mod request_info;
 pub mod selector;
 mod services;
+pub mod webhook;
 
 use std::{
     net::IpAddr,
@@ -48,6 +50,7 @@ use crate::{
     config::Config,
     ebpf::{Dataplane, ProxyAddrs},
     identity::PodDirectory,
+    interception_ca::InterceptionCa,
     telemetry::{
         events::{InternalEvent, KubeWatchFailed},
         metrics,
@@ -80,6 +83,10 @@ pub enum NodeModeError {
     InCluster(String),
     #[error("building the Kubernetes client: {0}")]
     Client(String),
+    #[error(transparent)]
+    Webhook(#[from] webhook::WebhookError),
+    #[error("the interception CA, for the webhook: {0}")]
+    Ca(#[from] crate::interception_ca::CaError),
 }
 
 /// The running node mode: `synced` turns true once the first lists are applied.
@@ -90,7 +97,8 @@ pub struct NodeMode {
     pub tokens: Arc<ServiceAccountTokens>,
 }
 
-async fn client(config: &KubernetesConfig) -> Result<Client, NodeModeError> {
+/// The API server's client, and the cluster CA it trusts (PEM), which pods trust too.
+async fn client(config: &KubernetesConfig) -> Result<(Client, String), NodeModeError> {
     let config = match &config.kubeconfig {
         Some(path) => {
             let kubeconfig_error = |error: String| NodeModeError::Kubeconfig {
@@ -105,7 +113,16 @@ async fn client(config: &KubernetesConfig) -> Result<Client, NodeModeError> {
         }
         None => kube::Config::incluster().map_err(|e| NodeModeError::InCluster(e.to_string()))?,
     };
-    Client::try_from(config).map_err(|e| NodeModeError::Client(e.to_string()))
+    let cluster_ca = match (&config.root_cert, &config.root_cert_file) {
+        (Some(certs), _) => certs
+            .iter()
+            .map(|der| pem::encode(&pem::Pem::new("CERTIFICATE", der.clone())))
+            .collect(),
+        (None, Some(file)) => std::fs::read_to_string(file).unwrap_or_default(),
+        (None, None) => String::new(),
+    };
+    let client = Client::try_from(config).map_err(|e| NodeModeError::Client(e.to_string()))?;
+    Ok((client, cluster_ca))
 }
 
 /// Drives a reflector's watch, waking the reconciler on every change and reporting failures.
@@ -170,7 +187,7 @@ pub async fn start(
     let pod_proxy = kubernetes
         .pod_proxy_address()
         .ok_or(NodeModeError::NoPodProxyAddress)?;
-    let client = client(kubernetes).await?;
+    let (client, cluster_ca) = client(kubernetes).await?;
     let changed = Arc::new(Notify::new());
     let pods = watch(
         Api::<Pod>::all(client.clone()),
@@ -217,6 +234,29 @@ pub async fn start(
         )
     });
 
+    if let Some(webhook_config) = &kubernetes.webhook {
+        let ca = Arc::new(InterceptionCa::load(&config.interception_ca)?);
+        if let Some(name) = &webhook_config.configuration {
+            match webhook::publish_ca_bundle(&client, name, ca.cert_pem()).await {
+                Ok(()) => {
+                    info!(configuration = %name, "published the interception CA as the webhook's caBundle")
+                }
+                Err(e) => {
+                    tracing::warn!(configuration = %name, error = %e, "could not publish the interception CA as the webhook's caBundle; the API server cannot call the webhook until it is set (check RBAC: get and patch on that MutatingWebhookConfiguration)")
+                }
+            }
+        }
+        let answering = webhook::Webhook::new(
+            client.clone(),
+            webhook_config,
+            namespaces.clone(),
+            kubernetes.selections.clone(),
+            &ca,
+            &cluster_ca,
+        )
+        .await;
+        webhook::serve(webhook_config, ca, Arc::new(answering), stop.clone()).await?;
+    }
     let selections = kubernetes
         .selections
         .iter()

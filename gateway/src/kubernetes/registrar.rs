@@ -112,13 +112,7 @@ impl Registrar {
             .unwrap_or_default();
         self.selections
             .iter()
-            .filter(|s| {
-                s.selection.pods.matches(pod.labels())
-                    && s.selection
-                        .namespaces
-                        .as_ref()
-                        .is_none_or(|n| n.matches(&namespace_labels))
-            })
+            .filter(|s| s.selection.chooses(pod.labels(), &namespace_labels))
             .collect()
     }
 

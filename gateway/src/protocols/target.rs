@@ -134,7 +134,8 @@ impl<'de> Deserialize<'de> for Protocol {
     }
 }
 
-fn service_ref<'de, D: Deserializer<'de>>(d: D) -> Result<Option<ServiceRef>, D::Error> {
+/// `NAMESPACE/NAME`, for any config key that names a Service.
+pub fn service_ref<'de, D: Deserializer<'de>>(d: D) -> Result<Option<ServiceRef>, D::Error> {
     let text = String::deserialize(d)?;
     match text.split_once('/') {
         Some((namespace, name))

@@ -11,7 +11,7 @@ use std::{
 use base64::{Engine, engine::general_purpose::STANDARD as BASE64};
 use ed25519_dalek::{
     Signature, Signer, SigningKey, VerifyingKey,
-    pkcs8::{DecodePrivateKey, EncodePrivateKey, spki::der::pem::LineEnding},
+    pkcs8::{DecodePrivateKey, EncodePrivateKey, EncodePublicKey, spki::der::pem::LineEnding},
 };
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -34,6 +34,8 @@ pub enum KeyError {
     NoRandomness(getrandom::Error),
     #[error("encoding the new signing key: {0}")]
     Encode(ed25519_dalek::pkcs8::Error),
+    #[error("encoding the new signing key's public key: {0}")]
+    EncodePublic(ed25519_dalek::pkcs8::spki::Error),
     #[error("creating the signing key {}: {error}", path.display())]
     Create { path: PathBuf, error: io::Error },
 }
@@ -141,12 +143,22 @@ pub fn check_seal(key: &VerifyingKey, seal: &Seal, unsealed_end: &[u8]) -> Resul
         .map_err(SealError::Mismatch)
 }
 
-fn generate_key(path: &Path) -> Result<(), KeyError> {
+/// A new record-signing key, PKCS#8 PEM, and its public key, SPKI PEM (for `verify
+/// --public-key`).
+pub fn new_key_pem() -> Result<(String, String), KeyError> {
     let mut seed = [0u8; 32];
     getrandom::fill(&mut seed).map_err(KeyError::NoRandomness)?;
-    let pem = SigningKey::from_bytes(&seed)
-        .to_pkcs8_pem(LineEnding::LF)
-        .map_err(KeyError::Encode)?;
+    let key = SigningKey::from_bytes(&seed);
+    let private = key.to_pkcs8_pem(LineEnding::LF).map_err(KeyError::Encode)?;
+    let public = key
+        .verifying_key()
+        .to_public_key_pem(LineEnding::LF)
+        .map_err(KeyError::EncodePublic)?;
+    Ok((private.to_string(), public))
+}
+
+fn generate_key(path: &Path) -> Result<(), KeyError> {
+    let (pem, _) = new_key_pem()?;
     let create = |error| KeyError::Create {
         path: path.to_path_buf(),
         error,
