@@ -294,3 +294,25 @@ fn remove_tree(dir: &Path) {
 fn uuid_v4() -> String {
     uuid::Uuid::new_v4().to_string()
 }
+
+/// An address of this host (on `lo`) that pods reach through their default route, for a
+/// server they must reach (the test API server); removed on drop.
+pub struct HostAddress(pub String);
+
+impl HostAddress {
+    pub fn add(address: &str) -> HostAddress {
+        let _ = Command::new("ip")
+            .args(["addr", "del", &format!("{address}/32"), "dev", "lo"])
+            .output();
+        ip(&["addr", "add", &format!("{address}/32"), "dev", "lo"]);
+        HostAddress(address.into())
+    }
+}
+
+impl Drop for HostAddress {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["addr", "del", &format!("{}/32", self.0), "dev", "lo"])
+            .output();
+    }
+}

@@ -897,26 +897,6 @@ fn a_deny_rule_for_one_service_account_on_one_tool_applies_to_that_service_accou
 }
 
 /// An address on the host's `lo`, removed again on drop.
-struct HostAddress(String);
-
-impl HostAddress {
-    fn add(address: &str) -> HostAddress {
-        let _ = Command::new("ip")
-            .args(["addr", "del", &format!("{address}/32"), "dev", "lo"])
-            .output();
-        interlock_e2e::ip(&["addr", "add", &format!("{address}/32"), "dev", "lo"]);
-        HostAddress(address.into())
-    }
-}
-
-impl Drop for HostAddress {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["addr", "del", &format!("{}/32", self.0), "dev", "lo"])
-            .output();
-    }
-}
-
 /// kubectl in a pod, with a kubeconfig as its in-cluster config would give it: the API
 /// server's endpoint, the bundle `interlock ca-bundle` prints, and `token`.
 fn pod_kubectl(
@@ -953,7 +933,8 @@ fn a_selected_pods_kubectl_reaches_the_api_server_as_that_pod_and_a_replayed_tok
  {
     // The API server listens on an address of its own, which pods reach through the host:
     // its EndpointSlice address, part of the target `service: default/kubernetes`.
-    let api_address = HostAddress::add(&format!("10.231.{}.1", std::process::id() % 250));
+    let api_address =
+        interlock_e2e::node::HostAddress::add(&format!("10.231.{}.1", std::process::id() % 250));
     let cluster = cluster_serving(Upstream::Everything, |_| {
         ApiServer::start(&["--listen", &format!("{}:0", api_address.0)])
     });

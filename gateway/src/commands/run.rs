@@ -47,7 +47,7 @@ pub async fn run(config_path: &Path) -> Result<()> {
     if unsafe { libc::geteuid() } != 0 {
         bail!(
             "the gateway loads eBPF programs and manages cgroups: run it as root (CAP_BPF, \
-             CAP_NET_ADMIN, CAP_SYS_ADMIN); nothing was created"
+             CAP_PERFMON, CAP_NET_ADMIN); nothing was created"
         );
     }
     let recording = &config.recording;

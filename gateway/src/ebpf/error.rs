@@ -11,8 +11,8 @@ pub enum DataplaneError {
     )]
     NoObject,
     #[error(
-        "loading the eBPF object failed; the gateway needs root (CAP_BPF, CAP_NET_ADMIN, \
-         CAP_SYS_ADMIN) and a kernel with BTF (5.14 or newer, as the README says): {0}"
+        "loading the eBPF object failed; the gateway needs root (CAP_BPF, CAP_PERFMON, \
+         CAP_NET_ADMIN) and a kernel with BTF (5.14 or newer, as the README says): {0}"
     )]
     Load(aya::EbpfError),
     /// A kernel or file-system step failed: what was being done, and why.

@@ -49,12 +49,34 @@ fn kinesis_timeout() -> Duration {
     Duration::from_secs(10)
 }
 
+/// The roots Kinesis's certificate is verified against: the system's, when it has any, else
+/// the Mozilla roots built in. The image is FROM scratch, with no system store, and the SDK's
+/// default (system roots only) would find none.
+fn trust_store() -> tls::TrustStore {
+    if !rustls_native_certs::load_native_certs().certs.is_empty() {
+        return tls::TrustStore::default();
+    }
+    webpki_root_certs::TLS_SERVER_ROOT_CERTS
+        .iter()
+        .fold(tls::TrustStore::empty(), |store, root| {
+            store.with_pem_certificate(pem::encode(&pem::Pem::new("CERTIFICATE", root.to_vec())))
+        })
+}
+
 pub async fn client(config: &Kinesis) -> Client {
-    let http = Builder::new()
-        .tls_provider(tls::Provider::Rustls(
-            tls::rustls_provider::CryptoMode::Ring,
-        ))
-        .build_https();
+    let mut http = Builder::new().tls_provider(tls::Provider::Rustls(
+        tls::rustls_provider::CryptoMode::Ring,
+    ));
+    match tls::TlsContext::builder()
+        .with_trust_store(trust_store())
+        .build()
+    {
+        Ok(context) => http = http.tls_context(context),
+        Err(e) => {
+            tracing::warn!(error = %e, "the TLS roots for Kinesis could not be set; using the SDK's defaults")
+        }
+    }
+    let http = http.build_https();
     let mut loader = aws_config::defaults(BehaviorVersion::latest())
         .http_client(http)
         .timeout_config(
