@@ -82,7 +82,14 @@ fn the_rendered_daemonset_runs_as_a_kubelet_would_run_it_and_intercepts_a_select
          stop that gateway or remove them"
     );
     let api_address = HostAddress::add(&format!("10.232.{}.1", std::process::id() % 250));
-    let api = ApiServer::start(&["--listen", &format!("{}:0", api_address.0)]);
+    // The manifests' RBAC lets the gateway write the bundle ConfigMaps and its webhook's
+    // caBundle: the test server allows its service account writes.
+    let api = ApiServer::start(&[
+        "--listen",
+        &format!("{}:0", api_address.0),
+        "--allow-write",
+        "system:serviceaccount:interlock:interlock",
+    ]);
     let node = SimNode::create("node-ds");
     let rendered = objects(&render("overlays/eks"));
     let daemonset = object(&rendered, "DaemonSet", Some("interlock"));
@@ -131,6 +138,10 @@ fn the_rendered_daemonset_runs_as_a_kubelet_would_run_it_and_intercepts_a_select
         "/api/v1/namespaces",
         &json!({"apiVersion": "v1", "kind": "Namespace",
             "metadata": {"name": "agents", "labels": {"interlock.dev/selected": "true"}}}),
+    );
+    api.post(
+        "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations",
+        object(&rendered, "MutatingWebhookConfiguration", Some("interlock")),
     );
     let keys = work.path().join("keys");
     let init = Command::new(interlock_bin())
@@ -295,6 +306,8 @@ fn the_rendered_daemonset_runs_as_a_kubelet_would_run_it_and_intercepts_a_select
         std::thread::sleep(Duration::from_millis(200));
     }
 
+    the_webhook_prepares_selected_pods_only(&api, &rendered, work.path());
+
     // A selected pod's kubectl reaches the API server through the gateway.
     let pod = node.pod(
         41,
@@ -429,4 +442,146 @@ fn the_rendered_daemonset_runs_as_a_kubelet_would_run_it_and_intercepts_a_select
     drop(pod);
     drop(node);
     drop(api_address);
+}
+
+/// A pod as the API server sends it to admission: the ServiceAccount admission plugin has
+/// added the `kube-api-access-*` volume already.
+fn admitted_pod(namespace: &str, name: &str, labels: Value) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels},
+        "spec": {
+            "serviceAccountName": "default",
+            "containers": [{"name": "app", "image": "registry.example/app:1",
+                "volumeMounts": [{"name": "kube-api-access-5x8zq", "readOnly": true,
+                    "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount"}]}],
+            "volumes": [{"name": "kube-api-access-5x8zq", "projected": {"defaultMode": 420, "sources": [
+                {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+                {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+                {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}}
+            ]}}]
+        }
+    })
+}
+
+/// Sends an AdmissionReview for `pod` to the gateway's webhook as the API server would.
+fn review(work: &Path, ca: &Path, pod: &Value, dry_run: bool) -> Value {
+    let review = json!({
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {
+            "uid": "a8b1c2d3-0000-4000-8000-00000000000", "operation": "CREATE", "dryRun": dry_run,
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "requestKind": {"group": "", "version": "v1", "kind": "Pod"},
+            "requestResource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": pod["metadata"]["namespace"], "name": pod["metadata"]["name"],
+            "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller"},
+            "object": pod, "oldObject": null, "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"}
+        }
+    });
+    let file = work.join("review.json");
+    fs::write(&file, review.to_string()).unwrap();
+    let out = Command::new(deploy_tool("python"))
+        .arg(interlock_e2e::support_dir().join("admission_review.py"))
+        .args(["127.0.0.1:15443", "interlock-webhook.interlock.svc"])
+        .arg(ca)
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn the_webhook_prepares_selected_pods_only(api: &ApiServer, rendered: &[Value], work: &Path) {
+    let daemonset = object(rendered, "DaemonSet", Some("interlock"));
+    let image = text(&daemonset["spec"]["template"]["spec"]["containers"][0]["image"]);
+    // The gateway published the interception CA as the webhook's caBundle: what the API
+    // server trusts when it calls the webhook.
+    let configuration =
+        api.get("/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/interlock");
+    let ca_bundle = base64::engine::general_purpose::STANDARD
+        .decode(text(
+            &configuration["webhooks"][0]["clientConfig"]["caBundle"],
+        ))
+        .unwrap();
+    let ca = work.join("webhook-ca.crt");
+    fs::write(&ca, &ca_bundle).unwrap();
+    let ca_pem = String::from_utf8(ca_bundle).unwrap();
+    assert!(ca_pem.contains("BEGIN CERTIFICATE"), "{configuration}");
+
+    // Selected: the await container first, with the gateway's own image, and the bundle as
+    // the pod's ca.crt.
+    let selected = admitted_pod(
+        "agents",
+        "agent-web",
+        json!({"interlock.dev/intercept": "true"}),
+    );
+    let answer = review(work, &ca, &selected, false);
+    assert_eq!(answer["kind"], "AdmissionReview");
+    assert_eq!(answer["response"]["allowed"], true, "{answer}");
+    let patched = &answer["patched"];
+    let first = &patched["spec"]["initContainers"][0];
+    assert_eq!(first["name"], "interlock-await");
+    assert_eq!(first["image"], image);
+    assert_eq!(first["command"], json!(["/interlock", "await"]));
+    assert_eq!(
+        patched["spec"]["volumes"][0]["projected"]["sources"][1]["configMap"]["name"],
+        "interlock-ca-bundle"
+    );
+    assert_eq!(
+        patched["spec"]["containers"],
+        selected["spec"]["containers"]
+    );
+    // The bundle is in the pod's namespace: the cluster CA, then the interception CA.
+    let bundle = api.get("/api/v1/namespaces/agents/configmaps/interlock-ca-bundle");
+    let bundle = text(&bundle["data"]["ca.crt"]);
+    assert_eq!(bundle.matches("BEGIN CERTIFICATE").count(), 2, "{bundle}");
+    assert!(bundle.trim_end().ends_with(ca_pem.trim_end()), "{bundle}");
+
+    // Not selected (no label): admitted unchanged.
+    let other = admitted_pod("agents", "plain-web", json!({"app": "web"}));
+    let answer = review(work, &ca, &other, false);
+    assert_eq!(answer["response"]["allowed"], true);
+    assert!(answer["response"]["patch"].is_null(), "{answer}");
+    assert_eq!(answer["patched"], other);
+
+    // A dry run is answered the same, and writes nothing.
+    api.post(
+        "/api/v1/namespaces",
+        &json!({"apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": "agents-dry", "labels": {"interlock.dev/selected": "true"}}}),
+    );
+    // The gateway's namespace watch must see the new namespace's labels first.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let dry = admitted_pod(
+        "agents-dry",
+        "agent-dry",
+        json!({"interlock.dev/intercept": "true"}),
+    );
+    loop {
+        let answer = review(work, &ca, &dry, true);
+        if !answer["response"]["patch"].is_null() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the dry run was never patched: {answer}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let written = api.kubectl(
+        &kubectl_137(),
+        &[
+            "get",
+            "configmap",
+            "interlock-ca-bundle",
+            "-n",
+            "agents-dry",
+        ],
+    );
+    assert!(!written.status.success(), "a dry run wrote the bundle");
 }

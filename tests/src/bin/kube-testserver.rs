@@ -37,6 +37,10 @@ struct Args {
     /// RoleBinding would allow them; the admin always is.
     #[arg(long = "allow-connect")]
     allow_connect: Vec<String>,
+    /// A user (`system:serviceaccount:NS:NAME`) allowed to create, update, patch and delete, as
+    /// a RoleBinding would allow them; service accounts may only read otherwise.
+    #[arg(long = "allow-write")]
+    allow_write: Vec<String>,
 }
 
 fn parse_seconds(text: &str) -> Result<Duration, String> {
@@ -66,6 +70,7 @@ async fn main() {
         service_ip: args.service_ip,
         bookmark_interval: args.bookmark_interval,
         allow_connect: args.allow_connect,
+        allow_write: args.allow_write,
     };
     if let Err(e) = run(options).await {
         eprintln!("kube-testserver: {e}");

@@ -412,7 +412,10 @@ fn resource(
         (_, _, Some(_)) => return Err(not_served()),
         _ => return Err(ApiError::MethodNotAllowed),
     };
-    if matches!(user, User::ServiceAccount(_)) && !["get", "list", "watch"].contains(&verb) {
+    if matches!(user, User::ServiceAccount(_))
+        && !["get", "list", "watch"].contains(&verb)
+        && !state.allow_write.iter().any(|u| u == user.name())
+    {
         let scope = if target.namespace.is_empty() {
             "at the cluster scope".to_string()
         } else {

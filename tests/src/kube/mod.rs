@@ -54,6 +54,8 @@ pub struct Options {
     pub bookmark_interval: Duration,
     /// Users other than the admin allowed exec, attach and port-forward.
     pub allow_connect: Vec<String>,
+    /// Service accounts allowed to write, not just read.
+    pub allow_write: Vec<String>,
 }
 
 pub struct State {
@@ -64,6 +66,7 @@ pub struct State {
     ca_pem: String,
     bookmark_interval: Duration,
     allow_connect: Vec<String>,
+    allow_write: Vec<String>,
     requests: Mutex<Vec<Value>>,
 }
 
@@ -98,6 +101,7 @@ pub async fn run(options: Options) -> Result<(), String> {
         ca_pem: tls.ca_pem.clone(),
         bookmark_interval: options.bookmark_interval,
         allow_connect: options.allow_connect,
+        allow_write: options.allow_write,
         requests: Mutex::default(),
     });
     seed(&state, local, &options.service_ip)?;
