@@ -161,6 +161,8 @@ pub struct FaultLog {
     pub failed_records: usize,
     /// How often each record's data reached kinesalite.
     pub forwarded: HashMap<Vec<u8>, usize>,
+    /// The access key id each call was signed with (SigV4 `Credential=`), in order.
+    pub access_keys: Vec<String>,
 }
 
 /// Sits in front of kinesalite. The first `throttle_calls` PutRecords calls get a
@@ -223,6 +225,15 @@ async fn handle(
 ) -> Response<Full<Bytes>> {
     let (mut parts, body) = req.into_parts();
     let body = body.collect().await.unwrap().to_bytes();
+    let signed_with = parts
+        .headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split("Credential=").nth(1))
+        .and_then(|v| v.split('/').next())
+        .unwrap_or_default()
+        .to_string();
+    log.lock().unwrap().access_keys.push(signed_with);
     let is_put_records = parts
         .headers
         .get("x-amz-target")
@@ -307,4 +318,74 @@ fn json_response(status: u16, body: Value) -> Response<Full<Bytes>> {
         .header("content-type", "application/x-amz-json-1.1")
         .body(Full::new(Bytes::from(serde_json::to_vec(&body).unwrap())))
         .unwrap()
+}
+
+/// Plays the EKS Pod Identity agent on loopback: the container credential endpoint the SDK's
+/// default chain reads from `AWS_CONTAINER_CREDENTIALS_FULL_URI`, sending the token from
+/// `AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE` as `Authorization`. Each answer is a new key that
+/// expires after `lifetime`; a call without the token gets 401.
+pub struct CredentialEndpoint {
+    pub addr: SocketAddr,
+    /// Each call: the `Authorization` it carried, and the access key id it was given.
+    pub calls: Arc<Mutex<Vec<(String, String)>>>,
+}
+
+impl CredentialEndpoint {
+    pub fn start(token: &str, lifetime: std::time::Duration) -> CredentialEndpoint {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let (token, log) = (token.to_string(), calls.clone());
+        std::thread::spawn(move || {
+            runtime().block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                loop {
+                    let (stream, _) = listener.accept().await.unwrap();
+                    let (token, log) = (token.clone(), log.clone());
+                    tokio::spawn(async move {
+                        let service = service_fn(move |req: Request<Incoming>| {
+                            let (token, log) = (token.clone(), log.clone());
+                            async move {
+                                let authorization = req
+                                    .headers()
+                                    .get("authorization")
+                                    .and_then(|v| v.to_str().ok())
+                                    .unwrap_or_default()
+                                    .to_string();
+                                if authorization != token {
+                                    log.lock().unwrap().push((authorization, String::new()));
+                                    return Ok::<_, Infallible>(json_response(
+                                        401,
+                                        json!({"message": "wrong or missing authorization token"}),
+                                    ));
+                                }
+                                let mut calls = log.lock().unwrap();
+                                let key = format!("ASIAPODIDENTITY{:05}", calls.len());
+                                calls.push((authorization, key.clone()));
+                                let expires = time::OffsetDateTime::now_utc() + lifetime;
+                                let expires = expires
+                                    .format(&time::format_description::well_known::Rfc3339)
+                                    .unwrap();
+                                Ok(json_response(
+                                    200,
+                                    json!({"AccessKeyId": key, "SecretAccessKey": "pod-identity-secret",
+                                        "Token": "pod-identity-session", "AccountId": "123456789012",
+                                        "Expiration": expires}),
+                                ))
+                            }
+                        });
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                    });
+                }
+            });
+        });
+        CredentialEndpoint { addr, calls }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/v1/credentials", self.addr)
+    }
 }

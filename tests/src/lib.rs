@@ -238,15 +238,26 @@ impl Gateway {
 
     /// Starts (or restarts) the gateway process without waiting for it.
     pub fn spawn(&mut self) {
+        self.spawn_adjusted(|_| {});
+    }
+
+    /// Starts the gateway with its command adjusted by `adjust` (its environment, say), and
+    /// waits for /readyz.
+    pub fn launch_adjusted(&mut self, adjust: impl FnOnce(&mut Command)) {
+        self.spawn_adjusted(adjust);
+        self.wait_ready();
+    }
+
+    fn spawn_adjusted(&mut self, adjust: impl FnOnce(&mut Command)) {
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.dir.path().join("gateway.log"))
             .unwrap();
-        let child = self
-            .cli(&["run"])
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
+        let mut command = self.cli(&["run"]);
+        command.stdout(log.try_clone().unwrap()).stderr(log);
+        adjust(&mut command);
+        let child = command
             .spawn()
             .expect("interlock binary; build it with `cargo xtask build`");
         self.child = Some(child);

@@ -612,3 +612,79 @@ fn records_larger_than_the_stream_allows_are_chunked_and_reassembled() {
         "the 16 KiB data records were split: {chunks} chunks"
     );
 }
+
+#[test]
+fn kinesis_credentials_come_from_the_pod_identity_agent_and_are_renewed_as_they_expire() {
+    let kinesalite = Kinesalite::start(None);
+    setup_stream(&kinesalite, 2);
+    // Records every call's signing key on its way to kinesalite.
+    let signed = FaultProxy::start(kinesalite.addr, 0, 0);
+    let echo = echo();
+    let mut gw = Gateway::configure(&format!(
+        "targets:\n  - name: echo\n    address: \"{}\"\n{}",
+        echo.addr,
+        kinesis_config(&signed.endpoint(), "")
+    ));
+    // What EKS Pod Identity gives a pod: the agent's URL and a token file.
+    let token = format!("pod-identity-token-{}", std::process::id());
+    let token_file = gw.dir.path().join("eks-pod-identity-token");
+    std::fs::write(&token_file, &token).unwrap();
+    let agent = CredentialEndpoint::start(&token, Duration::from_secs(15));
+    gw.launch_adjusted(|command| {
+        command
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .env("AWS_CONTAINER_CREDENTIALS_FULL_URI", agent.url())
+            .env("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", &token_file);
+    });
+
+    // Sessions for longer than a key lives: 4 rounds of 10, 7 s apart.
+    let mut sessions = 0;
+    for round in 0..4 {
+        if round > 0 {
+            thread::sleep(Duration::from_secs(7));
+        }
+        let run = chatty(&gw, &echo, 10, 2, 5);
+        assert_eq!(run["ok"], 10, "{run}");
+        sessions += 10;
+        // start + 2 round trips of 2 chunks + end, each.
+        wait_shipped(&gw, (sessions * 6) as f64, Duration::from_secs(60));
+    }
+
+    // The agent was asked with the token every time, and again once a key had expired.
+    let calls = agent.calls.lock().unwrap().clone();
+    assert!(
+        calls
+            .iter()
+            .all(|(authorization, _)| *authorization == token),
+        "{calls:?}"
+    );
+    let issued: HashSet<&String> = calls.iter().map(|(_, key)| key).collect();
+    assert!(
+        issued.len() >= 2,
+        "no key was renewed: {calls:?}\n{}",
+        gw.log()
+    );
+    // Every call to Kinesis was signed with a key the agent issued, the later ones renewed.
+    let used: Vec<String> = signed.log.lock().unwrap().access_keys.clone();
+    assert!(
+        used.iter().all(|key| issued.contains(key)),
+        "signed with keys the agent never issued: {used:?}"
+    );
+    let distinct: HashSet<&String> = used.iter().collect();
+    assert!(distinct.len() >= 2, "every call used one key: {used:?}");
+
+    // Nothing lost across the renewals; duplicates only as at-least-once allows.
+    let raw = runtime().block_on(async {
+        let client = client(&kinesalite.endpoint()).await;
+        read_raw(&client, STREAM).await
+    });
+    let ids: HashSet<String> = raw
+        .iter()
+        .map(|(_, data)| {
+            let record: Value = serde_json::from_slice(data).unwrap();
+            record["record_id"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(ids.len(), sessions * 6, "distinct records in the stream");
+}

@@ -57,21 +57,12 @@ pub fn image(release: bool) -> Result<String> {
         .arg("-f")
         .arg(root().join("deploy/image/Containerfile"))
         .arg(&context))?;
-    let digest = output(Command::new("buildah").args([
-        "inspect",
-        "--format",
-        "{{.FromImageDigest}}",
-        &name,
-    ]))
-    .unwrap_or_default();
     let id = output(Command::new("buildah").args(["images", "--quiet", "--no-trunc", &name]))?;
     println!("image {name} ({})", id.trim());
-    if !digest.trim().is_empty() {
-        println!("digest {}", digest.trim());
-    }
     println!(
-        "push it with: buildah push {name} docker://REGISTRY/interlock:{tag}, then pin the \
-         digest it prints in deploy/overlays/eks (images: digest)"
+        "push it with: buildah push --digestfile interlock.digest {name} \
+         docker://REGISTRY/interlock:{tag}, then pin that digest in deploy/overlays/eks \
+         (images: digest)"
     );
     Ok(name)
 }

@@ -57,7 +57,9 @@ fn set_policy(tid: libc::pid_t, idle: bool) -> io::Result<()> {
     } else {
         libc::SCHED_OTHER
     };
-    let param = libc::sched_param { sched_priority: 0 };
+    // Priority 0, the only one these policies take; musl's struct has more (unused) fields.
+    // SAFETY: sched_param is plain integers, for which all zeroes is valid.
+    let param: libc::sched_param = unsafe { std::mem::zeroed() };
     // SAFETY: a plain syscall with a valid parameter.
     match unsafe { libc::sched_setscheduler(tid, policy, &param) } {
         0 => Ok(()),
