@@ -421,6 +421,19 @@ impl Drop for Gateway {
     }
 }
 
+/// Runs `command`, which must succeed; its output.
+pub fn succeed(command: &mut Command) -> Output {
+    let out = command
+        .output()
+        .unwrap_or_else(|e| panic!("{command:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{command:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// Output of one `probe http` run.
 pub fn probe_json(out: &Output) -> Value {
     let stdout = String::from_utf8_lossy(&out.stdout);

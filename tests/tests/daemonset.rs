@@ -18,7 +18,7 @@ use interlock_e2e::{
     deploy::*,
     interlock_bin,
     node::{Driver, HostAddress, Qos, Runtime, SimNode},
-    require_root,
+    require_root, succeed,
 };
 use serde_json::{Value, json};
 
@@ -144,15 +144,10 @@ fn the_rendered_daemonset_runs_as_a_kubelet_would_run_it_and_intercepts_a_select
         object(&rendered, "MutatingWebhookConfiguration", Some("interlock")),
     );
     let keys = work.path().join("keys");
-    let init = Command::new(interlock_bin())
-        .args(["init", "--out"])
-        .arg(&keys)
-        .output()
-        .unwrap();
-    assert!(
-        init.status.success(),
-        "{}",
-        String::from_utf8_lossy(&init.stderr)
+    succeed(
+        Command::new(interlock_bin())
+            .args(["init", "--out"])
+            .arg(&keys),
     );
     let secrets = objects(&fs::read_to_string(keys.join("secrets.yaml")).unwrap());
 
@@ -338,17 +333,12 @@ fn the_rendered_daemonset_runs_as_a_kubelet_would_run_it_and_intercepts_a_select
         ),
     )
     .unwrap();
-    let bundle = Command::new(interlock_bin())
-        .args(["ca-bundle", "--config"])
-        .arg(&host_config)
-        .arg("--cluster-ca")
-        .arg(&api.ca)
-        .output()
-        .unwrap();
-    assert!(
-        bundle.status.success(),
-        "{}",
-        String::from_utf8_lossy(&bundle.stderr)
+    let bundle = succeed(
+        Command::new(interlock_bin())
+            .args(["ca-bundle", "--config"])
+            .arg(&host_config)
+            .arg("--cluster-ca")
+            .arg(&api.ca),
     );
     let bundle_file = work.path().join("bundle.crt");
     fs::write(&bundle_file, &bundle.stdout).unwrap();
@@ -400,16 +390,11 @@ fn the_rendered_daemonset_runs_as_a_kubelet_would_run_it_and_intercepts_a_select
 
     // Recorded, in the spool on the node's disk, as that pod.
     let cli = |args: &[&str]| -> Value {
-        let out = Command::new(interlock_bin())
-            .args(args)
-            .arg("--config")
-            .arg(&host_config)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
+        let out = succeed(
+            Command::new(interlock_bin())
+                .args(args)
+                .arg("--config")
+                .arg(&host_config),
         );
         serde_json::from_slice(&out.stdout).unwrap()
     };

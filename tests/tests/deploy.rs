@@ -9,7 +9,7 @@ use std::{
 };
 
 use base64::Engine as _;
-use interlock_e2e::{deploy::*, interlock_bin};
+use interlock_e2e::{deploy::*, interlock_bin, succeed};
 
 const KUSTOMIZATIONS: [&str; 2] = ["base", "overlays/eks"];
 
@@ -105,15 +105,10 @@ fn the_rendered_config_is_one_the_gateway_takes() {
         let objects = objects(&render(kustomization));
         let config = dir.path().join("interlock.yaml");
         fs::write(&config, gateway_config(&objects)).unwrap();
-        let out = Command::new(interlock_bin())
-            .arg("check-config")
-            .arg(&config)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{kustomization}: {}",
-            String::from_utf8_lossy(&out.stderr)
+        succeed(
+            Command::new(interlock_bin())
+                .arg("check-config")
+                .arg(&config),
         );
         // The DaemonSet runs the gateway with the config it mounts.
         let daemonset = object(&objects, "DaemonSet", Some("interlock"));
@@ -160,15 +155,10 @@ fn humantime_seconds(text: &str) -> u64 {
 fn init_makes_the_keys_and_the_secrets_the_daemonset_mounts() {
     let dir = tempfile::tempdir().unwrap();
     let out_dir = dir.path().join("keys");
-    let out = Command::new(interlock_bin())
-        .args(["init", "--out"])
-        .arg(&out_dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = succeed(
+        Command::new(interlock_bin())
+            .args(["init", "--out"])
+            .arg(&out_dir),
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("forge a sealed session"), "{stderr}");

@@ -5,7 +5,7 @@ use std::{collections::HashMap, convert::Infallible, sync::Arc, time::Duration};
 
 use base64::Engine;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited, combinators::BoxBody};
+use http_body_util::{BodyExt, Empty, Full, Limited, combinators::BoxBody};
 use hyper::{HeaderMap, Method, Request, Response, StatusCode, body::Incoming, header};
 use serde_json::{Value, json};
 
@@ -898,6 +898,29 @@ fn testserver(state: &State, control: &str, call: &Call) -> Result<Response<Body
         }
         _ => Err(not_served()),
     }
+}
+
+/// A 101 answer switching to `upgrade`, with the protocol's own headers (a WebSocket's accept
+/// key and subprotocol, or SPDY's stream protocol).
+pub fn switching_protocols(
+    upgrade: &'static str,
+    headers: &[(&'static str, &str)],
+) -> Response<Body> {
+    let mut response = Response::new(Empty::<Bytes>::new().map_err(|e| match e {}).boxed());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let answer = response.headers_mut();
+    answer.insert(header::UPGRADE, header::HeaderValue::from_static(upgrade));
+    answer.insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("Upgrade"),
+    );
+    for (name, value) in headers {
+        answer.insert(
+            *name,
+            header::HeaderValue::from_str(value).expect("an ASCII header value"),
+        );
+    }
+    response
 }
 
 /// The first container's `command`, or a shell, as a container's entrypoint would run.

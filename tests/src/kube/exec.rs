@@ -7,10 +7,8 @@
 //! pseudo-terminal, whose size follows the client's resize messages (channel 4).
 use std::{collections::HashMap, process::Stdio};
 
-use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use http_body_util::{BodyExt, Empty};
-use hyper::{HeaderMap, Response, StatusCode, header, upgrade::OnUpgrade};
+use hyper::{HeaderMap, Response, header, upgrade::OnUpgrade};
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use tokio::{
@@ -27,7 +25,7 @@ use tokio_tungstenite::{
 };
 
 use super::{
-    api::Body,
+    api::{Body, switching_protocols},
     spdy::{self, Frame},
     status::ApiError,
 };
@@ -124,26 +122,13 @@ pub fn upgrade(
             run(socket, request, v5).await;
         }
     });
-    let mut response = Response::new(Empty::<Bytes>::new().map_err(|e| match e {}).boxed());
-    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let headers = response.headers_mut();
-    headers.insert(
-        header::UPGRADE,
-        header::HeaderValue::from_static("websocket"),
-    );
-    headers.insert(
-        header::CONNECTION,
-        header::HeaderValue::from_static("Upgrade"),
-    );
-    headers.insert(
-        header::SEC_WEBSOCKET_ACCEPT,
-        header::HeaderValue::from_str(&accept).expect("base64 is a valid header"),
-    );
-    headers.insert(
-        header::SEC_WEBSOCKET_PROTOCOL,
-        header::HeaderValue::from_static(protocol),
-    );
-    Ok(response)
+    Ok(switching_protocols(
+        "websocket",
+        &[
+            ("sec-websocket-accept", &accept),
+            ("sec-websocket-protocol", protocol),
+        ],
+    ))
 }
 
 /// kubectl 1.29 and older: SPDY, offering its stream protocols in `X-Stream-Protocol-Version`
@@ -168,22 +153,10 @@ fn upgrade_spdy(
             run_spdy(TokioIo::new(upgraded), request).await;
         }
     });
-    let mut response = Response::new(Empty::<Bytes>::new().map_err(|e| match e {}).boxed());
-    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let answer = response.headers_mut();
-    answer.insert(
-        header::UPGRADE,
-        header::HeaderValue::from_static("SPDY/3.1"),
-    );
-    answer.insert(
-        header::CONNECTION,
-        header::HeaderValue::from_static("Upgrade"),
-    );
-    answer.insert(
-        "x-stream-protocol-version",
-        header::HeaderValue::from_static(SPDY_PROTOCOL),
-    );
-    Ok(response)
+    Ok(switching_protocols(
+        "SPDY/3.1",
+        &[("x-stream-protocol-version", SPDY_PROTOCOL)],
+    ))
 }
 
 /// Pumps a pipe into the channel it belongs to; None at its end.

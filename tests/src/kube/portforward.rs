@@ -14,10 +14,8 @@
 //! stream to close before it counts a connection done.
 use std::collections::HashMap;
 
-use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use http_body_util::{BodyExt, Empty};
-use hyper::{HeaderMap, Response, StatusCode, header, upgrade::OnUpgrade};
+use hyper::{HeaderMap, Response, upgrade::OnUpgrade};
 use hyper_util::rt::TokioIo;
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
@@ -30,7 +28,7 @@ use tokio_tungstenite::{
 };
 
 use super::{
-    api::Body,
+    api::{Body, switching_protocols},
     spdy::{
         FIN, Frame, GOAWAY, Headers, PING, RST_STREAM, SYN_REPLY, SYN_STREAM, control, data,
         read_frame,
@@ -53,27 +51,21 @@ pub fn upgrade(
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
     };
-    let mut response = Response::new(Empty::<Bytes>::new().map_err(|e| match e {}).boxed());
-    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let answer = response.headers_mut();
-    answer.insert(header::CONNECTION, "Upgrade".parse().expect("a header"));
     if value("upgrade").eq_ignore_ascii_case("SPDY/3.1") {
         if value("x-stream-protocol-version") != "portforward.k8s.io" {
             return Err(ApiError::BadRequest(
                 "port-forward speaks X-Stream-Protocol-Version portforward.k8s.io".into(),
             ));
         }
-        answer.insert(header::UPGRADE, "SPDY/3.1".parse().expect("a header"));
-        answer.insert(
-            "x-stream-protocol-version",
-            "portforward.k8s.io".parse().expect("a header"),
-        );
         tokio::spawn(async move {
             if let Ok(upgraded) = on_upgrade.await {
                 serve_spdy(TokioIo::new(upgraded)).await;
             }
         });
-        return Ok(response);
+        return Ok(switching_protocols(
+            "SPDY/3.1",
+            &[("x-stream-protocol-version", "portforward.k8s.io")],
+        ));
     }
     if !value("upgrade").eq_ignore_ascii_case("websocket") {
         return Err(ApiError::BadRequest(
@@ -101,17 +93,7 @@ pub fn upgrade(
     if key.is_empty() {
         return Err(ApiError::BadRequest("Sec-WebSocket-Key is missing".into()));
     }
-    answer.insert(header::UPGRADE, "websocket".parse().expect("a header"));
-    answer.insert(
-        header::SEC_WEBSOCKET_ACCEPT,
-        derive_accept_key(key.as_bytes())
-            .parse()
-            .expect("base64 is a header"),
-    );
-    answer.insert(
-        header::SEC_WEBSOCKET_PROTOCOL,
-        protocol.parse().expect("a header"),
-    );
+    let accept = derive_accept_key(key.as_bytes());
     tokio::spawn(async move {
         let Ok(upgraded) = on_upgrade.await else {
             return;
@@ -123,7 +105,13 @@ pub fn upgrade(
             _ => serve_channels(socket, ports).await,
         }
     });
-    Ok(response)
+    Ok(switching_protocols(
+        "websocket",
+        &[
+            ("sec-websocket-accept", &accept),
+            ("sec-websocket-protocol", protocol),
+        ],
+    ))
 }
 
 /// The WebSocket as a byte stream: each binary message in, each write out as one message.
