@@ -381,18 +381,7 @@ where
         }
     }
     drop(stdin);
-    let status = match child.wait().await {
-        Ok(exit) if exit.success() => json!({"metadata": {}, "status": "Success"}),
-        Ok(exit) => {
-            let code = exit.code().unwrap_or(128 + 9);
-            let message = format!(
-                "command terminated with non-zero exit code: error executing command {:?}, exit code {code}",
-                request.command
-            );
-            failure(&message, Some(code))
-        }
-        Err(e) => failure(&e.to_string(), None),
-    };
+    let status = exit_status(&mut child, &request.command).await;
     let _ = send_status(&mut socket, &status).await;
     // A close without a code reads as 1005 to client-go, which reports it as an error.
     let normal = CloseFrame {
@@ -400,6 +389,21 @@ where
         reason: "".into(),
     };
     let _ = socket.close(Some(normal)).await;
+}
+
+/// The closing `Status` for a command that ended: Success, or its exit code.
+async fn exit_status(child: &mut tokio::process::Child, command: &[String]) -> Value {
+    match child.wait().await {
+        Ok(exit) if exit.success() => json!({"metadata": {}, "status": "Success"}),
+        Ok(exit) => {
+            let code = exit.code().unwrap_or(128 + 9);
+            let message = format!(
+                "command terminated with non-zero exit code: error executing command {command:?}, exit code {code}"
+            );
+            failure(&message, Some(code))
+        }
+        Err(e) => failure(&e.to_string(), None),
+    }
 }
 
 fn failure(message: &str, code: Option<i32>) -> Value {
@@ -547,18 +551,7 @@ async fn run_spdy(io: impl AsyncRead + AsyncWrite + Send + 'static, request: Exe
         }
     }
     drop(stdin);
-    let status = match child.wait().await {
-        Ok(exit) if exit.success() => json!({"metadata": {}, "status": "Success"}),
-        Ok(exit) => {
-            let code = exit.code().unwrap_or(128 + 9);
-            let message = format!(
-                "command terminated with non-zero exit code: error executing command {:?}, exit code {code}",
-                request.command
-            );
-            failure(&message, Some(code))
-        }
-        Err(e) => failure(&e.to_string(), None),
-    };
+    let status = exit_status(&mut child, &request.command).await;
     let _ = frames
         .send(spdy::data(error_stream, 0, status.to_string().as_bytes()))
         .await;
