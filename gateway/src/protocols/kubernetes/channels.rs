@@ -80,8 +80,10 @@ pub async fn relay(
         exchange: &exchange,
         stream,
         masking,
+        // Inflaters only where SPDY is read: each holds a zlib stream's state.
+        sides: matches!(reading, Reading::Spdy(_))
+            .then(|| [Side::new(Direction::Up), Side::new(Direction::Down)]),
         reading,
-        sides: [Side::new(Direction::Up), Side::new(Direction::Down)],
         ports_seen: HashSet::new(),
     };
     // As the copy loop does: checked once per idle_timeout, so a stream is cut after between
@@ -151,7 +153,7 @@ struct Channels<'a> {
     masking: Masking,
     reading: Reading,
     /// For SPDY: each direction's reader.
-    sides: [Side; 2],
+    sides: Option<[Side; 2]>,
     /// For port-forward: the channels whose first message (which starts with the port) the
     /// API server has sent.
     ports_seen: HashSet<u8>,
@@ -168,8 +170,8 @@ impl Channels<'_> {
                 message
             }
             Reading::Spdy(tap) => {
-                if let Message::Binary(bytes) = &message {
-                    let side = &mut self.sides[usize::from(direction == Direction::Down)];
+                if let (Message::Binary(bytes), Some(sides)) = (&message, self.sides.as_mut()) {
+                    let side = &mut sides[usize::from(direction == Direction::Down)];
                     tap.observe(side, bytes).await;
                 }
                 message
