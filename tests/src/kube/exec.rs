@@ -432,16 +432,8 @@ where
 /// exec over SPDY: the client opens one stream per channel, each named by `streamtype`; the
 /// command starts once all it asked for are open, and the `Status` goes on the error stream.
 async fn run_spdy(io: impl AsyncRead + AsyncWrite + Send + 'static, request: ExecRequest) {
-    let (mut from_client, mut to_client) = tokio::io::split(io);
-    let (frames, mut outgoing) = mpsc::channel::<Vec<u8>>(64);
-    tokio::spawn(async move {
-        while let Some(frame) = outgoing.recv().await {
-            if to_client.write_all(&frame).await.is_err() || to_client.flush().await.is_err() {
-                return;
-            }
-        }
-        let _ = to_client.shutdown().await;
-    });
+    let (mut from_client, to_client) = tokio::io::split(io);
+    let frames = spdy::writer(to_client);
     // Frames are read on their own task: a read cut short by select! would lose its place.
     let (incoming_tx, mut incoming) = mpsc::channel(16);
     tokio::spawn(async move {
@@ -464,15 +456,11 @@ async fn run_spdy(io: impl AsyncRead + AsyncWrite + Send + 'static, request: Exe
         };
         if let Frame::Control { kind, payload, .. } = frame
             && kind == spdy::SYN_STREAM
-            && payload.len() >= 10
         {
-            let stream = u32::from_be_bytes(payload[..4].try_into().expect("4 bytes"));
-            let Some(opened) = headers.read(&payload[10..]) else {
+            let Some((stream, opened, reply)) = headers.accept(&payload) else {
                 return;
             };
-            let mut reply = stream.to_be_bytes().to_vec();
-            reply.extend(headers.empty());
-            let _ = frames.send(spdy::control(spdy::SYN_REPLY, 0, &reply)).await;
+            let _ = frames.send(reply).await;
             if let Some(kind) = opened.get("streamtype") {
                 streams.insert(kind.clone(), stream);
             }

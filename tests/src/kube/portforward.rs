@@ -30,8 +30,8 @@ use tokio_tungstenite::{
 use super::{
     api::{Body, switching_protocols},
     spdy::{
-        FIN, Frame, GOAWAY, Headers, PING, RST_STREAM, SYN_REPLY, SYN_STREAM, control, data,
-        read_frame,
+        FIN, Frame, GOAWAY, Headers, PING, RST_STREAM, SYN_STREAM, control, data, read_frame,
+        writer,
     },
     status::ApiError,
 };
@@ -157,28 +157,18 @@ struct Forward {
 }
 
 async fn serve_spdy(io: impl AsyncRead + AsyncWrite + Send + 'static) {
-    let (mut from_client, mut to_client) = tokio::io::split(io);
-    let (frames, mut outgoing) = mpsc::channel::<Vec<u8>>(64);
-    tokio::spawn(async move {
-        while let Some(frame) = outgoing.recv().await {
-            if to_client.write_all(&frame).await.is_err() || to_client.flush().await.is_err() {
-                return;
-            }
-        }
-    });
+    let (mut from_client, to_client) = tokio::io::split(io);
+    let frames = writer(to_client);
     let mut headers = Headers::new();
     let mut forwards: HashMap<String, Forward> = HashMap::new();
     let mut request_of: HashMap<u32, String> = HashMap::new();
     while let Ok(frame) = read_frame(&mut from_client).await {
         match frame {
-            Frame::Control { kind, payload, .. } if kind == SYN_STREAM && payload.len() >= 10 => {
-                let stream = u32::from_be_bytes(payload[..4].try_into().expect("4 bytes"));
-                let Some(opened) = headers.read(&payload[10..]) else {
+            Frame::Control { kind, payload, .. } if kind == SYN_STREAM => {
+                let Some((stream, opened, reply)) = headers.accept(&payload) else {
                     return;
                 };
-                let mut reply = stream.to_be_bytes().to_vec();
-                reply.extend(headers.empty());
-                let _ = frames.send(control(SYN_REPLY, 0, &reply)).await;
+                let _ = frames.send(reply).await;
                 let request = opened.get("requestid").cloned().unwrap_or_default();
                 request_of.insert(stream, request.clone());
                 let forward = forwards.entry(request).or_default();

@@ -7,7 +7,10 @@ mod dictionary;
 use std::collections::HashMap;
 
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress};
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
+    sync::mpsc,
+};
 
 pub const SYN_STREAM: u16 = 1;
 pub const SYN_REPLY: u16 = 2;
@@ -76,6 +79,15 @@ pub struct Headers {
 }
 
 impl Headers {
+    /// A SYN_STREAM's stream and headers, and the SYN_REPLY (no headers) that accepts it.
+    pub fn accept(&mut self, syn_stream: &[u8]) -> Option<(u32, HashMap<String, String>, Vec<u8>)> {
+        let stream = u32::from_be_bytes(syn_stream.get(..4)?.try_into().ok()?);
+        let opened = self.read(syn_stream.get(10..)?)?;
+        let mut reply = stream.to_be_bytes().to_vec();
+        reply.extend(self.empty());
+        Some((stream, opened, control(SYN_REPLY, 0, &reply)))
+    }
+
     pub fn new() -> Headers {
         let mut deflate = Compress::new(Compression::default(), true);
         deflate
@@ -87,7 +99,7 @@ impl Headers {
         }
     }
 
-    pub fn read(&mut self, mut block: &[u8]) -> Option<HashMap<String, String>> {
+    fn read(&mut self, mut block: &[u8]) -> Option<HashMap<String, String>> {
         let mut plain = Vec::with_capacity(4096);
         while !block.is_empty() {
             let before = self.inflate.total_in();
@@ -121,11 +133,26 @@ impl Headers {
     }
 
     /// An empty header block, as a SYN_REPLY carries.
-    pub fn empty(&mut self) -> Vec<u8> {
+    fn empty(&mut self) -> Vec<u8> {
         let mut out = Vec::with_capacity(64);
         self.deflate
             .compress_vec(&[0, 0, 0, 0], &mut out, FlushCompress::Sync)
             .expect("compressing into room enough");
         out
     }
+}
+
+/// Writes the frames sent to the returned channel, in order, from one task (frames from many
+/// tasks must not interleave); the stream is shut down once every sender is gone.
+pub fn writer(mut to: impl AsyncWrite + Send + Unpin + 'static) -> mpsc::Sender<Vec<u8>> {
+    let (frames, mut outgoing) = mpsc::channel::<Vec<u8>>(64);
+    tokio::spawn(async move {
+        while let Some(frame) = outgoing.recv().await {
+            if to.write_all(&frame).await.is_err() || to.flush().await.is_err() {
+                return;
+            }
+        }
+        let _ = to.shutdown().await;
+    });
+    frames
 }

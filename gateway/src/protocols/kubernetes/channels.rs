@@ -21,7 +21,7 @@ use tokio_tungstenite::{
     tungstenite::{Message, Utf8Bytes, protocol::Role},
 };
 
-use super::spdy::relay::{Side, SpdyTap};
+use super::spdy::relay::{Side, SpdyTap, for_record};
 use crate::{
     masking::MaskReport,
     protocols::{
@@ -49,14 +49,35 @@ pub const CHANNEL_PROTOCOLS: [&str; 5] = [
 /// The WebSocket subprotocol kubectl 1.31+ tunnels a SPDY port-forward in.
 pub const SPDY_TUNNEL: &str = "SPDY/3.1+portforward.k8s.io";
 
-/// How a stream's messages are read.
+/// How a stream's messages are read, with what the reading keeps.
 pub enum Reading {
     /// exec and attach: the channel byte names stdin, stdout, ….
     Exec,
-    /// port-forward over a channel protocol, for the ports the request named.
-    PortForward(Vec<u16>),
-    /// SPDY bytes, tunnelled in binary messages.
-    Spdy(Arc<SpdyTap>),
+    /// port-forward over a channel protocol.
+    PortForward(PortChannels),
+    /// SPDY bytes, tunnelled in binary messages, read by each direction's reader.
+    Spdy(Arc<SpdyTap>, Box<[Side; 2]>),
+}
+
+pub struct PortChannels {
+    /// The ports the request named: channels 2i and 2i+1 are port i's.
+    ports: Vec<u16>,
+    /// The channels whose first message (which starts with the port) the API server has sent.
+    seen: HashSet<u8>,
+}
+
+impl Reading {
+    pub fn port_forward(ports: Vec<u16>) -> Reading {
+        Reading::PortForward(PortChannels {
+            ports,
+            seen: HashSet::new(),
+        })
+    }
+
+    pub fn spdy(tap: Arc<SpdyTap>) -> Reading {
+        let sides = [Side::new(Direction::Up), Side::new(Direction::Down)];
+        Reading::Spdy(tap, Box::new(sides))
+    }
 }
 
 /// Relays one upgraded stream until either side closes it.
@@ -80,11 +101,7 @@ pub async fn relay(
         exchange: &exchange,
         stream,
         masking,
-        // Inflaters only where SPDY is read: each holds a zlib stream's state.
-        sides: matches!(reading, Reading::Spdy(_))
-            .then(|| [Side::new(Direction::Up), Side::new(Direction::Down)]),
         reading,
-        ports_seen: HashSet::new(),
     };
     // As the copy loop does: checked once per idle_timeout, so a stream is cut after between
     // one and two timeouts in which no message (pings aside) crossed either way.
@@ -152,71 +169,27 @@ struct Channels<'a> {
     stream: u64,
     masking: Masking,
     reading: Reading,
-    /// For SPDY: each direction's reader.
-    sides: Option<[Side; 2]>,
-    /// For port-forward: the channels whose first message (which starts with the port) the
-    /// API server has sent.
-    ports_seen: HashSet<u8>,
 }
 
 impl Channels<'_> {
     /// Records one message and returns what to forward.
     async fn pass(&mut self, direction: Direction, message: Message) -> Message {
-        match &self.reading {
+        match &mut self.reading {
             Reading::Exec => self.pass_exec(direction, message).await,
-            Reading::PortForward(ports) => {
-                let ports = ports.clone();
-                self.pass_port(&ports, direction, &message).await;
+            Reading::PortForward(channels) => {
+                let (exchange, stream) = (self.exchange, self.stream);
+                let record_raw = self.masking.record_raw;
+                record_port(exchange, stream, record_raw, channels, direction, &message).await;
                 message
             }
-            Reading::Spdy(tap) => {
-                if let (Message::Binary(bytes), Some(sides)) = (&message, self.sides.as_mut()) {
+            Reading::Spdy(tap, sides) => {
+                if let Message::Binary(bytes) = &message {
                     let side = &mut sides[usize::from(direction == Direction::Down)];
                     tap.observe(side, bytes).await;
                 }
                 message
             }
         }
-    }
-
-    /// Records a port-forward message as its port's data or error; forwards it unchanged.
-    async fn pass_port(&mut self, ports: &[u16], direction: Direction, message: &Message) {
-        let payload = match message {
-            Message::Binary(payload) => payload.clone(),
-            Message::Text(text) => Bytes::from(text.clone()),
-            _ => return,
-        };
-        let Some((&channel, mut data)) = payload.split_first() else {
-            return;
-        };
-        // The API server starts each channel with the port, two bytes little-endian.
-        if direction == Direction::Down && self.ports_seen.insert(channel) {
-            data = data.get(2..).unwrap_or_default();
-        }
-        let index = usize::from(channel / 2);
-        let mut report = MaskReport::default();
-        let masked = self.exchange.masker().mask_text(data, &mut report);
-        let data = match masked {
-            Some(masked) if !self.masking.record_raw => Bytes::from(masked),
-            _ => payload.slice_ref(data),
-        };
-        let record = KubePortForward {
-            stream: self.stream,
-            port: ports.get(index).copied().unwrap_or_default(),
-            connection: index as u64,
-            channel: match channel % 2 {
-                0 => PortForwardChannel::Data,
-                _ => PortForwardChannel::Error,
-            },
-            direction,
-            event: PortForwardEvent::Data,
-            data,
-        };
-        self.exchange
-            .log
-            .record(RecordBody::KubePortForward(record))
-            .await;
-        self.exchange.log.masked(direction, report, false).await;
     }
 
     /// Records one message by its channel and returns what to forward. Binary and text
@@ -274,4 +247,46 @@ impl Channels<'_> {
             _ => rebuild(payload),
         }
     }
+}
+
+/// Records a port-forward message as its port's data or error; it is forwarded unchanged.
+async fn record_port(
+    exchange: &Exchange,
+    stream: u64,
+    record_raw: bool,
+    channels: &mut PortChannels,
+    direction: Direction,
+    message: &Message,
+) {
+    let payload = match message {
+        Message::Binary(payload) => payload.clone(),
+        Message::Text(text) => Bytes::from(text.clone()),
+        _ => return,
+    };
+    let Some((&channel, mut data)) = payload.split_first() else {
+        return;
+    };
+    // The API server starts each channel with the port, two bytes little-endian.
+    if direction == Direction::Down && channels.seen.insert(channel) {
+        data = data.get(2..).unwrap_or_default();
+    }
+    let index = usize::from(channel / 2);
+    let (data, report) = for_record(exchange, record_raw, &payload.slice_ref(data));
+    let record = KubePortForward {
+        stream,
+        port: channels.ports.get(index).copied().unwrap_or_default(),
+        connection: index as u64,
+        channel: match channel % 2 {
+            0 => PortForwardChannel::Data,
+            _ => PortForwardChannel::Error,
+        },
+        direction,
+        event: PortForwardEvent::Data,
+        data,
+    };
+    exchange
+        .log
+        .record(RecordBody::KubePortForward(record))
+        .await;
+    exchange.log.masked(direction, report, false).await;
 }

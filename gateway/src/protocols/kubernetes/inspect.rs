@@ -278,10 +278,10 @@ impl Inspector for KubeInspector {
         let stream = answering.stream;
         let reading = match (websocket, answering.ports) {
             (Some(channel), ports) if CHANNEL_PROTOCOLS.contains(&channel) => match ports {
-                Some(ports) => Some(Reading::PortForward(ports)),
+                Some(ports) => Some(Reading::port_forward(ports)),
                 None => Some(Reading::Exec),
             },
-            (Some(SPDY_TUNNEL), _) => Some(Reading::Spdy(SpdyTap::new(
+            (Some(SPDY_TUNNEL), _) => Some(Reading::spdy(SpdyTap::new(
                 exchange.clone(),
                 stream,
                 answering.masking,

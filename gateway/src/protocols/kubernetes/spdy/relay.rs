@@ -187,14 +187,18 @@ impl SpdyTap {
         self.exchange.log.masked(direction, report, false).await;
     }
 
-    /// The bytes as the record keeps them, and what was masked in them.
     fn for_record(&self, data: &Bytes) -> (Bytes, MaskReport) {
-        let mut report = MaskReport::default();
-        let masked = self.exchange.masker().mask_text(data, &mut report);
-        match masked {
-            Some(masked) if !self.masking.record_raw => (masked.into(), report),
-            _ => (data.clone(), report),
-        }
+        for_record(&self.exchange, self.masking.record_raw, data)
+    }
+}
+
+/// Bytes as the record keeps them (masked, unless the target keeps raw records), and what was
+/// masked in them; what crosses the wire is left alone.
+pub fn for_record(exchange: &Exchange, record_raw: bool, data: &Bytes) -> (Bytes, MaskReport) {
+    let mut report = MaskReport::default();
+    match exchange.masker().mask_text(data, &mut report) {
+        Some(masked) if !record_raw => (masked.into(), report),
+        _ => (data.clone(), report),
     }
 }
 
