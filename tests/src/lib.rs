@@ -361,6 +361,21 @@ impl Gateway {
         }
     }
 
+    /// Every record, once every session so far has ended: a client that has exited has left
+    /// its records still on their way to disk until the gateway sees its connection close.
+    pub fn records_once_ended(&self) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while self.sessions().iter().any(|s| s["outcome"] == "unfinished") {
+            assert!(
+                Instant::now() < deadline,
+                "sessions unfinished after 15 s:\n{}",
+                self.log()
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+        self.all_records()
+    }
+
     pub fn kill9(&mut self) {
         let mut child = self.child.take().expect("gateway running");
         child.kill().unwrap();

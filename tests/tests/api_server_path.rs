@@ -169,7 +169,7 @@ fn kubectl_and_curl_reach_the_api_server_through_terminated_and_reencrypted_tls(
     assert_eq!(version_of("/api/v1/namespaces/team/pods"), ["HTTP/1.1"]);
 
     // Recorded as the client spoke, with the token redacted.
-    let records = setup.gateway.all_records();
+    let records = setup.gateway.records_once_ended();
     let heads: Vec<&Value> = records
         .iter()
         .filter(|r| r["kind"] == "http_request")
@@ -224,7 +224,7 @@ fn a_client_that_does_not_trust_the_interception_ca_fails_cleanly_and_is_recorde
         "interlock_sessions_ended_total{target=\"kube\",outcome=\"tls_rejected_by_client\"}",
     );
     assert!(rejected >= Some(1.0), "{rejected:?}");
-    let records = setup.gateway.all_records();
+    let records = setup.gateway.records_once_ended();
     let end = records.iter().find(|r| r["kind"] == "session_end").unwrap();
     assert!(
         end["error"]
@@ -659,7 +659,7 @@ fn api_requests_are_recorded_as_operations_secrets_masked_and_risky_verbs_held_o
     assert_eq!(accepts, ["application/json"]);
 
     // Every request is a kube_request with its kube_response, by stream, in its session.
-    let records = setup.gateway.all_records();
+    let records = setup.gateway.records_once_ended();
     let of_kind =
         |kind: &str| -> Vec<&Value> { records.iter().filter(|r| r["kind"] == kind).collect() };
     let (requests, responses) = (of_kind("kube_request"), of_kind("kube_response"));
@@ -838,7 +838,7 @@ fn exec_is_recorded_by_channel_masked_and_plays_back_as_asciicast() {
     assert!(!stdout.contains(AWS_KEY));
     assert!(stderr.contains("oops"), "{stderr}");
 
-    let records = setup.gateway.all_records();
+    let records = setup.gateway.records_once_ended();
     let exec = records
         .iter()
         .find(|r| r["kind"] == "kube_request" && r["subresource"] == "exec")
@@ -989,7 +989,7 @@ fn bad_input_on_the_api_server_path_gets_a_clear_answer_and_the_next_request_is_
     let spdy = rude("spdy-garbage");
     assert_eq!(spdy["upgraded"], true, "{spdy}");
     assert_eq!(spdy["closed"], true, "{spdy}");
-    let records = setup.gateway.all_records();
+    let records = setup.gateway.records_once_ended();
     let forward = records
         .iter()
         .find(|r| r["kind"] == "kube_request" && r["subresource"] == "portforward")
@@ -1047,7 +1047,7 @@ fn bad_input_on_the_api_server_path_gets_a_clear_answer_and_the_next_request_is_
     assert!(String::from_utf8_lossy(&out.stdout).contains("namespace/team"));
     let log = setup.gateway.log();
     assert!(!log.contains("panicked"), "{log}");
-    let records = setup.gateway.all_records();
+    let records = setup.gateway.records_once_ended();
     let malformed = records
         .iter()
         .find(|r| r["kind"] == "kube_response" && r["code"] == 500)
@@ -1159,7 +1159,7 @@ fn the_python_client_lists_watches_and_execs_through_the_gateway() {
     assert_eq!(exec["returncode"], 3);
     assert_eq!(exec["echoed"], "hello\n");
 
-    let records = setup.gateway.all_records();
+    let records = setup.gateway.records_once_ended();
     let kube: Vec<(String, String)> = records
         .iter()
         .filter(|r| r["kind"] == "kube_request")
@@ -1218,7 +1218,7 @@ fn kube_rs_lists_watches_and_execs_through_the_gateway() {
     assert_eq!(report["watch_saw_created"], true, "{report}");
     assert_eq!(report["exec_stdout"], "from kube-rs\n");
     assert_eq!(report["exec_status"], "Success");
-    let records = setup.gateway.all_records();
+    let records = setup.gateway.records_once_ended();
     let verbs: Vec<&str> = records
         .iter()
         .filter(|r| r["kind"] == "kube_request")
@@ -1258,7 +1258,7 @@ fn an_interactive_exec_through_a_real_terminal_is_recorded_and_plays_back() {
     assert_eq!(seen["typed"], true, "{seen}");
     assert_eq!(seen["exit"], 5, "{seen}");
 
-    let records = setup.gateway.all_records();
+    let records = setup.gateway.records_once_ended();
     let exec = records
         .iter()
         .find(|r| r["kind"] == "kube_request" && r["subresource"] == "exec")
@@ -1615,15 +1615,17 @@ fn attach_and_an_old_kubectls_spdy_exec_are_recorded_by_channel() {
     );
     assert!(
         out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        "{}\n{:#?}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        setup.gateway.records_once_ended(),
+        setup.gateway.log()
     );
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
         "attached-over-websocket\n"
     );
 
-    let records = setup.gateway.all_records();
+    let records = setup.gateway.records_once_ended();
     let decoded = |r: &Value| -> String {
         let data = r["data"].as_str().unwrap_or_default();
         String::from_utf8(
@@ -1715,7 +1717,7 @@ fn an_api_server_the_gateway_cannot_verify_is_answered_with_a_status_saying_what
             .iter()
             .all(|r| r["path"] != "/api/v1/namespaces/team/pods")
     );
-    let records = setup.gateway.all_records();
+    let records = setup.gateway.records_once_ended();
     let refused = records
         .iter()
         .find(|r| r["kind"] == "kube_response" && r["code"] == 502)
@@ -1742,7 +1744,7 @@ fn an_exec_in_which_nothing_moves_for_idle_timeout_is_closed_and_says_why() {
     );
     // Cut long before the command would have ended.
     assert!(!out.status.success());
-    let records = setup.gateway.all_records();
+    let records = setup.gateway.records_once_ended();
     let exec = records
         .iter()
         .find(|r| r["kind"] == "kube_request" && r["subresource"] == "exec")

@@ -389,6 +389,10 @@ where
         reason: "".into(),
     };
     let _ = socket.close(Some(normal)).await;
+    // The client's answering close is read before the socket goes: a
+    // socket closed with that answer unread is reset, which can cost the client the Status.
+    let answered = async { while let Some(Ok(_)) = socket.next().await {} };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), answered).await;
 }
 
 /// The closing `Status` for a command that ended: Success, or its exit code.

@@ -80,6 +80,9 @@ impl Reading {
     }
 }
 
+/// How long a peer has to answer a close before its socket is dropped anyway.
+const CLOSE_ANSWER_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Relays one upgraded stream until either side closes it.
 pub async fn relay(
     exchange: Arc<Exchange>,
@@ -109,6 +112,8 @@ pub async fn relay(
     let idle = tokio::time::sleep(idle_timeout);
     tokio::pin!(idle);
     let mut moved = false;
+    // The direction a close message crossed in, when one did.
+    let mut closed_toward = None;
     let error = loop {
         let (message, direction) = tokio::select! {
             message = from_client.next() => (message, Direction::Up),
@@ -147,13 +152,47 @@ pub async fn relay(
             break Some(SessionError::WebSocket(peer(to), e));
         }
         if closing {
+            closed_toward = Some(direction);
             break None;
         }
     };
-    let _ = tokio::join!(to_client.close(), to_upstream.close());
+    // A close crossed: its sender's side is closed first (which sends the answer its
+    // WebSocket owes), then its receiver's answer is awaited before that socket is dropped:
+    // a socket closed with unread bytes is reset, and a reset can discard what the peer had
+    // yet to read (the closing Status among it).
+    match closed_toward {
+        Some(Direction::Down) => {
+            let _ = to_upstream.close().await;
+            close_answered(&mut from_client).await;
+            let _ = to_client.close().await;
+        }
+        Some(Direction::Up) => {
+            let _ = to_client.close().await;
+            close_answered(&mut from_upstream).await;
+            let _ = to_upstream.close().await;
+        }
+        None => {
+            let _ = tokio::join!(to_client.close(), to_upstream.close());
+        }
+    }
     if let Some(error) = error {
         exchange.end_with(error);
     }
+}
+
+/// Waits, for at most CLOSE_ANSWER_WAIT, for a peer sent a close to answer with its own.
+async fn close_answered<S, E>(messages: &mut S)
+where
+    S: futures_util::Stream<Item = Result<Message, E>> + Unpin,
+{
+    let answer = async {
+        while let Some(Ok(message)) = messages.next().await {
+            if message.is_close() {
+                return;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(CLOSE_ANSWER_WAIT, answer).await;
 }
 
 /// The side a message in `direction` comes from.
