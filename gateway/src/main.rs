@@ -133,6 +133,12 @@ enum Cmd {
         #[arg(long, global = true)]
         token_file: Option<PathBuf>,
     },
+    /// Serve the approval API for the whole cluster: list every node's InterlockHolds and
+    /// write signed decisions (deploy/base/approvals-service.yaml runs it).
+    ApprovalsService {
+        #[arg(long, env = "INTERLOCK_APPROVALS_CONFIG")]
+        config: PathBuf,
+    },
     /// Remove programs and maps that a `fail_mode: closed` gateway left pinned.
     Detach {
         #[arg(long, env = "INTERLOCK_CONFIG")]
@@ -322,6 +328,14 @@ fn dispatch(command: Cmd) -> anyhow::Result<i32> {
                 }
                 anyhow::Ok(())
             })?;
+        }
+        Cmd::ApprovalsService { config } => {
+            let config = commands::approvals_service::ServiceConfig::load(&config)?;
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?
+                .block_on(commands::approvals_service::serve(config))?;
         }
         Cmd::Detach { config } => ebpf::detach_pinned(&Config::load(&config)?.bpffs_dir)?,
     }

@@ -164,7 +164,21 @@ fn the_rendered_daemonset_runs_as_a_kubelet_would_run_it_and_intercepts_a_select
         let name = text(&volume["name"]);
         let source = if volume["configMap"].is_object() {
             let source = dir(&format!("volume-{name}"));
-            fs::write(source.join("interlock.yaml"), gateway_config(&rendered)).unwrap();
+            // The decision key's ConfigMap comes from `interlock init`; the config's from the
+            // rendered manifests.
+            let from_init = secrets.iter().find(|o| {
+                o["kind"] == "ConfigMap" && o["metadata"]["name"] == volume["configMap"]["name"]
+            });
+            match from_init {
+                Some(configmap) => {
+                    for (key, value) in configmap["data"].as_object().unwrap() {
+                        fs::write(source.join(key), text(value)).unwrap();
+                    }
+                }
+                None => {
+                    fs::write(source.join("interlock.yaml"), gateway_config(&rendered)).unwrap()
+                }
+            }
             source
         } else if volume["secret"].is_object() {
             let secret = secrets

@@ -167,6 +167,8 @@ fn init_makes_the_keys_and_the_secrets_the_daemonset_mounts() {
         ("interception-ca.key", 0o600),
         ("secrets.yaml", 0o600),
         ("signing.pub", 0o644),
+        ("decision.key", 0o600),
+        ("decision.pub", 0o644),
     ] {
         let meta = fs::metadata(out_dir.join(file)).unwrap();
         assert_eq!(meta.permissions().mode() & 0o777, mode, "{file}");
@@ -207,6 +209,61 @@ fn init_makes_the_keys_and_the_secrets_the_daemonset_mounts() {
             .unwrap();
         assert!(String::from_utf8(pem).unwrap().contains("PRIVATE KEY"));
     }
+    // The approvals service signs with the key in its Secret; every gateway pins the public
+    // half, from the ConfigMap, at the path its config reads.
+    let mounted = |workload: &serde_json::Value, source: &str, name: &str| -> String {
+        let spec = &workload["spec"]["template"]["spec"];
+        let volume = spec["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| {
+                v[source].is_object()
+                    && (v[source]["name"] == name || v[source]["secretName"] == name)
+            })
+            .unwrap_or_else(|| panic!("no volume of {source} {name}"));
+        let mount = spec["containers"][0]["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == volume["name"])
+            .unwrap();
+        mount["mountPath"].as_str().unwrap().to_string()
+    };
+    let public = secrets
+        .iter()
+        .find(|o| o["kind"] == "ConfigMap" && o["metadata"]["name"] == "interlock-decision-key")
+        .expect("init makes the decision key's ConfigMap");
+    assert_eq!(
+        public["data"]["decision.pub"].as_str().unwrap(),
+        fs::read_to_string(out_dir.join("decision.pub")).unwrap()
+    );
+    assert_eq!(
+        config["approvals"]["cluster"]["decision_key"],
+        format!(
+            "{}/decision.pub",
+            mounted(daemonset, "configMap", "interlock-decision-key")
+        )
+    );
+    let service = object(&rendered, "Deployment", Some("interlock-approvals"));
+    let service_config: serde_json::Value = serde_yaml_ng::from_str(
+        rendered
+            .iter()
+            .find_map(|o| o.pointer("/data/approvals.yaml").and_then(|v| v.as_str()))
+            .expect("the approvals service's ConfigMap"),
+    )
+    .unwrap();
+    assert!(secrets.iter().any(|o| o["kind"] == "Secret"
+        && o["metadata"]["name"] == "interlock-approvals-key"
+        && o["data"]["decision.key"].is_string()));
+    assert_eq!(
+        service_config["signing_key"],
+        format!(
+            "{}/decision.key",
+            mounted(service, "secret", "interlock-approvals-key")
+        )
+    );
+
     // It never overwrites a key.
     let again = Command::new(interlock_bin())
         .args(["init", "--out"])

@@ -19,6 +19,7 @@ pub const LAYERS: &[&str] = &[
     "patterns",
     "kubernetes::selector",
     "kubernetes::request_info",
+    "kubernetes::client",
     "sse",
     "cgroup",
     "kubelet",

@@ -80,7 +80,8 @@ impl Admin {
 
     async fn route(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
         if req.uri().path().starts_with("/approvals") {
-            return crate::approvals::api::handle(&self.approvals, req).await;
+            let verifier = self.approvals.verifier.as_ref();
+            return crate::approvals::api::handle(&*self.approvals, verifier, req).await;
         }
         match req.uri().path() {
             "/healthz" => text(StatusCode::OK, "ok\n".into()),

@@ -8,8 +8,15 @@ use hyper::{Method, Request, Response, StatusCode, body::Incoming, header};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{Approvals, DecideError, oidc::AuthError};
-use crate::telemetry::events::{ApprovalRejected, InternalEvent};
+use super::{
+    DecideError,
+    oidc::{ApproverVerifier, AuthError},
+};
+use crate::{
+    identity::Principal,
+    recording::record::Hold,
+    telemetry::events::{ApprovalRejected, InternalEvent},
+};
 
 const MAX_DECISION_BYTES: usize = 64 << 10;
 
@@ -19,8 +26,27 @@ struct DecisionBody {
     reason: String,
 }
 
-pub async fn handle(approvals: &Approvals, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    let Some(verifier) = &approvals.verifier else {
+/// Where holds are listed and decided: a gateway's own (`Approvals`), or the cluster's
+/// (`cluster::service::ClusterIndex`).
+pub trait HoldIndex {
+    /// The pending holds, oldest first.
+    fn list(&self) -> impl Future<Output = Result<Vec<Hold>, DecideError>> + Send;
+    /// Approves or denies a pending hold for a verified approver.
+    fn decide(
+        &self,
+        hold_id: &str,
+        approver: Principal,
+        approve: bool,
+        reason: String,
+    ) -> impl Future<Output = Result<Hold, DecideError>> + Send;
+}
+
+pub async fn handle(
+    index: &impl HoldIndex,
+    verifier: Option<&ApproverVerifier>,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    let Some(verifier) = verifier else {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
             "approvals are not configured on this gateway; set approvals.oidc",
@@ -47,9 +73,10 @@ pub async fn handle(approvals: &Approvals, req: Request<Incoming>) -> Response<F
     let path = req.uri().path().trim_end_matches('/').to_string();
     let segments: Vec<&str> = path.split('/').skip(1).collect();
     match (req.method(), segments.as_slice()) {
-        (&Method::GET, ["approvals"]) => {
-            json_response(StatusCode::OK, &json!({ "holds": approvals.list() }))
-        }
+        (&Method::GET, ["approvals"]) => match index.list().await {
+            Ok(holds) => json_response(StatusCode::OK, &json!({ "holds": holds })),
+            Err(e) => decide_error(e),
+        },
         (&Method::POST, ["approvals", id, verb @ ("approve" | "deny")]) => {
             let (id, approve) = (id.to_string(), *verb == "approve");
             let body = match Limited::new(req.into_body(), MAX_DECISION_BYTES)
@@ -68,7 +95,7 @@ pub async fn handle(approvals: &Approvals, req: Request<Incoming>) -> Response<F
                     );
                 }
             };
-            match approvals.decide(&id, approver.clone(), approve, reason) {
+            match index.decide(&id, approver.clone(), approve, reason).await {
                 Ok(hold) => json_response(
                     StatusCode::OK,
                     &json!({
@@ -77,18 +104,23 @@ pub async fn handle(approvals: &Approvals, req: Request<Incoming>) -> Response<F
                         "approver": approver,
                     }),
                 ),
-                Err(e @ DecideError::NotFound(_)) => {
-                    rejected(StatusCode::NOT_FOUND, "not_found", &e.to_string())
-                }
-                Err(e @ DecideError::SelfApproval) => {
-                    rejected(StatusCode::FORBIDDEN, "self_approval", &e.to_string())
-                }
+                Err(e) => decide_error(e),
             }
         }
         _ => error(
             StatusCode::NOT_FOUND,
             "try GET /approvals, POST /approvals/<id>/approve or POST /approvals/<id>/deny",
         ),
+    }
+}
+
+fn decide_error(e: DecideError) -> Response<Full<Bytes>> {
+    let message = e.to_string();
+    match e {
+        DecideError::NotFound(_) => rejected(StatusCode::NOT_FOUND, "not_found", &message),
+        DecideError::SelfApproval => rejected(StatusCode::FORBIDDEN, "self_approval", &message),
+        DecideError::Edited(_) => rejected(StatusCode::CONFLICT, "edited", &message),
+        DecideError::Unavailable(_) => error(StatusCode::SERVICE_UNAVAILABLE, &message),
     }
 }
 

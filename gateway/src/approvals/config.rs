@@ -1,6 +1,6 @@
 //! `approvals:` in the gateway config: who may decide holds, how long holds wait, and where
 //! new holds are announced.
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
 use serde::Deserialize;
 
@@ -24,6 +24,43 @@ pub struct ApprovalsConfig {
     pub oidc: Option<OidcConfig>,
     /// Announces each new hold with a POST of JSON (Slack-compatible `text`).
     pub webhook: Option<WebhookConfig>,
+    /// Publishes holds as `InterlockHold` resources, decided for the whole cluster by the
+    /// approvals service.
+    #[serde(default)]
+    pub cluster: Option<ClusterConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Where holds are written; by default $POD_NAMESPACE (the downward API's
+    /// `metadata.namespace`).
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// The approvals service's public key (PEM): only decisions it signed release a hold.
+    pub decision_key: PathBuf,
+    /// A kubeconfig file; in the cluster the service account's in-cluster config is used.
+    #[serde(default)]
+    pub kubeconfig: Option<PathBuf>,
+    /// The node label on this gateway's holds; by default $NODE_NAME.
+    #[serde(default)]
+    pub node_name: Option<String>,
+}
+
+impl ClusterConfig {
+    pub fn namespace(&self) -> Option<String> {
+        self.namespace
+            .clone()
+            .or_else(|| std::env::var("POD_NAMESPACE").ok())
+            .filter(|n| !n.is_empty())
+    }
+
+    pub fn node_name(&self) -> Option<String> {
+        self.node_name
+            .clone()
+            .or_else(|| std::env::var("NODE_NAME").ok())
+            .filter(|n| !n.is_empty())
+    }
 }
 
 impl Default for ApprovalsConfig {
@@ -33,6 +70,7 @@ impl Default for ApprovalsConfig {
             keepalive: default_keepalive(),
             oidc: None,
             webhook: None,
+            cluster: None,
         }
     }
 }

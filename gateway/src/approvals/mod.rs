@@ -2,22 +2,24 @@
 //! a timeout, or the gateway's shutdown. Protocol-agnostic: a hold knows who asked for
 //! what; the protocol decides how the waiting client is kept and answered.
 pub mod api;
+pub mod cluster;
 pub mod config;
 pub mod oidc;
 pub mod webhook;
 
 use std::{
     collections::HashMap,
-    sync::{Mutex, MutexGuard},
+    sync::{Arc, Mutex, MutexGuard},
     time::{Duration, Instant},
 };
 
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
+use self::cluster::{Rejection, SignedDecision, node::NodeHolds};
 pub use self::config::ApprovalsConfig;
 use crate::{
     recording::record::{Hold, HoldOutcome, Principal},
-    telemetry::events::{HoldDecided, HoldOpened, InternalEvent},
+    telemetry::events::{ClusterDecisionRejected, HoldDecided, HoldOpened, InternalEvent},
 };
 
 /// How a hold ended, as the waiting request learns it.
@@ -50,6 +52,12 @@ pub enum DecideError {
         "self-approval refused: you are the identity that made this request; another approver must decide it"
     )]
     SelfApproval,
+    #[error(
+        "hold `{0}` was edited since its gateway wrote it, so it cannot be decided: what you would approve is not what is held; find who wrote it (the API server's audit log)"
+    )]
+    Edited(String),
+    #[error("the hold index is unavailable: {0}; holds stay pending, try again")]
+    Unavailable(String),
 }
 
 struct Pending {
@@ -64,6 +72,8 @@ pub struct Approvals {
     closed: std::sync::atomic::AtomicBool,
     pub verifier: Option<oidc::ApproverVerifier>,
     webhook: Option<webhook::Webhook>,
+    /// With cluster-wide approvals: where this node's holds are published.
+    cluster: Option<Arc<NodeHolds>>,
 }
 
 /// A hold in progress, for the request that waits on it.
@@ -75,7 +85,10 @@ pub struct HoldWait {
 }
 
 impl Approvals {
-    pub fn new(config: ApprovalsConfig) -> Result<Approvals, String> {
+    pub fn new(
+        config: ApprovalsConfig,
+        cluster: Option<Arc<NodeHolds>>,
+    ) -> Result<Approvals, String> {
         let verifier = config
             .oidc
             .clone()
@@ -92,6 +105,7 @@ impl Approvals {
             closed: false.into(),
             verifier,
             webhook,
+            cluster,
         })
     }
 
@@ -126,6 +140,9 @@ impl Approvals {
                     decide,
                 },
             );
+            if let Some(cluster) = &self.cluster {
+                cluster.publish(&hold);
+            }
         }
         HoldWait {
             hold,
@@ -135,14 +152,15 @@ impl Approvals {
         }
     }
 
-    pub fn list(&self) -> Vec<Hold> {
+    /// The pending holds, oldest first.
+    pub fn list_pending(&self) -> Vec<Hold> {
         let mut holds: Vec<Hold> = self.pending().values().map(|p| p.hold.clone()).collect();
         holds.sort_by_key(|h| h.created_at);
         holds
     }
 
     /// Approves or denies a pending hold for a verified approver.
-    pub fn decide(
+    pub fn decide_pending(
         &self,
         hold_id: &str,
         approver: Principal,
@@ -190,6 +208,73 @@ impl Approvals {
     /// Forgets a hold whose client went away before a decision.
     pub fn abandon(&self, hold_id: &str) {
         self.pending().remove(hold_id);
+        self.withdraw(hold_id);
+    }
+
+    fn withdraw(&self, hold_id: &str) {
+        if let Some(cluster) = &self.cluster {
+            cluster.withdraw(hold_id);
+        }
+    }
+
+    /// Acts on the signed decisions this node's holds receive from the approvals service.
+    /// Their signature and hold name were checked by the watch; here they must also have been
+    /// made over the request held here, by someone other than its requester.
+    pub async fn apply_cluster_decisions(&self, mut decisions: mpsc::Receiver<SignedDecision>) {
+        while let Some(decision) = decisions.recv().await {
+            if let Err(rejection) = self.decide_signed(&decision) {
+                ClusterDecisionRejected {
+                    hold_id: &decision.hold_id,
+                    why: rejection.why(),
+                    error: &rejection.to_string(),
+                }
+                .emit();
+            }
+        }
+    }
+
+    fn decide_signed(&self, decision: &SignedDecision) -> Result<(), Rejection> {
+        let mut pending = self.pending();
+        // Already ended here (decided, timed out, withdrawn): nothing to release.
+        let Some(entry) = pending.get(&decision.hold_id) else {
+            return Ok(());
+        };
+        if cluster::hold_digest(&entry.hold) != decision.hold_sha256 {
+            return Err(Rejection::OtherRequest);
+        }
+        if entry
+            .hold
+            .requester
+            .as_ref()
+            .is_some_and(|requester| same_person(requester, &decision.approver))
+        {
+            return Err(Rejection::SelfApproval);
+        }
+        let Pending { decide, .. } = pending
+            .remove(&decision.hold_id)
+            .expect("present under the lock");
+        let _ = decide.send(Verdict {
+            outcome: decision.outcome,
+            approver: Some(decision.approver.clone()),
+            reason: Some(decision.reason.clone()),
+        });
+        Ok(())
+    }
+}
+
+impl api::HoldIndex for Approvals {
+    async fn list(&self) -> Result<Vec<Hold>, DecideError> {
+        Ok(self.list_pending())
+    }
+
+    async fn decide(
+        &self,
+        hold_id: &str,
+        approver: Principal,
+        approve: bool,
+        reason: String,
+    ) -> Result<Hold, DecideError> {
+        self.decide_pending(hold_id, approver, approve, reason)
     }
 }
 
@@ -216,6 +301,7 @@ impl HoldWait {
             )
         });
         let waited = self.started.elapsed();
+        approvals.withdraw(&self.hold.hold_id);
         HoldDecided {
             target: &self.hold.target,
             hold_id: &self.hold.hold_id,
@@ -229,7 +315,7 @@ impl HoldWait {
 
 /// Whether an approver is the person or workload that made the request: the same subject
 /// at the same issuer, or the same e-mail address.
-fn same_person(requester: &Principal, approver: &Principal) -> bool {
+pub fn same_person(requester: &Principal, approver: &Principal) -> bool {
     let same_subject = requester.subject.is_some()
         && requester.subject == approver.subject
         && requester.issuer == approver.issuer;

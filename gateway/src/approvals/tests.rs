@@ -8,7 +8,7 @@ use crate::{approvals::config::OidcConfig, identity::Workload};
 const LONG: Duration = Duration::from_secs(300);
 
 fn approvals() -> Approvals {
-    Approvals::new(ApprovalsConfig::default()).unwrap()
+    Approvals::new(ApprovalsConfig::default(), None).unwrap()
 }
 
 fn hold(id: &str, requester: Option<Principal>) -> Hold {
@@ -51,18 +51,18 @@ fn person(issuer: &str, subject: &str, email: &str) -> Principal {
 async fn an_approval_reaches_the_waiting_request_once() {
     let approvals = approvals();
     let wait = approvals.open(hold("h1", None), Duration::from_secs(30));
-    assert_eq!(approvals.list().len(), 1);
+    assert_eq!(approvals.list_pending().len(), 1);
     let bob = person("https://idp", "bob", "bob@example.com");
     approvals
-        .decide("h1", bob.clone(), true, "looks fine".into())
+        .decide_pending("h1", bob.clone(), true, "looks fine".into())
         .unwrap();
-    assert!(approvals.list().is_empty());
+    assert!(approvals.list_pending().is_empty());
     let (_, verdict, _) = wait.verdict(&approvals).await;
     assert_eq!(verdict.outcome, HoldOutcome::Approved);
     assert_eq!(verdict.approver, Some(bob.clone()));
     assert_eq!(verdict.reason.as_deref(), Some("looks fine"));
     assert_eq!(
-        approvals.decide("h1", bob, false, "again".into()),
+        approvals.decide_pending("h1", bob, false, "again".into()),
         Err(DecideError::NotFound("h1".into()))
     );
 }
@@ -74,7 +74,7 @@ async fn a_hold_nobody_decides_times_out_and_leaves_the_list() {
     let (_, verdict, waited) = wait.verdict(&approvals).await;
     assert_eq!(verdict.outcome, HoldOutcome::TimedOut);
     assert!(waited >= Duration::from_millis(50));
-    assert!(approvals.list().is_empty());
+    assert!(approvals.list_pending().is_empty());
 }
 
 #[tokio::test]
@@ -83,22 +83,24 @@ async fn the_requester_cannot_approve_their_own_request() {
     let alice = person("https://idp", "alice", "Alice@Example.com");
     let _wait = approvals.open(hold("h1", Some(alice.clone())), LONG);
     assert_eq!(
-        approvals.decide("h1", alice.clone(), true, "mine".into()),
+        approvals.decide_pending("h1", alice.clone(), true, "mine".into()),
         Err(DecideError::SelfApproval)
     );
     // The same person by e-mail under another subject is still the requester.
     let alias = person("https://other", "a-2", "alice@example.com");
     assert_eq!(
-        approvals.decide("h1", alias, true, "mine".into()),
+        approvals.decide_pending("h1", alias, true, "mine".into()),
         Err(DecideError::SelfApproval)
     );
     assert_eq!(
-        approvals.list().len(),
+        approvals.list_pending().len(),
         1,
         "a refused decision leaves the hold"
     );
     let bob = person("https://idp", "bob", "bob@example.com");
-    approvals.decide("h1", bob, false, "no".into()).unwrap();
+    approvals
+        .decide_pending("h1", bob, false, "no".into())
+        .unwrap();
 }
 
 #[tokio::test]
@@ -112,7 +114,7 @@ async fn shutdown_interrupts_pending_and_later_holds() {
         assert_eq!(verdict.outcome, HoldOutcome::Interrupted);
         assert_eq!(verdict.reason.as_deref(), Some(STOPPING));
     }
-    assert!(approvals.list().is_empty());
+    assert!(approvals.list_pending().is_empty());
 }
 
 #[tokio::test]
@@ -120,7 +122,7 @@ async fn an_abandoned_hold_is_withdrawn() {
     let approvals = approvals();
     let wait = approvals.open(hold("h1", None), LONG);
     approvals.abandon("h1");
-    assert!(approvals.list().is_empty());
+    assert!(approvals.list_pending().is_empty());
     let (_, verdict, _) = wait.verdict(&approvals).await;
     assert_eq!(verdict.outcome, HoldOutcome::Interrupted);
 }
@@ -184,4 +186,124 @@ fn config_errors_name_the_fix() {
             .unwrap_err()
             .contains("names no approvers")
     );
+}
+
+/// A decision the approvals service would write for `hold`, signed with `key`.
+fn signed(key: &ed25519_dalek::SigningKey, hold: &Hold, outcome: HoldOutcome) -> SignedDecision {
+    cluster::sign(
+        key,
+        SignedDecision {
+            hold_id: hold.hold_id.clone(),
+            hold_sha256: cluster::hold_digest(hold),
+            outcome,
+            reason: "change 4711".into(),
+            approver: person("https://idp", "bob", "bob@example.com"),
+            decided_at: "2026-12-08T00:00:00Z".into(),
+            signature: String::new(),
+        },
+    )
+}
+
+#[test]
+fn a_signed_decision_verifies_only_unaltered_on_its_own_hold_under_the_pinned_key() {
+    let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+    let pinned = key.verifying_key();
+    let held = hold("h1", None);
+    let decision = signed(&key, &held, HoldOutcome::Approved);
+    assert_eq!(cluster::verify(&pinned, "h1", &decision), Ok(()));
+
+    let edits: [fn(&mut SignedDecision); 4] = [
+        |d| d.outcome = HoldOutcome::Denied,
+        |d| d.reason = "something else".into(),
+        |d| d.approver.email = Some("mallory@example.com".into()),
+        |d| d.hold_sha256 = "0".repeat(64),
+    ];
+    for edit in edits {
+        let mut edited = decision.clone();
+        edit(&mut edited);
+        assert_eq!(
+            cluster::verify(&pinned, "h1", &edited),
+            Err(cluster::Rejection::BadSignature)
+        );
+    }
+    // Copied onto another hold: the signature is fine, the hold is not its own.
+    assert_eq!(
+        cluster::verify(&pinned, "h2", &decision),
+        Err(cluster::Rejection::OtherHold)
+    );
+    // Made up by whoever holds another key (a cluster admin's own).
+    let forged = signed(
+        &ed25519_dalek::SigningKey::from_bytes(&[9; 32]),
+        &held,
+        HoldOutcome::Approved,
+    );
+    assert_eq!(
+        cluster::verify(&pinned, "h1", &forged),
+        Err(cluster::Rejection::BadSignature)
+    );
+    let timed_out = signed(&key, &held, HoldOutcome::TimedOut);
+    assert_eq!(
+        cluster::verify(&pinned, "h1", &timed_out),
+        Err(cluster::Rejection::NotADecision)
+    );
+}
+
+#[test]
+fn a_holds_digest_survives_the_api_server_reordering_its_keys() {
+    let mut held = hold("h1", None);
+    held.arguments = Some(serde_json::json!({"zeta": 1, "alpha": {"y": [1, 2], "b": "x"}}));
+    let stored: serde_json::Value = serde_json::to_value(&held).unwrap();
+    // The same object written back with its keys in reverse order, as another server might.
+    fn reversed(value: &serde_json::Value) -> String {
+        match value {
+            serde_json::Value::Object(map) => {
+                let fields: Vec<String> = map
+                    .iter()
+                    .rev()
+                    .map(|(k, v)| format!("{}:{}", serde_json::to_string(k).unwrap(), reversed(v)))
+                    .collect();
+                format!("{{{}}}", fields.join(","))
+            }
+            other => other.to_string(),
+        }
+    }
+    let read_back: Hold = serde_json::from_str(&reversed(&stored)).unwrap();
+    assert_eq!(
+        cluster::hold_digest(&read_back),
+        cluster::hold_digest(&held)
+    );
+    let mut edited = read_back;
+    edited.arguments = Some(serde_json::json!({"zeta": 2}));
+    assert_ne!(cluster::hold_digest(&edited), cluster::hold_digest(&held));
+}
+
+#[tokio::test]
+async fn a_cluster_decision_releases_its_hold_only_for_the_request_held_and_another_person() {
+    let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+    let approvals = approvals();
+    let bob = person("https://idp", "bob", "bob@example.com");
+    let wait = approvals.open(hold("h1", Some(bob.clone())), LONG);
+    // Made over a different request (the spec was edited before it was decided).
+    let mut other = hold("h1", Some(bob));
+    other.tool = Some("trigger-everything".into());
+    assert_eq!(
+        approvals.decide_signed(&signed(&key, &other, HoldOutcome::Approved)),
+        Err(cluster::Rejection::OtherRequest)
+    );
+    // bob asked, so bob's approval is refused.
+    let own = signed(&key, &wait.hold, HoldOutcome::Approved);
+    assert_eq!(
+        approvals.decide_signed(&own),
+        Err(cluster::Rejection::SelfApproval)
+    );
+    assert_eq!(approvals.list_pending().len(), 1);
+    let mut by_alice = own.clone();
+    by_alice.approver = person("https://idp", "alice", "alice@example.com");
+    let by_alice = cluster::sign(&key, by_alice);
+    assert_eq!(approvals.decide_signed(&by_alice), Ok(()));
+    let (_, verdict, _) = wait.verdict(&approvals).await;
+    assert_eq!(verdict.outcome, HoldOutcome::Approved);
+    assert_eq!(verdict.approver.unwrap().subject.as_deref(), Some("alice"));
+    // A decision seen again (a re-list) finds nothing pending and changes nothing.
+    assert_eq!(approvals.decide_signed(&by_alice), Ok(()));
 }

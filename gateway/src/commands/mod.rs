@@ -1,5 +1,6 @@
 //! The CLI's subcommands, one module each.
 pub mod approvals;
+pub mod approvals_service;
 pub mod asciicast;
 pub mod await_interception;
 pub mod ca_bundle;

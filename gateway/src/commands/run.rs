@@ -99,10 +99,29 @@ pub async fn run(config_path: &Path) -> Result<()> {
         detectors = masker.detector_names().len(),
         "masking engine ready"
     );
-    let approvals = Arc::new(
-        crate::approvals::Approvals::new(config.approvals.clone()).map_err(anyhow::Error::msg)?,
-    );
     let stop_services = CancellationToken::new();
+    let cluster_holds = match &config.approvals.cluster {
+        Some(cluster) => Some(
+            crate::approvals::cluster::node::NodeHolds::start(cluster)
+                .await
+                .map_err(anyhow::Error::msg)?,
+        ),
+        None => None,
+    };
+    let approvals = Arc::new(
+        crate::approvals::Approvals::new(config.approvals.clone(), cluster_holds.clone())
+            .map_err(anyhow::Error::msg)?,
+    );
+    if let Some(cluster_holds) = &cluster_holds {
+        let (decisions, received) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(
+            cluster_holds
+                .clone()
+                .watch(decisions, stop_services.clone()),
+        );
+        let approvals = approvals.clone();
+        tokio::spawn(async move { approvals.apply_cluster_decisions(received).await });
+    }
     let node_mode = match &config.kubernetes {
         Some(kubernetes) => {
             let own: Vec<IpAddr> = [Some(config.listen), config.listen_v6, Some(config.admin)]
@@ -252,6 +271,10 @@ pub async fn run(config_path: &Path) -> Result<()> {
         );
         proxy.hard_stop.cancel();
         proxy.sessions.wait().await;
+    }
+    // The holds interrupted above end with this process: none is left listed as pending.
+    if let Some(cluster_holds) = &cluster_holds {
+        let _ = tokio::time::timeout(Duration::from_secs(5), cluster_holds.clear()).await;
     }
     let stopping = proxy.clone();
     let _ = tokio::task::spawn_blocking(move || stopping.workers.stop()).await;

@@ -7,6 +7,7 @@
 //! - `selector`: label selectors, strict;
 //! - `request_info`: what an API-server request is, as the API server reads it;
 //! - `webhook`: the admission webhook that prepares selected pods.
+pub mod client;
 pub mod config;
 mod keys;
 mod registrar;
@@ -30,7 +31,7 @@ use k8s_openapi::api::{
     discovery::v1::EndpointSlice,
 };
 use kube::{
-    Api, Client,
+    Api,
     runtime::{
         WatchStreamExt,
         reflector::{self, Store},
@@ -75,14 +76,8 @@ pub enum NodeModeError {
          kubernetes.pod_proxy_address, or HOST_IP from the downward API (fieldRef status.hostIP)"
     )]
     NoPodProxyAddress,
-    #[error("reading kubeconfig {path}: {error}; fix kubernetes.kubeconfig")]
-    Kubeconfig { path: String, error: String },
-    #[error(
-        "no in-cluster config ({0}); outside a pod, set kubernetes.kubeconfig to a kubeconfig file"
-    )]
-    InCluster(String),
-    #[error("building the Kubernetes client: {0}")]
-    Client(String),
+    #[error(transparent)]
+    Client(#[from] client::ClientError),
     #[error(transparent)]
     Webhook(#[from] webhook::WebhookError),
     #[error("the interception CA, for the webhook: {0}")]
@@ -95,34 +90,6 @@ pub struct NodeMode {
     pub directory: Arc<PodDirectory>,
     /// Verifies bearer service-account tokens with the cluster's keys.
     pub tokens: Arc<ServiceAccountTokens>,
-}
-
-/// The API server's client, and the cluster CA it trusts (PEM), which pods trust too.
-async fn client(config: &KubernetesConfig) -> Result<(Client, String), NodeModeError> {
-    let config = match &config.kubeconfig {
-        Some(path) => {
-            let kubeconfig_error = |error: String| NodeModeError::Kubeconfig {
-                path: path.display().to_string(),
-                error,
-            };
-            let kubeconfig = kube::config::Kubeconfig::read_from(path)
-                .map_err(|e| kubeconfig_error(e.to_string()))?;
-            kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-                .await
-                .map_err(|e| kubeconfig_error(e.to_string()))?
-        }
-        None => kube::Config::incluster().map_err(|e| NodeModeError::InCluster(e.to_string()))?,
-    };
-    let cluster_ca = match (&config.root_cert, &config.root_cert_file) {
-        (Some(certs), _) => certs
-            .iter()
-            .map(|der| pem::encode(&pem::Pem::new("CERTIFICATE", der.clone())))
-            .collect(),
-        (None, Some(file)) => std::fs::read_to_string(file).unwrap_or_default(),
-        (None, None) => String::new(),
-    };
-    let client = Client::try_from(config).map_err(|e| NodeModeError::Client(e.to_string()))?;
-    Ok((client, cluster_ca))
 }
 
 /// Drives a reflector's watch, waking the reconciler on every change and reporting failures.
@@ -187,7 +154,7 @@ pub async fn start(
     let pod_proxy = kubernetes
         .pod_proxy_address()
         .ok_or(NodeModeError::NoPodProxyAddress)?;
-    let (client, cluster_ca) = client(kubernetes).await?;
+    let (client, cluster_ca) = client::client(kubernetes.kubeconfig.as_deref()).await?;
     let changed = Arc::new(Notify::new());
     let pods = watch(
         Api::<Pod>::all(client.clone()),

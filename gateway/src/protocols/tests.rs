@@ -165,7 +165,7 @@ impl Gateway {
         let target = config.targets[0].clone();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client_addr = listener.local_addr().unwrap();
-        let approvals = Arc::new(Approvals::new(ApprovalsConfig::default()).unwrap());
+        let approvals = Arc::new(Approvals::new(ApprovalsConfig::default(), None).unwrap());
         let services = NodeServices {
             tokens: Default::default(),
             api_server_tls: None,
@@ -385,7 +385,7 @@ async fn a_held_call_goes_upstream_once_approved() {
         (body_json(response).await, client)
     });
     let hold = loop {
-        if let Some(hold) = approvals.list().into_iter().next() {
+        if let Some(hold) = approvals.list_pending().into_iter().next() {
             break hold;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -401,7 +401,7 @@ async fn a_held_call_goes_upstream_once_approved() {
         groups: vec![],
     };
     approvals
-        .decide(&hold.hold_id, approver, true, "fine".into())
+        .decide_pending(&hold.hold_id, approver, true, "fine".into())
         .unwrap();
     let (answer, client) = answer.await.unwrap();
     assert_eq!(answer["id"], 3);

@@ -478,6 +478,50 @@ impl InternalEvent for ApprovalRejected<'_> {
     }
 }
 
+/// A decision on one of this node's InterlockHolds that is not acted on.
+pub struct ClusterDecisionRejected<'a> {
+    pub hold_id: &'a str,
+    /// bad_signature, other_hold, other_request, not_a_decision or self_approval.
+    pub why: &'static str,
+    pub error: &'a str,
+}
+
+impl InternalEvent for ClusterDecisionRejected<'_> {
+    fn emit(self) {
+        warn!(
+            hold_id = self.hold_id,
+            why = self.why,
+            error = self.error,
+            "a decision on an InterlockHold was ignored; the hold stays pending (who wrote it is in the API server's audit log)"
+        );
+        metrics()
+            .cluster_decisions_rejected
+            .get_or_create(&super::HowLabels {
+                how: self.why.into(),
+            })
+            .inc();
+    }
+}
+
+pub struct ClusterHoldSyncFailed<'a> {
+    pub hold_id: &'a str,
+    /// create or delete.
+    pub action: &'static str,
+    pub error: &'a dyn std::fmt::Display,
+}
+
+impl InternalEvent for ClusterHoldSyncFailed<'_> {
+    fn emit(self) {
+        warn!(
+            hold_id = self.hold_id,
+            action = self.action,
+            error = %self.error,
+            "could not write this InterlockHold; the hold still waits and can be decided on this gateway's admin listener"
+        );
+        metrics().cluster_hold_sync_failures.inc();
+    }
+}
+
 pub struct WebhookFailed<'a> {
     pub hold_id: &'a str,
     pub error: &'a str,

@@ -86,6 +86,8 @@ pub struct Metrics {
     pub holds_decided: Family<OutcomeLabels, Counter>,
     pub approval_rejections: Family<HowLabels, Counter>,
     pub webhook_failures: Counter,
+    pub cluster_decisions_rejected: Family<HowLabels, Counter>,
+    pub cluster_hold_sync_failures: Counter,
     pub pods_intercepted: Gauge,
     pub pod_registrations: Counter,
     pub pod_unregistrations: Counter,
@@ -130,6 +132,8 @@ impl Metrics {
             holds_decided: Family::default(),
             approval_rejections: Family::default(),
             webhook_failures: Counter::default(),
+            cluster_decisions_rejected: Family::default(),
+            cluster_hold_sync_failures: Counter::default(),
             pods_intercepted: Gauge::default(),
             pod_registrations: Counter::default(),
             pod_unregistrations: Counter::default(),
@@ -289,6 +293,16 @@ impl Metrics {
             "approval_rejections",
             "Approval API calls refused, by why (missing_token, invalid_token, not_allowed, self_approval, not_found)",
             m.approval_rejections.clone(),
+        );
+        registry.register(
+            "cluster_decisions_rejected",
+            "Decisions found on InterlockHolds and ignored, by why (bad_signature, other_hold, other_request, not_a_decision, self_approval)",
+            m.cluster_decisions_rejected.clone(),
+        );
+        registry.register(
+            "cluster_hold_sync_failures",
+            "InterlockHolds this gateway could not create or delete (the hold still waits, decidable on the admin listener)",
+            m.cluster_hold_sync_failures.clone(),
         );
         registry.register(
             "approval_webhook_failures",

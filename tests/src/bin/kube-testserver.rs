@@ -41,6 +41,10 @@ struct Args {
     /// a RoleBinding would allow them; service accounts may only read otherwise.
     #[arg(long = "allow-write")]
     allow_write: Vec<String>,
+    /// A service account (`system:serviceaccount:NS:NAME`) allowed to write status
+    /// subresources; repeat for more.
+    #[arg(long = "allow-status-write")]
+    allow_status_write: Vec<String>,
 }
 
 fn parse_seconds(text: &str) -> Result<Duration, String> {
@@ -71,6 +75,7 @@ async fn main() {
         bookmark_interval: args.bookmark_interval,
         allow_connect: args.allow_connect,
         allow_write: args.allow_write,
+        allow_status_write: args.allow_status_write,
     };
     if let Err(e) = run(options).await {
         eprintln!("kube-testserver: {e}");

@@ -299,6 +299,15 @@ fn resource_list(group: &str, version: &str) -> Result<Response<Body>, ApiError>
             })
         })
         .collect();
+    for r in RESOURCES
+        .iter()
+        .filter(|r| r.group == group && r.version == version && r.status_subresource)
+    {
+        resources.push(json!({
+            "name": format!("{}/status", r.plural), "singularName": "", "namespaced": r.namespaced,
+            "kind": r.kind, "verbs": ["get", "patch", "update"],
+        }));
+    }
     if resources.is_empty() {
         return Err(not_served());
     }
@@ -406,24 +415,39 @@ fn resource(
         (&Method::POST, Some(_), Some("token")) if target.resource.plural == "serviceaccounts" => {
             "create"
         }
-        (&Method::PUT, Some(_), None) => "update",
-        (&Method::PATCH, Some(_), None) => "patch",
+        (&Method::PUT, Some(_), None | Some("status")) => "update",
+        (&Method::PATCH, Some(_), None | Some("status")) => "patch",
+        (&Method::GET, Some(_), Some("status")) => "get",
         (&Method::DELETE, Some(_), None) => "delete",
         (_, _, Some(_)) => return Err(not_served()),
         _ => return Err(ApiError::MethodNotAllowed),
     };
+    let status = target.subresource.as_deref() == Some("status");
+    if status && !target.resource.status_subresource {
+        return Err(not_served());
+    }
+    // RBAC as a cluster grants it: service accounts read; those in allow_write also write
+    // objects, and only those in allow_status_write write the status subresource.
+    let writers = if status {
+        &state.allow_status_write
+    } else {
+        &state.allow_write
+    };
     if matches!(user, User::ServiceAccount(_))
         && !["get", "list", "watch"].contains(&verb)
-        && !state.allow_write.iter().any(|u| u == user.name())
+        && !writers.iter().any(|u| u == user.name())
     {
         let scope = if target.namespace.is_empty() {
             "at the cluster scope".to_string()
         } else {
             format!("in the namespace \"{}\"", target.namespace)
         };
+        let plural = match status {
+            true => format!("{}/status", target.resource.plural),
+            false => target.resource.plural.to_string(),
+        };
         return Err(ApiError::Forbidden(format!(
             "{plural} is forbidden: User \"{user}\" cannot {verb} resource \"{plural}\" in API group \"{group}\" {scope}",
-            plural = target.resource.plural,
             user = user.name(),
         )));
     }
@@ -438,13 +462,20 @@ fn resource(
         "watch" => watch(state, resource, namespace, &call),
         "create" if target.subresource.is_some() => token_request(state, namespace, name, &call),
         "create" => {
-            let object = call.object()?;
+            let mut object = call.object()?;
             check_kind(resource, namespace, &object)?;
+            if resource.status_subresource
+                && let Some(fields) = object.as_object_mut()
+            {
+                fields.remove("status");
+            }
             Ok(respond(201, &create(state, resource, namespace, object)?))
         }
         "update" => {
             let object = call.object()?;
             check_kind(resource, namespace, &object)?;
+            let previous = state.store.get(resource, namespace, name)?;
+            let object = split_status(resource, status, previous, object);
             Ok(respond(
                 200,
                 &state.store.replace(resource, namespace, name, object)?,
@@ -457,7 +488,8 @@ fn resource(
                 "application/merge-patch+json",
                 "application/strategic-merge-patch+json",
             ];
-            let mut object = state.store.get(resource, namespace, name)?;
+            let previous = state.store.get(resource, namespace, name)?;
+            let mut object = previous.clone();
             if call.content_type.starts_with("application/json-patch+json") {
                 let operations: json_patch::Patch =
                     serde_json::from_slice(&call.body).map_err(|e| {
@@ -473,6 +505,7 @@ fn resource(
                     "this server takes merge patches (application/merge-patch+json or application/strategic-merge-patch+json) and JSON Patches (application/json-patch+json)".into(),
                 ));
             }
+            let object = split_status(resource, status, previous, object);
             Ok(respond(
                 200,
                 &state.store.replace(resource, namespace, name, object)?,
@@ -483,6 +516,28 @@ fn resource(
             &state.store.delete(resource, namespace, name)?,
         )),
     }
+}
+
+/// With a status subresource, a write to the object keeps the stored status, and a write to
+/// `status` changes only the status (and the resourceVersion it is made against).
+fn split_status(resource: &Resource, to_status: bool, previous: Value, written: Value) -> Value {
+    if !resource.status_subresource {
+        return written;
+    }
+    let (mut kept, from) = match to_status {
+        true => (previous, written),
+        false => (written, previous),
+    };
+    kept["status"] = from.get("status").cloned().unwrap_or(Value::Null);
+    if to_status {
+        kept["metadata"]["resourceVersion"] = from["metadata"]["resourceVersion"].clone();
+    }
+    if kept["status"].is_null()
+        && let Some(fields) = kept.as_object_mut()
+    {
+        fields.remove("status");
+    }
+    kept
 }
 
 fn check_kind(resource: &Resource, namespace: &str, object: &Value) -> Result<(), ApiError> {

@@ -56,6 +56,8 @@ pub struct Options {
     pub allow_connect: Vec<String>,
     /// Service accounts allowed to write, not just read.
     pub allow_write: Vec<String>,
+    /// Service accounts allowed to write the status subresource.
+    pub allow_status_write: Vec<String>,
 }
 
 pub struct State {
@@ -67,6 +69,7 @@ pub struct State {
     bookmark_interval: Duration,
     allow_connect: Vec<String>,
     allow_write: Vec<String>,
+    allow_status_write: Vec<String>,
     requests: Mutex<Vec<Value>>,
 }
 
@@ -102,6 +105,7 @@ pub async fn run(options: Options) -> Result<(), String> {
         bookmark_interval: options.bookmark_interval,
         allow_connect: options.allow_connect,
         allow_write: options.allow_write,
+        allow_status_write: options.allow_status_write,
         requests: Mutex::default(),
     });
     seed(&state, local, &options.service_ip)?;

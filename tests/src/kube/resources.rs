@@ -14,6 +14,9 @@ pub struct Resource {
     /// Fields a field selector may name besides `metadata.name` and `metadata.namespace`, as
     /// the real API server's field-label conversion allows them.
     pub selectable_fields: &'static [&'static str],
+    /// Whether `status` is a subresource: written only through `NAME/status`, and kept as
+    /// it was by writes to the object itself (a CRD's `subresources.status`).
+    pub status_subresource: bool,
 }
 
 pub const RESOURCES: &[Resource] = &[
@@ -26,6 +29,7 @@ pub const RESOURCES: &[Resource] = &[
         namespaced: false,
         short_names: &["ns"],
         selectable_fields: &["status.phase"],
+        status_subresource: false,
     },
     Resource {
         group: "",
@@ -41,6 +45,7 @@ pub const RESOURCES: &[Resource] = &[
             "status.phase",
             "status.podIP",
         ],
+        status_subresource: false,
     },
     Resource {
         group: "",
@@ -51,6 +56,7 @@ pub const RESOURCES: &[Resource] = &[
         namespaced: true,
         short_names: &["svc"],
         selectable_fields: &[],
+        status_subresource: false,
     },
     Resource {
         group: "",
@@ -61,6 +67,7 @@ pub const RESOURCES: &[Resource] = &[
         namespaced: true,
         short_names: &[],
         selectable_fields: &["type"],
+        status_subresource: false,
     },
     Resource {
         group: "",
@@ -71,6 +78,7 @@ pub const RESOURCES: &[Resource] = &[
         namespaced: true,
         short_names: &["sa"],
         selectable_fields: &[],
+        status_subresource: false,
     },
     Resource {
         group: "",
@@ -81,6 +89,7 @@ pub const RESOURCES: &[Resource] = &[
         namespaced: true,
         short_names: &["cm"],
         selectable_fields: &[],
+        status_subresource: false,
     },
     Resource {
         group: "admissionregistration.k8s.io",
@@ -91,6 +100,7 @@ pub const RESOURCES: &[Resource] = &[
         namespaced: false,
         short_names: &[],
         selectable_fields: &[],
+        status_subresource: false,
     },
     Resource {
         group: "discovery.k8s.io",
@@ -101,6 +111,19 @@ pub const RESOURCES: &[Resource] = &[
         namespaced: true,
         short_names: &[],
         selectable_fields: &["addressType"],
+        status_subresource: false,
+    },
+    // The CRD in deploy/base/crd-interlockhold.yaml, as kube-apiserver serves it once applied.
+    Resource {
+        group: "interlock.dev",
+        version: "v1alpha1",
+        plural: "interlockholds",
+        singular: "interlockhold",
+        kind: "InterlockHold",
+        namespaced: true,
+        short_names: &["ihold"],
+        selectable_fields: &[],
+        status_subresource: true,
     },
 ];
 

@@ -21,6 +21,8 @@ pub enum ApiError {
     Expired(String),
     TooLarge,
     UnsupportedMediaType(String),
+    /// A write whose resourceVersion is no longer the object's.
+    Conflict(String),
 }
 
 impl ApiError {
@@ -36,6 +38,7 @@ impl ApiError {
             ApiError::Expired(_) => 410,
             ApiError::TooLarge => 413,
             ApiError::UnsupportedMediaType(_) => 415,
+            ApiError::Conflict(_) => 409,
         }
     }
 
@@ -51,6 +54,7 @@ impl ApiError {
             ApiError::Expired(_) => "Expired",
             ApiError::TooLarge => "RequestEntityTooLarge",
             ApiError::UnsupportedMediaType(_) => "UnsupportedMediaType",
+            ApiError::Conflict(_) => "Conflict",
         }
     }
 
@@ -69,7 +73,8 @@ impl ApiError {
             | ApiError::BadRequest(m)
             | ApiError::Invalid(m)
             | ApiError::Expired(m)
-            | ApiError::UnsupportedMediaType(m) => m.clone(),
+            | ApiError::UnsupportedMediaType(m)
+            | ApiError::Conflict(m) => m.clone(),
         }
     }
 

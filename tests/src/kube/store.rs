@@ -141,6 +141,17 @@ impl Store {
             .get(&key)
             .cloned()
             .ok_or_else(|| not_found(resource, name))?;
+        // A write naming a resourceVersion applies only to that version (optimistic
+        // concurrency: of two racing writers, the second is refused).
+        if let Some(version) = object["metadata"]["resourceVersion"].as_str()
+            && !version.is_empty()
+            && previous["metadata"]["resourceVersion"].as_str() != Some(version)
+        {
+            return Err(ApiError::Conflict(format!(
+                "Operation cannot be fulfilled on {}.{} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
+                resource.plural, resource.group
+            )));
+        }
         for owned in ["uid", "creationTimestamp", "namespace"] {
             if let Some(v) = previous["metadata"].get(owned) {
                 object["metadata"][owned] = v.clone();
