@@ -29,6 +29,14 @@ pub struct NodeHolds {
     node: String,
     namespace: String,
     key: VerifyingKey,
+    /// Creates and deletes, applied in order by one task: a hold that ends before its
+    /// create went through is still deleted after it, never left behind.
+    changes: mpsc::UnboundedSender<Change>,
+}
+
+enum Change {
+    Create(Box<InterlockHold>),
+    Delete(String),
 }
 
 impl NodeHolds {
@@ -47,12 +55,15 @@ impl NodeHolds {
         let (client, _) = crate::kubernetes::client::client(config.kubeconfig.as_deref())
             .await
             .map_err(|e| e.to_string())?;
+        let (changes, pending) = mpsc::unbounded_channel();
         let holds = Arc::new(NodeHolds {
             api: holds_api(client, &namespace),
             node,
             namespace,
             key,
+            changes,
         });
+        tokio::spawn(apply_changes(holds.api.clone(), pending));
         let left = holds.clear().await.map_err(|e| {
             format!(
                 "listing this node's InterlockHolds in {}: {e}; is the CRD applied (deploy/base/crd-interlockhold.yaml), and may this service account list and delete interlockholds?",
@@ -80,7 +91,7 @@ impl NodeHolds {
             .await?;
         for hold in &left.items {
             if let Some(name) = &hold.metadata.name {
-                self.delete(name).await;
+                delete(&self.api, name).await;
             }
         }
         Ok(left.items.len())
@@ -88,7 +99,7 @@ impl NodeHolds {
 
     /// Writes the hold in the background; the request waits for a decision either way, and
     /// the admin listener can still decide it if the API server is out of reach.
-    pub fn publish(self: &Arc<Self>, hold: &Hold) {
+    pub fn publish(&self, hold: &Hold) {
         let mut object = InterlockHold::new(
             &hold.hold_id,
             &api_resource(),
@@ -99,36 +110,12 @@ impl NodeHolds {
         );
         object.metadata.namespace = Some(self.namespace.clone());
         object.metadata.labels = Some([(NODE_LABEL.to_string(), self.node.clone())].into());
-        let holds = self.clone();
-        tokio::spawn(async move {
-            if let Err(error) = holds.api.create(&PostParams::default(), &object).await {
-                ClusterHoldSyncFailed {
-                    hold_id: object.metadata.name.as_deref().unwrap_or_default(),
-                    action: "create",
-                    error: &error,
-                }
-                .emit();
-            }
-        });
+        let _ = self.changes.send(Change::Create(Box::new(object)));
     }
 
     /// Deletes an ended hold in the background.
-    pub fn withdraw(self: &Arc<Self>, hold_id: &str) {
-        let (holds, hold_id) = (self.clone(), hold_id.to_string());
-        tokio::spawn(async move { holds.delete(&hold_id).await });
-    }
-
-    async fn delete(&self, name: &str) {
-        match self.api.delete(name, &DeleteParams::default()).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(status)) if status.code == 404 => {}
-            Err(error) => ClusterHoldSyncFailed {
-                hold_id: name,
-                action: "delete",
-                error: &error,
-            }
-            .emit(),
-        }
+    pub fn withdraw(&self, hold_id: &str) {
+        let _ = self.changes.send(Change::Delete(hold_id.to_string()));
     }
 
     /// Watches this node's holds and passes on each decision whose signature verifies and
@@ -174,5 +161,36 @@ impl NodeHolds {
                 .emit(),
             }
         }
+    }
+}
+
+async fn apply_changes(api: Api<InterlockHold>, mut changes: mpsc::UnboundedReceiver<Change>) {
+    while let Some(change) = changes.recv().await {
+        match change {
+            Change::Create(object) => {
+                if let Err(error) = api.create(&PostParams::default(), &object).await {
+                    ClusterHoldSyncFailed {
+                        hold_id: object.metadata.name.as_deref().unwrap_or_default(),
+                        action: "create",
+                        error: &error,
+                    }
+                    .emit();
+                }
+            }
+            Change::Delete(name) => delete(&api, &name).await,
+        }
+    }
+}
+
+async fn delete(api: &Api<InterlockHold>, name: &str) {
+    match api.delete(name, &DeleteParams::default()).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(status)) if status.code == 404 => {}
+        Err(error) => ClusterHoldSyncFailed {
+            hold_id: name,
+            action: "delete",
+            error: &error,
+        }
+        .emit(),
     }
 }
