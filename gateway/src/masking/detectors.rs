@@ -403,3 +403,265 @@ fn shannon_bits_per_char(bytes: &[u8]) -> f64 {
         })
         .sum()
 }
+
+/// Vendor tokens with a fixed prefix or shape, after the rules of gitleaks and Nosey Parker.
+/// Kept apart so that the benchmark can compare the engine with and without them.
+pub const VENDOR_TOKENS: &[BuiltinDetector] = &[
+    BuiltinDetector {
+        name: "slack_app_token",
+        pattern: r"\b(xapp-[0-9]-[A-Z0-9]{9,12}-[0-9]{10,14}-[a-f0-9]{64})\b",
+        validator: Validator::None,
+    },
+    BuiltinDetector {
+        name: "mailgun_api_key",
+        pattern: r"\b(key-[0-9a-f]{32})\b",
+        validator: Validator::None,
+    },
+    BuiltinDetector {
+        name: "mailchimp_api_key",
+        pattern: r"\b([0-9a-f]{32}-us[0-9]{1,2})\b",
+        validator: Validator::None,
+    },
+    BuiltinDetector {
+        name: "postman_api_key",
+        pattern: r"\b(PMAK-[a-f0-9]{24}-[a-f0-9]{34})\b",
+        validator: Validator::None,
+    },
+    BuiltinDetector {
+        name: "databricks_token",
+        pattern: r"\b(dapi[a-f0-9]{32}(?:-[0-9]+)?)\b",
+        validator: Validator::None,
+    },
+    BuiltinDetector {
+        name: "doppler_token",
+        pattern: r"\b(dp\.(?:pt|st|sa|scim|audit|ct)\.[A-Za-z0-9]{40,44})\b",
+        validator: Validator::None,
+    },
+    BuiltinDetector {
+        name: "linear_api_key",
+        pattern: r"\b(lin_api_[A-Za-z0-9]{40})\b",
+        validator: Validator::None,
+    },
+    BuiltinDetector {
+        name: "hashicorp_vault_token",
+        pattern: r"\b(hv[sb]\.[A-Za-z0-9_-]{90,120})\b",
+        validator: Validator::None,
+    },
+    BuiltinDetector {
+        name: "terraform_cloud_token",
+        pattern: r"\b([A-Za-z0-9]{14}\.atlasv1\.[A-Za-z0-9_=-]{60,70})\b",
+        validator: Validator::None,
+    },
+    BuiltinDetector {
+        name: "pulumi_access_token",
+        pattern: r"\b(pul-[a-f0-9]{40})\b",
+        validator: Validator::None,
+    },
+    BuiltinDetector {
+        name: "grafana_service_account_token",
+        pattern: r"\b(glsa_[A-Za-z0-9]{32}_[A-Fa-f0-9]{8})\b",
+        validator: Validator::None,
+    },
+    BuiltinDetector {
+        name: "grafana_cloud_token",
+        pattern: r"\b(glc_[A-Za-z0-9+/]{32,400}={0,2})",
+        validator: Validator::None,
+    },
+    BuiltinDetector {
+        name: "new_relic_key",
+        pattern: r"\b(NRAK-[A-Z0-9]{27}|NRI[IQ]-[A-Za-z0-9_-]{32})\b",
+        validator: Validator::None,
+    },
+    BuiltinDetector {
+        name: "dynatrace_token",
+        pattern: r"\b(dt0c01\.[A-Z0-9]{24}\.[A-Z0-9]{64})\b",
+        validator: Validator::None,
+    },
+    BuiltinDetector {
+        name: "sentry_user_token",
+        pattern: r"\b(sntryu_[a-f0-9]{64})\b",
+        validator: Validator::None,
+    },
+    BuiltinDetector {
+        name: "sentry_org_token",
+        pattern: r"\b(sntrys_eyJ[A-Za-z0-9+/=_-]{40,})",
+        validator: Validator::None,
+    },
+    BuiltinDetector {
+        name: "atlassian_api_token",
+        pattern: r"\b(ATATT3[A-Za-z0-9_=-]{186})",
+        validator: Validator::None,
+    },
+    BuiltinDetector {
+        name: "square_token",
+        pattern: r"\b(sq0(?:atp|csp)-[0-9A-Za-z_-]{22,43})\b",
+        validator: Validator::None,
+    },
+    BuiltinDetector {
+        name: "discord_webhook_url",
+        pattern: r"(https://(?:ptb\.|canary\.)?discord(?:app)?\.com/api/webhooks/[0-9]{17,20}/[A-Za-z0-9_-]{60,68})",
+        validator: Validator::None,
+    },
+    BuiltinDetector {
+        name: "telegram_bot_token",
+        pattern: r"\b([0-9]{8,10}:AA[0-9A-Za-z_-]{33})\b",
+        validator: Validator::None,
+    },
+    BuiltinDetector {
+        name: "alibaba_access_key_id",
+        pattern: r"\b(LTAI[A-Za-z0-9]{20})\b",
+        validator: Validator::None,
+    },
+    BuiltinDetector {
+        name: "flyio_token",
+        pattern: r"\b(fo1_[A-Za-z0-9_-]{43})",
+        validator: Validator::None,
+    },
+    BuiltinDetector {
+        name: "planetscale_token",
+        pattern: r"\b(pscale_(?:tkn|pw|oauth)_[A-Za-z0-9=._-]{32,64})",
+        validator: Validator::None,
+    },
+    BuiltinDetector {
+        name: "rubygems_api_key",
+        pattern: r"\b(rubygems_[a-f0-9]{48})\b",
+        validator: Validator::None,
+    },
+    BuiltinDetector {
+        name: "nuget_api_key",
+        pattern: r"\b(oy2[a-z0-9]{43})\b",
+        validator: Validator::None,
+    },
+    BuiltinDetector {
+        name: "dockerhub_pat",
+        pattern: r"\b(dckr_pat_[A-Za-z0-9_-]{27})",
+        validator: Validator::None,
+    },
+    BuiltinDetector {
+        name: "groq_api_key",
+        pattern: r"\b(gsk_[A-Za-z0-9]{52})\b",
+        validator: Validator::None,
+    },
+    BuiltinDetector {
+        name: "replicate_api_token",
+        pattern: r"\b(r8_[A-Za-z0-9]{37})\b",
+        validator: Validator::None,
+    },
+    BuiltinDetector {
+        name: "perplexity_api_key",
+        pattern: r"\b(pplx-[A-Za-z0-9]{48})\b",
+        validator: Validator::None,
+    },
+    BuiltinDetector {
+        name: "easypost_api_key",
+        pattern: r"\b(EZ[AT]K[A-Za-z0-9]{54})\b",
+        validator: Validator::None,
+    },
+    BuiltinDetector {
+        name: "azure_ad_client_secret",
+        pattern: r"\b([A-Za-z0-9_~.]{3}[0-9]Q~[A-Za-z0-9_~.-]{31,34})",
+        validator: Validator::None,
+    },
+    BuiltinDetector {
+        name: "clickup_api_key",
+        pattern: r"\b(pk_[0-9]{6,8}_[0-9A-Z]{32})\b",
+        validator: Validator::None,
+    },
+    BuiltinDetector {
+        name: "notion_token",
+        pattern: r"\b(ntn_[0-9]{11}[A-Za-z0-9]{35})\b",
+        validator: Validator::None,
+    },
+    BuiltinDetector {
+        name: "airtable_pat",
+        pattern: r"\b(pat[A-Za-z0-9]{14}\.[a-f0-9]{64})\b",
+        validator: Validator::None,
+    },
+    BuiltinDetector {
+        name: "contentful_token",
+        pattern: r"\b(CFPAT-[A-Za-z0-9_-]{43})",
+        validator: Validator::None,
+    },
+    BuiltinDetector {
+        name: "shippo_api_token",
+        pattern: r"\b(shippo_(?:live|test)_[a-f0-9]{40})\b",
+        validator: Validator::None,
+    },
+    BuiltinDetector {
+        name: "prefect_api_key",
+        pattern: r"\b(pnu_[A-Za-z0-9]{36})\b",
+        validator: Validator::None,
+    },
+    BuiltinDetector {
+        name: "readme_api_key",
+        pattern: r"\b(rdme_[a-z0-9]{70})\b",
+        validator: Validator::None,
+    },
+    BuiltinDetector {
+        name: "brevo_api_key",
+        pattern: r"\b(xkeysib-[a-f0-9]{64}-[A-Za-z0-9]{16})\b",
+        validator: Validator::None,
+    },
+    BuiltinDetector {
+        name: "typeform_token",
+        pattern: r"\b(tfp_[A-Za-z0-9_.=-]{59})",
+        validator: Validator::None,
+    },
+    BuiltinDetector {
+        name: "duffel_api_token",
+        pattern: r"\b(duffel_(?:test|live)_[A-Za-z0-9_=-]{43})",
+        validator: Validator::None,
+    },
+    BuiltinDetector {
+        name: "flutterwave_secret_key",
+        pattern: r"\b(FLWSECK(?:_TEST)?-[a-h0-9]{32}-X)",
+        validator: Validator::None,
+    },
+    BuiltinDetector {
+        name: "infracost_api_token",
+        pattern: r"\b(ico-[A-Za-z0-9]{32})\b",
+        validator: Validator::None,
+    },
+    BuiltinDetector {
+        name: "octopus_deploy_api_key",
+        pattern: r"\b(API-[A-Z0-9]{26})\b",
+        validator: Validator::None,
+    },
+    BuiltinDetector {
+        name: "openshift_user_token",
+        pattern: r"\b(sha256~[A-Za-z0-9_-]{43})",
+        validator: Validator::None,
+    },
+    BuiltinDetector {
+        name: "harness_token",
+        pattern: r"\b((?:pat|sat)\.[A-Za-z0-9_-]{22}\.[a-f0-9]{24}\.[A-Za-z0-9]{20})\b",
+        validator: Validator::None,
+    },
+    BuiltinDetector {
+        name: "onepassword_service_account_token",
+        pattern: r"\b(ops_eyJ[A-Za-z0-9+/]{250,}={0,3})",
+        validator: Validator::None,
+    },
+    BuiltinDetector {
+        name: "frameio_api_token",
+        pattern: r"\b(fio-u-[A-Za-z0-9_=-]{64})",
+        validator: Validator::None,
+    },
+    BuiltinDetector {
+        name: "scalingo_api_token",
+        pattern: r"\b(tk-us-[A-Za-z0-9_-]{48})",
+        validator: Validator::None,
+    },
+    BuiltinDetector {
+        name: "mapbox_secret_token",
+        pattern: r"\b(sk\.eyJ[A-Za-z0-9_-]{50,}\.[A-Za-z0-9_-]{20,})",
+        validator: Validator::None,
+    },
+];
+
+/// Every built-in detector, in the order the automaton prefers them when two match at the same
+/// place: vendor formats first, being the most specific (a Telegram bot token starts with
+/// digits a phone number would take).
+pub fn all() -> impl Iterator<Item = &'static BuiltinDetector> {
+    VENDOR_TOKENS.iter().chain(BUILTIN)
+}

@@ -18,7 +18,7 @@ use regex_automata::{
 use serde_json::Value;
 
 pub use self::config::{MaskApply, MaskingConfig, ReplacementStyle};
-use self::detectors::{BUILTIN, SERVICE_ACCOUNT_TOKEN, Validator};
+use self::detectors::{SERVICE_ACCOUNT_TOKEN, Validator};
 
 /// The body is not JSON (it is masked as text instead).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,7 +94,7 @@ fn build(patterns: &[String]) -> Result<Regex, String> {
 impl Masker {
     pub fn new(config: &MaskingConfig) -> Result<Masker, String> {
         for name in &config.disable {
-            if !BUILTIN.iter().any(|d| d.name == name) && name != SERVICE_ACCOUNT_TOKEN {
+            if !detectors::all().any(|d| d.name == name) && name != SERVICE_ACCOUNT_TOKEN {
                 return Err(format!(
                     "masking.disable names `{name}`, which is not a built-in detector; run `interlock detectors` for the list"
                 ));
@@ -116,10 +116,7 @@ impl Masker {
                 has_secret_group: false,
             });
         }
-        for builtin in BUILTIN
-            .iter()
-            .filter(|d| !config.disable.iter().any(|n| n == d.name))
-        {
+        for builtin in detectors::all().filter(|d| !config.disable.iter().any(|n| n == d.name)) {
             patterns.push(builtin.pattern.to_string());
             detectors.push(Detector {
                 name: builtin.name.into(),
