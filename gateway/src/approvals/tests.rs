@@ -252,7 +252,20 @@ fn a_signed_decision_verifies_only_unaltered_on_its_own_hold_under_the_pinned_ke
 fn a_holds_digest_survives_the_api_server_reordering_its_keys() {
     let mut held = hold("h1", None);
     held.arguments = Some(serde_json::json!({"zeta": 1, "alpha": {"y": [1, 2], "b": "x"}}));
-    let stored: serde_json::Value = serde_json::to_value(&held).unwrap();
+    assert_digest_survives_reordering(&held);
+    // A held API-server request carries what it would do.
+    let mut kube = hold("h2", None);
+    kube.kube = Some(Box::new(crate::kubernetes::request_info::parse(
+        &hyper::Method::DELETE,
+        &"/api/v1/namespaces/team/secrets/db-creds?dryRun=All"
+            .parse()
+            .unwrap(),
+    )));
+    assert_digest_survives_reordering(&kube);
+}
+
+fn assert_digest_survives_reordering(held: &Hold) {
+    let stored: serde_json::Value = serde_json::to_value(held).unwrap();
     // The same object written back with its keys in reverse order, as another server might.
     fn reversed(value: &serde_json::Value) -> String {
         match value {
@@ -268,13 +281,10 @@ fn a_holds_digest_survives_the_api_server_reordering_its_keys() {
         }
     }
     let read_back: Hold = serde_json::from_str(&reversed(&stored)).unwrap();
-    assert_eq!(
-        cluster::hold_digest(&read_back),
-        cluster::hold_digest(&held)
-    );
+    assert_eq!(cluster::hold_digest(&read_back), cluster::hold_digest(held));
     let mut edited = read_back;
     edited.arguments = Some(serde_json::json!({"zeta": 2}));
-    assert_ne!(cluster::hold_digest(&edited), cluster::hold_digest(&held));
+    assert_ne!(cluster::hold_digest(&edited), cluster::hold_digest(held));
 }
 
 #[tokio::test]
