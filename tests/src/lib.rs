@@ -405,15 +405,10 @@ impl Gateway {
     }
 
     pub fn detach(&self) {
-        let out = Command::new(interlock_bin())
-            .args(["detach", "--config"])
-            .arg(&self.config)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        succeed(
+            Command::new(interlock_bin())
+                .args(["detach", "--config"])
+                .arg(&self.config),
         );
     }
 }

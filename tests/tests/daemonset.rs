@@ -480,17 +480,12 @@ fn review(work: &Path, ca: &Path, pod: &Value, dry_run: bool) -> Value {
     });
     let file = work.join("review.json");
     fs::write(&file, review.to_string()).unwrap();
-    let out = Command::new(deploy_tool("python"))
-        .arg(interlock_e2e::support_dir().join("admission_review.py"))
-        .args(["127.0.0.1:15443", "interlock-webhook.interlock.svc"])
-        .arg(ca)
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = succeed(
+        Command::new(deploy_tool("python"))
+            .arg(interlock_e2e::support_dir().join("admission_review.py"))
+            .args(["127.0.0.1:15443", "interlock-webhook.interlock.svc"])
+            .arg(ca)
+            .arg(&file),
     );
     serde_json::from_slice(&out.stdout).unwrap()
 }

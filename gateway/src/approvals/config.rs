@@ -47,12 +47,17 @@ pub struct ClusterConfig {
     pub node_name: Option<String>,
 }
 
+/// The configured namespace, else the pod's own ($POD_NAMESPACE from the downward API).
+pub fn own_namespace(configured: Option<&str>) -> Option<String> {
+    configured
+        .map(String::from)
+        .or_else(|| std::env::var("POD_NAMESPACE").ok())
+        .filter(|n| !n.is_empty())
+}
+
 impl ClusterConfig {
     pub fn namespace(&self) -> Option<String> {
-        self.namespace
-            .clone()
-            .or_else(|| std::env::var("POD_NAMESPACE").ok())
-            .filter(|n| !n.is_empty())
+        own_namespace(self.namespace.as_deref())
     }
 
     pub fn node_name(&self) -> Option<String> {

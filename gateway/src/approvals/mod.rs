@@ -171,12 +171,7 @@ impl Approvals {
         let entry = pending
             .get(hold_id)
             .ok_or_else(|| DecideError::NotFound(hold_id.into()))?;
-        if entry
-            .hold
-            .requester
-            .as_ref()
-            .is_some_and(|requester| same_person(requester, &approver))
-        {
+        if requested_by(&entry.hold, &approver) {
             return Err(DecideError::SelfApproval);
         }
         let Pending { hold, decide } = pending.remove(hold_id).expect("present under the lock");
@@ -242,12 +237,7 @@ impl Approvals {
         if cluster::hold_digest(&entry.hold) != decision.hold_sha256 {
             return Err(Rejection::OtherRequest);
         }
-        if entry
-            .hold
-            .requester
-            .as_ref()
-            .is_some_and(|requester| same_person(requester, &decision.approver))
-        {
+        if requested_by(&entry.hold, &decision.approver) {
             return Err(Rejection::SelfApproval);
         }
         let Pending { decide, .. } = pending
@@ -313,9 +303,16 @@ impl HoldWait {
     }
 }
 
+/// Whether `approver` is who made the held request (self-approval).
+pub fn requested_by(hold: &Hold, approver: &Principal) -> bool {
+    hold.requester
+        .as_ref()
+        .is_some_and(|requester| same_person(requester, approver))
+}
+
 /// Whether an approver is the person or workload that made the request: the same subject
 /// at the same issuer, or the same e-mail address.
-pub fn same_person(requester: &Principal, approver: &Principal) -> bool {
+fn same_person(requester: &Principal, approver: &Principal) -> bool {
     let same_subject = requester.subject.is_some()
         && requester.subject == approver.subject
         && requester.issuer == approver.issuer;

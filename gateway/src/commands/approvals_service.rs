@@ -24,9 +24,9 @@ use crate::{
         DecideError,
         api::{self, HoldIndex},
         cluster::{self, InterlockHold, SignedDecision},
-        config::OidcConfig,
+        config::{OidcConfig, own_namespace},
         oidc::ApproverVerifier,
-        same_person,
+        requested_by,
     },
     identity::Principal,
     recording::record::Hold,
@@ -120,11 +120,7 @@ impl HoldIndex for ClusterIndex {
         if hold.hold_id != hold_id || cluster::hold_digest(&hold) != object.spec.hold_sha256 {
             return Err(DecideError::Edited(hold_id.to_string()));
         }
-        if hold
-            .requester
-            .as_ref()
-            .is_some_and(|requester| same_person(requester, &approver))
-        {
+        if requested_by(&hold, &approver) {
             return Err(DecideError::SelfApproval);
         }
         let decision = cluster::sign(
@@ -162,11 +158,7 @@ impl HoldIndex for ClusterIndex {
 }
 
 pub async fn serve(config: ServiceConfig) -> Result<()> {
-    let namespace = config
-        .namespace
-        .clone()
-        .or_else(|| std::env::var("POD_NAMESPACE").ok())
-        .filter(|n| !n.is_empty())
+    let namespace = own_namespace(config.namespace.as_deref())
         .context("set namespace in the config, or POD_NAMESPACE from the downward API")?;
     let key = cluster::load_signing_key(&config.signing_key).map_err(anyhow::Error::msg)?;
     let verifier = ApproverVerifier::new(config.oidc).map_err(anyhow::Error::msg)?;
